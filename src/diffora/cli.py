@@ -1,0 +1,207 @@
+"""The `diffora` command line: search, finetune, run and eval. Flags come from the config dataclasses."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from diffora.config import AdapterConfig, DataConfig, FinetuneConfig, SearchConfig
+from diffora.errors import DifforaError
+
+# Fields whose flag differs from the field name, per config class; fields shared by both stages are set once.
+RENAMED = {
+    SearchConfig: {"epochs": "search-epochs", "lr": "search-lr", "weight_decay": "search-weight-decay"}
+}
+SHARED_FIELDS = ("batch_size", "seed")  # one flag sets both the search and the fine-tune value
+SCALARS = {"int": int, "float": float, "str": str}
+
+
+def _flag(config_class: type, name: str) -> str:
+    return "--" + RENAMED.get(config_class, {}).get(name, name.replace("_", "-"))
+
+
+def add_config_arguments(
+    parser: argparse.ArgumentParser, config_class: type, skip: Sequence[str] = ()
+) -> None:
+    """One flag per dataclass field, with the field's help text; unset flags keep the dataclass default."""
+    group = parser.add_argument_group(
+        config_class.__doc__.strip().splitlines()[0] if config_class.__doc__ else ""
+    )
+    for item in dataclasses.fields(config_class):
+        if item.name in skip:
+            continue
+        kind = str(item.type).replace(" ", "")
+        dest = f"{config_class.__name__}.{item.name}"
+        help_text = item.metadata.get("help", "")
+        if kind == "bool":
+            group.add_argument(
+                _flag(config_class, item.name),
+                dest=dest,
+                action="store_true",
+                default=argparse.SUPPRESS,
+                help=help_text,
+            )
+            continue
+        scalar = SCALARS.get(kind.removesuffix("|None").removeprefix("list[").removesuffix("]"), str)
+        default = item.default if item.default is not dataclasses.MISSING else item.default_factory()
+        if config_class is SearchConfig and item.name == "lr":
+            default, help_text = None, help_text + " Default: --lr."
+        extra: dict[str, Any] = {"nargs": item.metadata["nargs"]} if "nargs" in item.metadata else {}
+        group.add_argument(
+            _flag(config_class, item.name),
+            dest=dest,
+            type=scalar,
+            default=argparse.SUPPRESS,
+            metavar=item.name.upper(),
+            help=f"{help_text} (default: {default})",
+            **extra,
+        )
+
+
+def build_config(args: argparse.Namespace, config_class: type, **overrides: Any) -> Any:
+    """The dataclass from the flags the user set (validated by the dataclass itself)."""
+    prefix = config_class.__name__ + "."
+    values = {key[len(prefix) :]: value for key, value in vars(args).items() if key.startswith(prefix)}
+    return config_class(**{**values, **{k: v for k, v in overrides.items() if v is not None}})
+
+
+def _shared(args: argparse.Namespace) -> dict[str, Any]:
+    return {name: getattr(args, f"FinetuneConfig.{name}", None) for name in SHARED_FIELDS}
+
+
+def _search_config(args: argparse.Namespace) -> SearchConfig:
+    learning_rate = getattr(args, "SearchConfig.lr", None) or getattr(args, "FinetuneConfig.lr", None)
+    return build_config(args, SearchConfig, lr=learning_rate, **_shared(args))
+
+
+def _add_output(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    parser.add_argument("--output-dir", required=required, help="Folder for the artifacts.")
+    parser.add_argument("--overwrite", action="store_true", help="Replace a run already in --output-dir.")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="diffora",
+        description="DiffoRA: search which modules deserve a LoRA "
+        "adapter, fine-tune them, and write a standard PEFT adapter.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    search = commands.add_parser(
+        "search", help="Search the DAM and write dam.json, dam.png and the search weights."
+    )
+    run = commands.add_parser(
+        "run", help="Search, fine-tune the kept modules and evaluate (the whole method)."
+    )
+    for command in (search, run):
+        add_config_arguments(command, DataConfig)
+        add_config_arguments(command, AdapterConfig)
+        add_config_arguments(command, SearchConfig, skip=SHARED_FIELDS)
+        add_config_arguments(command, FinetuneConfig)
+        command.add_argument(
+            "--perturbation-batches",
+            type=int,
+            default=0,
+            help="Also score candidates by the perturbation check on this many search-val "
+            "batches (enables --ranking perturbation).",
+        )
+        _add_output(command)
+
+    finetune = commands.add_parser(
+        "finetune", help="Discretise a finished search at any --rho and fine-tune."
+    )
+    finetune.add_argument(
+        "--dam", required=True, help="dam.json of a finished search (search weights beside it)."
+    )
+    finetune.add_argument("--data-dir", default=None, help="GLUE folder, if it moved since the search.")
+    add_config_arguments(finetune, FinetuneConfig)
+    _add_output(finetune)
+
+    evaluate = commands.add_parser("eval", help="Evaluate a saved PEFT adapter on a task.")
+    evaluate.add_argument("--adapter", required=True, help="Folder with adapter_config.json.")
+    evaluate.add_argument("--model", default=None, help="Base model (default: the adapter's base model).")
+    evaluate.add_argument("--batch-size", type=int, default=32, help="Evaluation batch size.")
+    add_config_arguments(evaluate, DataConfig)
+    return parser
+
+
+def _print_result(metrics: dict[str, Any], output_dir: str) -> None:
+    scores = ", ".join(f"{name} {value:.4f}" for name, value in metrics["metrics"].items())
+    print(
+        f"{metrics['task']}: {scores} | "
+        f"{metrics['selected_modules']}/{metrics['candidate_modules']} modules, "
+        f"{metrics['trainable_parameters']:,} trainable parameters | artifacts in {output_dir}"
+    )
+
+
+def quiet_libraries() -> None:
+    """Keep transformers' load reports, progress bars and deprecation notes out of the user's terminal."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def dispatch(args: argparse.Namespace) -> None:
+    from diffora import pipeline  # heavy imports only once the flags are known to be valid
+
+    quiet_libraries()
+
+    if args.command == "eval":
+        data_config = build_config(args, DataConfig)
+        scores = pipeline.evaluate_adapter(args.adapter, data_config, args.batch_size, args.model)
+        print(json.dumps(scores, indent=2))
+        return
+    if args.command == "finetune":
+        result = pipeline.finetune(
+            args.dam, build_config(args, FinetuneConfig), args.output_dir, args.data_dir, args.overwrite
+        )
+        _print_result(result.metrics, args.output_dir)
+        return
+    configs = dict(
+        data_config=build_config(args, DataConfig),
+        adapter=build_config(args, AdapterConfig),
+        search_config=_search_config(args),
+        finetune_config=build_config(args, FinetuneConfig),
+        output_dir=args.output_dir,
+        perturbation_batches=args.perturbation_batches,
+        overwrite=args.overwrite,
+    )
+    if args.command == "search":
+        outcome = pipeline.search(**configs)
+        kept = outcome.dam.discretize(configs["finetune_config"].rho, configs["finetune_config"].selection)
+        print(
+            f"searched {len(outcome.dam.candidates)} candidates in {outcome.seconds:.1f} s; "
+            f"{len(kept)} kept at "
+            f"rho={configs['finetune_config'].rho} | artifacts in {args.output_dir}"
+        )
+        return
+    result = pipeline.run(**configs)
+    _print_result(result.metrics, args.output_dir)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `diffora` command; user errors print one line and return 2."""
+    args = build_parser().parse_args(argv)
+    try:
+        if getattr(args, "perturbation_batches", 0) < 0:
+            raise DifforaError("--perturbation-batches must be >= 0")
+        dispatch(args)
+    except DifforaError as error:
+        print(f"diffora: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("diffora: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

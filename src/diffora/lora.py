@@ -1,0 +1,92 @@
+"""Plain PEFT LoRA models on an explicit module list, and moving adapter tensors between them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from torch import nn
+
+from diffora.config import AdapterConfig
+from diffora.gates import lora_a_layer, lora_b_layer
+
+ADAPTER_NAME = "default"
+
+
+def lora_config(
+    target_names: Sequence[str], head_modules: Sequence[str], adapter: AdapterConfig
+) -> LoraConfig:
+    """A vanilla PEFT LoraConfig whose target_modules is the explicit list of full module names."""
+    return LoraConfig(
+        r=adapter.rank,
+        lora_alpha=adapter.lora_alpha,
+        lora_dropout=adapter.lora_dropout,
+        target_modules=list(target_names),
+        modules_to_save=list(head_modules) or None,
+        task_type="SEQ_CLS",
+    )
+
+
+def wrap_with_lora(
+    model: nn.Module, target_names: Sequence[str], head_modules: Sequence[str], adapter: AdapterConfig
+) -> PeftModel:
+    """Freeze `model` and give each named module a LoRA adapter; the head modules train in full."""
+    return get_peft_model(model, lora_config(target_names, head_modules, adapter))
+
+
+def head_layer(peft_model: PeftModel, head: str) -> nn.Module:
+    """The trainable copy of a head module inside a PEFT model."""
+    wrapper = peft_model.base_model.model.get_submodule(head)
+    return wrapper.modules_to_save[ADAPTER_NAME] if hasattr(wrapper, "modules_to_save") else wrapper
+
+
+def export_adapter_tensors(
+    peft_model: PeftModel, names: Iterable[str], head_modules: Sequence[str]
+) -> dict[str, torch.Tensor]:
+    """CPU copies of the LoRA A/B weights of `names` and of the head, keyed by base-model names.
+
+    Keys: '<module>.lora_A.weight', '<module>.lora_B.weight' and '<head>.<param>' (e.g. 'classifier.weight').
+    """
+    tensors: dict[str, torch.Tensor] = {}
+    for name in names:
+        tensors[f"{name}.lora_A.weight"] = lora_a_layer(peft_model, name).weight.detach().cpu().clone()
+        tensors[f"{name}.lora_B.weight"] = lora_b_layer(peft_model, name).weight.detach().cpu().clone()
+    for head in head_modules:
+        for key, value in head_layer(peft_model, head).state_dict().items():
+            tensors[f"{head}.{key}"] = value.detach().cpu().clone()
+    return tensors
+
+
+def module_state(model: nn.Module, module_names: Sequence[str]) -> dict[str, torch.Tensor]:
+    """CPU copies of the state of some top-level modules of a plain (unwrapped) model."""
+    return {
+        f"{name}.{key}": value.detach().cpu().clone()
+        for name in module_names
+        for key, value in model.get_submodule(name).state_dict().items()
+    }
+
+
+@torch.no_grad()
+def import_adapter_tensors(
+    peft_model: PeftModel,
+    tensors: dict[str, torch.Tensor],
+    names: Iterable[str],
+    head_modules: Sequence[str],
+    lora_b_scale: dict[str, float] | None = None,
+) -> None:
+    """Copy tensors from `export_adapter_tensors` into `peft_model` (B optionally scaled per module)."""
+    for name in names:
+        lora_a_layer(peft_model, name).weight.copy_(tensors[f"{name}.lora_A.weight"])
+        scale = 1.0 if lora_b_scale is None else lora_b_scale[name]
+        lora_b_layer(peft_model, name).weight.copy_(tensors[f"{name}.lora_B.weight"] * scale)
+    for head in head_modules:
+        layer = head_layer(peft_model, head)
+        prefix = f"{head}."
+        layer.load_state_dict(
+            {
+                key[len(prefix) :]: value
+                for key, value in tensors.items()
+                if key.startswith(prefix) and ".lora_" not in key
+            }
+        )

@@ -1,0 +1,62 @@
+"""GLUE's metrics (and the custom tasks'), computed from model outputs."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import numpy as np
+from scipy.stats import pearsonr, spearmanr
+from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
+from diffora.errors import DifforaError
+from diffora.tasks import TaskSpec
+
+
+def _correlation(function: Callable) -> Callable[[np.ndarray, np.ndarray], float]:
+    def score(predictions: np.ndarray, labels: np.ndarray) -> float:
+        # a constant input has no correlation: report NaN without scipy's warning
+        if np.ptp(predictions) == 0 or np.ptp(labels) == 0:
+            return float("nan")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return float(function(predictions, labels)[0])
+
+    return score
+
+
+METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
+    "accuracy": lambda predictions, labels: float(accuracy_score(labels, predictions)),
+    # GLUE's F1 (MRPC, QQP) is the binary F1 of the positive class 1
+    "f1": lambda predictions, labels: float(f1_score(labels, predictions, average="binary", zero_division=0)),
+    "f1_macro": lambda predictions, labels: float(
+        f1_score(labels, predictions, average="macro", zero_division=0)
+    ),
+    "matthews_correlation": lambda predictions, labels: float(matthews_corrcoef(labels, predictions)),
+    "pearson": _correlation(pearsonr),
+    "spearmanr": _correlation(spearmanr),
+}
+
+
+def predictions_from_logits(spec: TaskSpec, predictions: np.ndarray) -> np.ndarray:
+    """Class indices (argmax over the last axis) or regression scores (the squeezed outputs)."""
+    predictions = np.asarray(predictions)
+    if spec.is_regression:
+        return predictions.reshape(-1).astype(np.float64) if predictions.size else predictions.reshape(0)
+    if predictions.ndim >= 2:
+        return predictions.argmax(axis=-1)
+    return predictions.astype(np.int64)  # already class indices
+
+
+def compute_metrics(spec: TaskSpec, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """The spec's metrics as plain floats, keyed by metric name; `predictions` are logits."""
+    values = predictions_from_logits(spec, predictions)
+    labels = np.asarray(labels).reshape(-1)
+    if values.shape[0] != labels.shape[0]:
+        raise DifforaError(f"{values.shape[0]} predictions but {labels.shape[0]} labels; they must match")
+    if labels.shape[0] == 0:
+        raise DifforaError("no predictions to score; the evaluation set is empty")
+    unknown = [name for name in spec.metric_names if name not in METRICS]
+    if unknown:
+        raise DifforaError(f"unknown metric {', '.join(unknown)}; choose from {', '.join(METRICS)}")
+    return {name: METRICS[name](values, labels) for name in spec.metric_names}

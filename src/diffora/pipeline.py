@@ -1,0 +1,461 @@
+"""The Python API: search, fine-tune, run and evaluate, each writing its artifacts to an output folder.
+
+>>> from diffora import DataConfig, SearchConfig, FinetuneConfig, search, finetune
+>>> data = DataConfig(task="rte", data_dir="../shared/data/glue", max_train_samples=200)
+>>> outcome = search(data, output_dir="out")                         # doctest: +SKIP
+>>> outcome.dam.discretize(rho=0.5)                                  # doctest: +SKIP
+>>> result = finetune("out/dam.json", FinetuneConfig(rho=0.25), output_dir="out-rho025")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import peft
+import torch
+import transformers
+from peft import PeftModel
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+import diffora
+from diffora.candidates import Candidate, find_candidates
+from diffora.config import AdapterConfig, DataConfig, FinetuneConfig, SearchConfig, to_dict
+from diffora.dam import DAM
+from diffora.data import TaskData, load_task_data, make_dataloader, split_for_search
+from diffora.errors import DifforaError
+from diffora.finetune import build_finetune_model
+from diffora.io import JsonlLog, atomic_path, atomic_write_json
+from diffora.models import (
+    count_trainable_parameters,
+    find_head_modules,
+    load_classifier,
+    load_tokenizer,
+    resolve_model_path,
+)
+from diffora.plots import plot_dam, plot_gate_history
+from diffora.search import SearchOutcome, search_dam
+from diffora.training import evaluate, fit, pick_device
+
+DAM_FILE = "dam.json"
+SEARCH_WEIGHTS_FILE = "search_weights.safetensors"
+INITIAL_HEAD_FILE = "initial_head.safetensors"
+LOG_FILE = "train_log.jsonl"
+METRICS_FILE = "metrics.json"
+RUN_MARKERS = (DAM_FILE, "adapter_config.json", METRICS_FILE)
+
+
+def versions() -> dict[str, str]:
+    """Library versions and machine, recorded with every artifact."""
+    return {
+        "diffora": diffora.__version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+    }
+
+
+def prepare_output_dir(output_dir: str | Path, overwrite: bool) -> Path:
+    """Refuse a folder that already holds a run, unless `overwrite`; nothing is written here."""
+    path = Path(output_dir)
+    if path.exists() and not path.is_dir():
+        raise DifforaError(f"--output-dir {path} is a file; pass a folder")
+    existing = [name for name in RUN_MARKERS if (path / name).exists()]
+    if existing and not overwrite:
+        raise DifforaError(
+            f"--output-dir {path} already holds a run ({', '.join(existing)}); "
+            "pass --overwrite or choose another folder"
+        )
+    if overwrite:
+        (path / LOG_FILE).unlink(missing_ok=True)
+    return path
+
+
+@dataclass
+class Workbench:
+    """Everything a stage needs: the task's data, the tokenizer, the model, its candidates and head."""
+
+    data: TaskData
+    tokenizer: PreTrainedTokenizerBase
+    model: nn.Module
+    model_path: str
+    candidates: list[Candidate]
+    head_modules: list[str]
+    device: torch.device
+    adapter: AdapterConfig
+
+    def fresh_model(self, seed: int = 0) -> nn.Module:
+        """A new copy of the pretrained model with a head initialised from `seed`, on the run's device."""
+        return load_classifier(
+            self.model_path, self.data.spec, self.tokenizer, self.adapter.trust_remote_code, seed=seed
+        ).to(self.device)
+
+    def loader(self, examples: list, batch_size: int, max_length: int, shuffle: bool, seed: int):
+        return make_dataloader(examples, self.tokenizer, batch_size, max_length, shuffle=shuffle, seed=seed)
+
+
+def open_workbench(data_config: DataConfig, adapter: AdapterConfig, seed: int) -> Workbench:
+    """Load and validate data, tokenizer and model; find the candidates. Fails before anything is written."""
+    data = load_task_data(data_config, seed=seed)
+    model_path = resolve_model_path(adapter.model)
+    tokenizer = load_tokenizer(model_path, adapter.trust_remote_code)
+    model = load_classifier(model_path, data.spec, tokenizer, adapter.trust_remote_code, seed=seed)
+    head_modules = find_head_modules(model)
+    candidates = find_candidates(model, adapter.include, adapter.exclude, head_modules)
+    device = pick_device()
+    return Workbench(data, tokenizer, model.to(device), model_path, candidates, head_modules, device, adapter)
+
+
+def _run_info(bench: Workbench, data_config: DataConfig) -> dict[str, Any]:
+    return {
+        "model": bench.model_path,
+        "task": bench.data.spec.name,
+        "num_labels": bench.data.spec.num_labels,
+        "label_names": list(bench.data.spec.label_names) if bench.data.spec.label_names else None,
+        "data_source": bench.data.source,
+        "data_fingerprint": bench.data.fingerprint(),
+        "train_examples": len(bench.data.train),
+        "eval_examples": len(bench.data.eval),
+        "head_modules": bench.head_modules,
+        "versions": versions(),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def _config_document(
+    data_config: DataConfig,
+    adapter: AdapterConfig,
+    search_config: SearchConfig | None,
+    finetune_config: FinetuneConfig | None,
+) -> dict[str, Any]:
+    document = {"data": to_dict(data_config), "adapter": to_dict(adapter)}
+    if search_config is not None:
+        document["search"] = to_dict(search_config)
+    if finetune_config is not None:
+        document["finetune"] = to_dict(finetune_config)
+    return document
+
+
+def write_search_artifacts(outcome: SearchOutcome, output_dir: Path, finetune_config: FinetuneConfig) -> None:
+    """dam.json (selection at the fine-tune rho), dam.png, gates.png and the search weights."""
+    dam = outcome.dam
+    save_tensors(outcome.weights, output_dir / SEARCH_WEIGHTS_FILE)
+    save_tensors(outcome.initial_head, output_dir / INITIAL_HEAD_FILE)
+    dam.save(output_dir / DAM_FILE, finetune_config.rho, finetune_config.selection, finetune_config.ranking)
+    kept = set(dam.discretize(finetune_config.rho, finetune_config.selection, finetune_config.ranking))
+    plot_dam(
+        dam.candidates,
+        dam.gates,
+        [c in kept for c in dam.candidates],
+        output_dir / "dam.png",
+        title=f"DiffoRA gates, {dam.info.get('task', '')} rho={finetune_config.rho}",
+    )
+    if outcome.history:
+        plot_gate_history(dam.candidates, outcome.history, output_dir / "gates.png")
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Write a safetensors file atomically."""
+    with atomic_path(path) as temporary:
+        save_file(tensors, str(temporary))
+
+
+def search(
+    data_config: DataConfig,
+    adapter: AdapterConfig | None = None,
+    search_config: SearchConfig | None = None,
+    output_dir: str | Path | None = None,
+    finetune_config: FinetuneConfig | None = None,
+    perturbation_batches: int = 0,
+    overwrite: bool = False,
+) -> SearchOutcome:
+    """Stage 1: search the DAM on a split of the training data; writes dam.json & co to `output_dir`."""
+    adapter = adapter or AdapterConfig()
+    search_config = search_config or SearchConfig()
+    finetune_config = finetune_config or FinetuneConfig()
+    out = prepare_output_dir(output_dir, overwrite) if output_dir is not None else None
+    bench = open_workbench(data_config, adapter, search_config.seed)
+    outcome = _search_on(
+        bench, data_config, adapter, search_config, finetune_config, perturbation_batches, out
+    )
+    if out is not None:
+        write_search_artifacts(outcome, out, finetune_config)
+    return outcome
+
+
+def _search_on(
+    bench: Workbench,
+    data_config: DataConfig,
+    adapter: AdapterConfig,
+    search_config: SearchConfig,
+    finetune_config: FinetuneConfig,
+    perturbation_batches: int,
+    out: Path | None,
+) -> SearchOutcome:
+    search_train, search_val = split_for_search(
+        bench.data.train,
+        data_config.search_fraction,
+        search_config.seed,
+        stratify=not bench.data.spec.is_regression,
+    )
+    train_loader = bench.loader(
+        search_train, search_config.batch_size, data_config.max_length, True, search_config.seed
+    )
+    val_loader = bench.loader(
+        search_val, search_config.batch_size, data_config.max_length, True, search_config.seed + 1
+    )
+    log = JsonlLog(out / LOG_FILE if out is not None else None)
+    outcome = search_dam(
+        bench.model,
+        bench.candidates,
+        bench.head_modules,
+        train_loader,
+        val_loader,
+        adapter,
+        search_config,
+        rho=finetune_config.rho,
+        perturbation_batches=perturbation_batches,
+        log=log,
+    )
+    outcome.dam.config = _config_document(data_config, adapter, search_config, finetune_config)
+    outcome.dam.info = {
+        **_run_info(bench, data_config),
+        "search_seconds": outcome.seconds,
+        "search_steps": outcome.steps,
+        "search_train_examples": len(search_train),
+        "search_val_examples": len(search_val),
+    }
+    return outcome
+
+
+@dataclass
+class RunResult:
+    """What `run` and `finetune` return: the metrics document, the DAM and the fine-tuned PEFT model."""
+
+    metrics: dict[str, Any]
+    dam: DAM
+    model: PeftModel
+    output_dir: Path | None = None
+    selected: list[Candidate] = field(default_factory=list)
+
+
+def _finetune_on(
+    bench: Workbench,
+    base_model: nn.Module,
+    dam: DAM,
+    search_weights: dict[str, torch.Tensor],
+    initial_head: dict[str, torch.Tensor],
+    data_config: DataConfig,
+    adapter: AdapterConfig,
+    config: FinetuneConfig,
+    out: Path | None,
+    timings: dict[str, float],
+) -> RunResult:
+    selected = dam.discretize(config.rho, config.selection, config.ranking)
+    gates = {c.name: g for c, g in zip(dam.candidates, dam.gates, strict=True)}
+    model = build_finetune_model(
+        base_model,
+        selected,
+        gates,
+        bench.head_modules,
+        adapter,
+        search_weights,
+        initial_head,
+        config.sharing,
+        config.seed,
+    ).to(bench.device)
+    train_loader = bench.loader(
+        bench.data.train, config.batch_size, data_config.max_length, True, config.seed
+    )
+    eval_loader = bench.loader(bench.data.eval, config.batch_size, data_config.max_length, False, config.seed)
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay
+    )
+    log = JsonlLog(out / LOG_FILE if out is not None else None)
+    fitted = fit(
+        model, train_loader, optimizer, config.epochs, config.warmup_ratio, log=log, phase="finetune"
+    )
+    timings["finetune"] = fitted.seconds
+    started = time.perf_counter()
+    scores = evaluate(model, eval_loader, bench.data.spec)
+    timings["evaluate"] = time.perf_counter() - started
+    spec = bench.data.spec
+    metrics = {
+        "task": spec.name,
+        "main_metric": spec.main_metric,
+        "metrics": scores,
+        "trainable_parameters": count_trainable_parameters(model),
+        "lora_parameters": sum(p.numel() for n, p in model.named_parameters() if "lora_" in n),
+        "selected_modules": len(selected),
+        "candidate_modules": len(dam.candidates),
+        "rho": config.rho,
+        "selection": config.selection,
+        "ranking": config.ranking,
+        "sharing": config.sharing,
+        "seed": config.seed,
+        "finetune_steps": fitted.steps,
+        "final_train_loss": fitted.final_loss,
+        "seconds": dict(timings),
+        "eval_examples": len(bench.data.eval),
+        "train_examples": len(bench.data.train),
+        "data_fingerprint": bench.data.fingerprint(),
+        "config": {**dam.config, "finetune": to_dict(config)},
+        "versions": versions(),
+    }
+    if out is not None:
+        write_finetune_artifacts(model, dam, config, metrics, out)
+    return RunResult(metrics=metrics, dam=dam, model=model, output_dir=out, selected=selected)
+
+
+def write_finetune_artifacts(
+    model: PeftModel, dam: DAM, config: FinetuneConfig, metrics: dict[str, Any], out: Path
+) -> None:
+    """The PEFT adapter, dam.json with this selection, dam.png and metrics.json."""
+    dam.config = {**dam.config, "finetune": to_dict(config)}
+    save_adapter(model, out)
+    dam.save(out / DAM_FILE, config.rho, config.selection, config.ranking)
+    kept = set(dam.discretize(config.rho, config.selection, config.ranking))
+    plot_dam(
+        dam.candidates,
+        dam.gates,
+        [c in kept for c in dam.candidates],
+        out / "dam.png",
+        title=f"DiffoRA gates, {metrics['task']} rho={config.rho}",
+    )
+    atomic_write_json(out / METRICS_FILE, metrics)
+
+
+def save_adapter(model: PeftModel, out: Path) -> None:
+    """Save a vanilla PEFT adapter; both files are renamed into place only once complete."""
+    staging = out / ".adapter.tmp"
+    staging.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(staging)
+    for name in ("adapter_model.safetensors", "adapter_config.json"):
+        (staging / name).replace(out / name)
+    for leftover in staging.iterdir():
+        leftover.replace(out / leftover.name)
+    staging.rmdir()
+
+
+def run(
+    data_config: DataConfig,
+    adapter: AdapterConfig | None = None,
+    search_config: SearchConfig | None = None,
+    finetune_config: FinetuneConfig | None = None,
+    output_dir: str | Path | None = None,
+    perturbation_batches: int = 0,
+    overwrite: bool = False,
+) -> RunResult:
+    """Search, discretise, fine-tune with weight sharing and evaluate; the whole method in one call."""
+    adapter = adapter or AdapterConfig()
+    search_config = search_config or SearchConfig()
+    finetune_config = finetune_config or FinetuneConfig()
+    out = prepare_output_dir(output_dir, overwrite) if output_dir is not None else None
+    bench = open_workbench(data_config, adapter, search_config.seed)
+    outcome = _search_on(
+        bench, data_config, adapter, search_config, finetune_config, perturbation_batches, out
+    )
+    if out is not None:
+        write_search_artifacts(outcome, out, finetune_config)
+    base_model = outcome.peft_model.unload()
+    return _finetune_on(
+        bench,
+        base_model,
+        outcome.dam,
+        outcome.weights,
+        outcome.initial_head,
+        data_config,
+        adapter,
+        finetune_config,
+        out,
+        {"search": outcome.seconds},
+    )
+
+
+def finetune(
+    dam_path: str | Path,
+    finetune_config: FinetuneConfig | None = None,
+    output_dir: str | Path | None = None,
+    data_dir: str | None = None,
+    overwrite: bool = False,
+) -> RunResult:
+    """Stages 2-3 from a finished search: discretise `dam.json` at any rho and fine-tune; no new search.
+
+    The search weights are read from `search_weights.safetensors` beside dam.json.
+    """
+    finetune_config = finetune_config or FinetuneConfig()
+    dam = DAM.load(dam_path)
+    search_dir = Path(dam_path).parent
+    weights_path = search_dir / SEARCH_WEIGHTS_FILE
+    if finetune_config.sharing != "reinit" and not weights_path.is_file():
+        raise DifforaError(
+            f"no {SEARCH_WEIGHTS_FILE} beside {dam_path}; weight sharing needs it (or pass --sharing reinit)"
+        )
+    data_config, adapter = _configs_from_dam(dam, data_dir)
+    dam.scores(finetune_config.ranking)  # fails early if perturbation scores are missing
+    out = prepare_output_dir(output_dir, overwrite) if output_dir is not None else None
+    bench = open_workbench(data_config, adapter, dam.config.get("search", {}).get("seed", 0))
+    if [c.name for c in bench.candidates] != [c.name for c in dam.candidates]:
+        raise DifforaError(
+            f"{dam_path} was searched on other candidate modules than this model has; "
+            "search again with this model"
+        )
+    weights = load_file(weights_path) if weights_path.is_file() else {}
+    initial_head_path = search_dir / INITIAL_HEAD_FILE
+    initial_head = (
+        load_file(initial_head_path)
+        if initial_head_path.is_file()
+        else {k: v for k, v in weights.items() if ".lora_" not in k}
+    )
+    return _finetune_on(
+        bench,
+        bench.model,
+        dam,
+        weights,
+        initial_head,
+        data_config,
+        adapter,
+        finetune_config,
+        out,
+        {"search": float(dam.info.get("search_seconds", 0.0))},
+    )
+
+
+def _configs_from_dam(dam: DAM, data_dir: str | None) -> tuple[DataConfig, AdapterConfig]:
+    try:
+        data_config = DataConfig(**dam.config["data"])
+        adapter = AdapterConfig(**dam.config["adapter"])
+    except (KeyError, TypeError) as error:
+        raise DifforaError(f"dam.json lacks its search configuration ({error}); search again") from None
+    return (replace(data_config, data_dir=data_dir) if data_dir is not None else data_config), adapter
+
+
+def evaluate_adapter(
+    adapter_dir: str | Path, data_config: DataConfig, batch_size: int = 32, model: str | None = None
+) -> dict[str, float]:
+    """Metrics of a saved PEFT adapter (from diffora or any LoRA tool) on a task's evaluation split."""
+    adapter_dir = Path(adapter_dir)
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise DifforaError(
+            f"no adapter_config.json in {adapter_dir}; pass the --output-dir of a finished run"
+        )
+    data = load_task_data(data_config)
+    base_path = model or peft.PeftConfig.from_pretrained(str(adapter_dir)).base_model_name_or_path
+    base_path = resolve_model_path(base_path)
+    tokenizer = load_tokenizer(base_path)
+    base = load_classifier(base_path, data.spec, tokenizer)
+    peft_model = PeftModel.from_pretrained(base, str(adapter_dir)).to(pick_device())
+    loader = make_dataloader(data.eval, tokenizer, batch_size, data_config.max_length, shuffle=False, seed=0)
+    return evaluate(peft_model, loader, data.spec)
+
+
+__all__ = ["search", "finetune", "run", "evaluate_adapter", "SearchOutcome", "RunResult"]

@@ -1,0 +1,94 @@
+"""Pictures of a search: the DAM heatmap and the gate trajectories."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from diffora.candidates import Candidate, layers, module_types  # noqa: E402
+from diffora.io import atomic_path  # noqa: E402
+
+
+def _save(figure: plt.Figure, path: str | Path) -> None:
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=120, bbox_inches="tight")
+    plt.close(figure)
+
+
+def gate_grid(
+    candidates: Sequence[Candidate], values: Sequence[float]
+) -> tuple[np.ndarray, list[int], list[str]]:
+    """Layers x module types matrix of `values` (NaN where a layer lacks a type)."""
+    rows, columns = layers(candidates), module_types(candidates)
+    grid = np.full((len(rows), len(columns)), np.nan)
+    for candidate, value in zip(candidates, values, strict=True):
+        grid[rows.index(candidate.layer), columns.index(candidate.type)] = value
+    return grid, rows, columns
+
+
+def plot_dam(
+    candidates: Sequence[Candidate],
+    gates: Sequence[float],
+    selected: Sequence[bool],
+    path: str | Path,
+    title: str = "DiffoRA gates",
+) -> None:
+    """Heatmap of the gates, layers as rows and module types as columns; kept modules are boxed."""
+    grid, rows, columns = gate_grid(candidates, gates)
+    figure, axes = plt.subplots(figsize=(1.1 * len(columns) + 2.5, 0.45 * len(rows) + 2))
+    image = axes.imshow(grid, cmap="viridis", aspect="auto")
+    for candidate, gate, keep in zip(candidates, gates, selected, strict=True):
+        y, x = rows.index(candidate.layer), columns.index(candidate.type)
+        axes.text(
+            x,
+            y,
+            f"{gate:.2f}",
+            ha="center",
+            va="center",
+            fontsize=7,
+            color="black" if gate > np.nanmean(grid) else "white",
+        )
+        if keep:
+            axes.add_patch(plt.Rectangle((x - 0.5, y - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
+    axes.set_xticks(
+        range(len(columns)),
+        [c.split(".")[-2] + "." + c.split(".")[-1] if c.count(".") else c for c in columns],
+        rotation=40,
+        ha="right",
+        fontsize=8,
+    )
+    axes.set_yticks(range(len(rows)), [str(r) if r >= 0 else "outside" for r in rows])
+    axes.set_xlabel("module type")
+    axes.set_ylabel("layer")
+    axes.set_title(f"{title} (red box: kept, {sum(selected)}/{len(selected)})")
+    figure.colorbar(image, ax=axes, label="gate")
+    _save(figure, path)
+
+
+def plot_gate_history(candidates: Sequence[Candidate], history: Sequence[dict], path: str | Path) -> None:
+    """Every gate against the search step; the most telling picture of a search."""
+    steps = [record["step"] for record in history]
+    values = np.array([record["gates"] for record in history])
+    figure, axes = plt.subplots(figsize=(8, 4.5))
+    colours = plt.get_cmap("tab10")
+    types = module_types(candidates)
+    for index, candidate in enumerate(candidates):
+        axes.plot(
+            steps,
+            values[:, index],
+            color=colours(types.index(candidate.type) % 10),
+            alpha=0.7,
+            linewidth=1,
+            label=candidate.type if candidate.layer == candidates[0].layer else None,
+        )
+    axes.set_xlabel("search step")
+    axes.set_ylabel("gate")
+    axes.set_title("Gate trajectories (colour: module type)")
+    axes.legend(fontsize=7, loc="best")
+    _save(figure, path)

@@ -1,0 +1,240 @@
+"""Stage 1: the bi-level search of the relaxed DAM (DARTS-style, first or second order).
+
+Per step, after a warm-up in which only the weights train (with B = 0 the gate gradient is exactly zero):
+one gate update on a search-val batch with the weights fixed, then one weight update on a search-train
+batch with the gates fixed. Gate logits and weights have separate optimisers.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from peft import PeftModel
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from diffora.candidates import Candidate
+from diffora.config import AdapterConfig, SearchConfig
+from diffora.dam import DAM
+from diffora.errors import DifforaError
+from diffora.gates import DAMGates
+from diffora.io import JsonlLog
+from diffora.lora import export_adapter_tensors, module_state, wrap_with_lora
+from diffora.training import check_finite, cycle, to_device
+
+
+@dataclass
+class SearchOutcome:
+    """What the search leaves: the DAM, the search-stage weights (for weight sharing) and the gate history."""
+
+    dam: DAM
+    weights: dict[str, torch.Tensor]
+    initial_head: dict[str, torch.Tensor]
+    history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    steps: int = 0
+    peft_model: PeftModel | None = None
+
+
+def _budget_penalty(gates: DAMGates, rho: float) -> torch.Tensor:
+    return (gates.gates().mean() - rho) ** 2
+
+
+class BilevelSearch:
+    """The search loop over a PEFT LoRA model on every candidate, with the DAM gates hooked in."""
+
+    def __init__(self, peft_model: PeftModel, gates: DAMGates, config: SearchConfig, rho: float) -> None:
+        self.model = peft_model
+        self.gates = gates
+        self.config = config
+        self.rho = rho
+        self.weights = [p for p in peft_model.parameters() if p.requires_grad]
+        self.weight_optimizer = torch.optim.AdamW(
+            self.weights, lr=config.lr, weight_decay=config.weight_decay
+        )
+        # DARTS's architecture optimiser: Adam with a low beta1, so the gates follow the current gradient.
+        self.gate_optimizer = torch.optim.Adam(
+            [gates.logits], lr=config.gate_lr, betas=(0.5, 0.999), weight_decay=config.gate_weight_decay
+        )
+
+    def val_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        loss = self.model(**batch).loss
+        if self.config.budget_weight > 0:
+            loss = loss + self.config.budget_weight * _budget_penalty(self.gates, self.rho)
+        return loss
+
+    def gate_step(self, val_batch: dict[str, torch.Tensor], train_batch: dict[str, torch.Tensor]) -> float:
+        """One update of the gate logits; returns the search-val loss."""
+        if self.config.order == "second":
+            loss, gradient = self._unrolled_gate_gradient(val_batch, train_batch)
+        else:
+            loss = self.val_loss(val_batch)
+            (gradient,) = torch.autograd.grad(loss, [self.gates.logits])
+        self.gates.logits.grad = gradient
+        self.gate_optimizer.step()
+        self.gate_optimizer.zero_grad(set_to_none=True)
+        return loss.item()
+
+    def weight_step(self, train_batch: dict[str, torch.Tensor]) -> float:
+        """One update of the LoRA weights and the head; the gates get no gradient here."""
+        loss = self.model(**train_batch).loss
+        torch.autograd.backward(loss, inputs=self.weights)
+        self.weight_optimizer.step()
+        self.weight_optimizer.zero_grad(set_to_none=True)
+        return loss.item()
+
+    def _unrolled_gate_gradient(
+        self, val_batch: dict[str, torch.Tensor], train_batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """DARTS second order: grad_a L_val(w', a) - xi * (grad_a L_train(w+) - grad_a L_train(w-)) / 2eps.
+
+        w' = w - xi * grad_w L_train(w, a); w+- = w +- eps * grad_w' L_val(w', a).
+        """
+        xi = self.config.unrolled_lr if self.config.unrolled_lr is not None else self.config.lr
+        originals = [w.detach().clone() for w in self.weights]
+        train_gradients = torch.autograd.grad(self.model(**train_batch).loss, self.weights, allow_unused=True)
+        with torch.no_grad():
+            for w, g in zip(self.weights, train_gradients, strict=True):
+                if g is not None:
+                    w.sub_(xi * g)
+        loss = self.val_loss(val_batch)
+        gate_gradient, *val_gradients = torch.autograd.grad(
+            loss, [self.gates.logits, *self.weights], allow_unused=True
+        )
+        val_gradients = [
+            torch.zeros_like(w) if g is None else g for w, g in zip(self.weights, val_gradients, strict=True)
+        ]
+        norm = torch.sqrt(sum((g**2).sum() for g in val_gradients))
+        epsilon = 0.01 / (norm.item() + 1e-12)
+        hessian_terms = []
+        for sign in (1.0, -1.0):
+            with torch.no_grad():
+                for w, original, g in zip(self.weights, originals, val_gradients, strict=True):
+                    w.copy_(original + sign * epsilon * g)
+            (term,) = torch.autograd.grad(self.model(**train_batch).loss, [self.gates.logits])
+            hessian_terms.append(term)
+        with torch.no_grad():
+            for w, original in zip(self.weights, originals, strict=True):
+                w.copy_(original)
+        return loss, gate_gradient - xi * (hessian_terms[0] - hessian_terms[1]) / (2 * epsilon)
+
+    def run(
+        self, train_loader: DataLoader, val_loader: DataLoader, epochs: float, log: JsonlLog | None
+    ) -> tuple[list[dict], int]:
+        """Run the whole search; returns the logged history and the number of steps."""
+        device = next(self.model.parameters()).device
+        total_steps = max(1, math.ceil(epochs * len(train_loader)))
+        warmup_steps = int(self.config.warmup_fraction * total_steps)
+        train_batches, val_batches = cycle(train_loader), cycle(val_loader)
+        history: list[dict] = []
+        self.model.train()
+        progress = tqdm(range(total_steps), desc="search", leave=False, dynamic_ncols=True)
+        for step in progress:
+            train_batch = to_device(next(train_batches), device)
+            val_loss = None
+            if step >= warmup_steps:
+                val_loss = self.gate_step(to_device(next(val_batches), device), train_batch)
+                check_finite(torch.tensor(val_loss), "search (gate step)", step)
+            train_loss = self.weight_step(train_batch)
+            check_finite(torch.tensor(train_loss), "search (weight step)", step)
+            if not torch.isfinite(self.gates.logits).all():
+                raise DifforaError(
+                    f"search: a gate logit became NaN or infinite at step {step}; lower --gate-lr"
+                )
+            if step % self.config.log_every == 0 or step == total_steps - 1:
+                record = {
+                    "phase": "search",
+                    "step": step,
+                    "train_loss": train_loss,
+                    "val_loss": val_loss,
+                    "gates": [round(g, 6) for g in self.gates.gates().tolist()],
+                }
+                history.append(record)
+                if log is not None:
+                    log.write(**record)
+                mean_gate = sum(record["gates"]) / len(record["gates"])
+                progress.set_postfix(loss=f"{train_loss:.4f}", mean_gate=f"{mean_gate:.3f}")
+        return history, total_steps
+
+
+@torch.no_grad()
+def perturbation_scores(
+    model: nn.Module, gates: DAMGates, loader: DataLoader, max_batches: int
+) -> list[float]:
+    """Rise of the search-val loss when each candidate is dropped from the relaxed model (larger = needed)."""
+    device = next(model.parameters()).device
+    batches = [to_device(batch, device) for _, batch in zip(range(max_batches), loader, strict=False)]
+    was_training = model.training
+    model.eval()
+
+    def loss() -> float:
+        return sum(model(**batch).loss.item() for batch in batches) / len(batches)
+
+    base = loss()
+    scores = []
+    for index in tqdm(range(len(gates.candidates)), desc="perturbation", leave=False):
+        mask = torch.ones(len(gates.candidates))
+        mask[index] = 0.0
+        gates.mask = mask
+        scores.append(loss() - base)
+    gates.mask = None
+    model.train(was_training)
+    return scores
+
+
+def search_dam(
+    model: nn.Module,
+    candidates: Sequence[Candidate],
+    head_modules: Sequence[str],
+    train_loader: DataLoader,
+    val_loader: DataLoader,
+    adapter: AdapterConfig,
+    config: SearchConfig,
+    rho: float = 0.5,
+    perturbation_batches: int = 0,
+    log: JsonlLog | None = None,
+) -> SearchOutcome:
+    """Search the DAM of `model` (a plain transformers model; it is wrapped with LoRA in place).
+
+    The returned outcome holds the PEFT search model too, so fine-tuning can reuse the loaded base model.
+    """
+    started = time.perf_counter()
+    initial_head = module_state(model, head_modules)
+    torch.manual_seed(config.seed)  # LoRA A initialisation
+    peft_model = wrap_with_lora(model, [c.name for c in candidates], head_modules, adapter)
+    gates = DAMGates(candidates, config.relaxation, config.temperature).to(
+        next(peft_model.parameters()).device
+    )
+    gates.attach(peft_model)
+    search = BilevelSearch(peft_model, gates, config, rho)
+    history, steps = search.run(train_loader, val_loader, config.epochs, log)
+    scores = (
+        perturbation_scores(peft_model, gates, val_loader, perturbation_batches)
+        if perturbation_batches
+        else None
+    )
+    final_gates = gates.gates().detach().cpu().tolist()
+    gates.detach()
+    dam = DAM(
+        candidates=list(candidates),
+        logits=gates.logits.detach().cpu().tolist(),
+        gates=final_gates,
+        relaxation=config.relaxation,
+        temperature=config.temperature,
+        perturbation_scores=scores,
+    )
+    weights = export_adapter_tensors(peft_model, [c.name for c in candidates], head_modules)
+    return SearchOutcome(
+        dam=dam,
+        weights=weights,
+        initial_head=initial_head,
+        history=history,
+        seconds=time.perf_counter() - started,
+        steps=steps,
+        peft_model=peft_model,
+    )

@@ -1,0 +1,115 @@
+"""The plain training and evaluation loops shared by DiffoRA's fine-tuning and the baselines."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from diffora.errors import DifforaError
+from diffora.io import JsonlLog
+from diffora.metrics import compute_metrics
+from diffora.tasks import TaskSpec
+
+StepCallback = Callable[[int], None]
+
+
+def pick_device() -> torch.device:
+    """CUDA when available, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def to_device(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {key: value.to(device) for key, value in batch.items()}
+
+
+def cycle(loader: DataLoader) -> Iterator[dict[str, torch.Tensor]]:
+    """Batches of `loader` forever, reshuffled (by its seeded sampler) on every pass."""
+    while True:
+        yield from loader
+
+
+def check_finite(loss: torch.Tensor, phase: str, step: int) -> None:
+    """Stop at a NaN or infinite loss instead of training on garbage."""
+    if not torch.isfinite(loss):
+        raise DifforaError(
+            f"{phase}: the loss became {loss.item()} at step {step}; lower --lr or check the data"
+        )
+
+
+@dataclass
+class FitResult:
+    steps: int
+    final_loss: float
+    seconds: float
+
+
+def fit(
+    model: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    epochs: float,
+    warmup_ratio: float = 0.06,
+    log: JsonlLog | None = None,
+    phase: str = "finetune",
+    after_step: StepCallback | None = None,
+    log_every: int = 10,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+) -> FitResult:
+    """Train `model` for `epochs` passes over `loader` with linear warm-up and decay.
+
+    `after_step(step)` runs after every optimiser step (AdaLoRA's budget allocation hooks in here).
+    """
+    device = next(model.parameters()).device
+    total_steps = max(1, math.ceil(epochs * len(loader)))
+    if scheduler is None:
+        scheduler = get_linear_schedule_with_warmup(optimizer, int(warmup_ratio * total_steps), total_steps)
+    model.train()
+    batches = cycle(loader)
+    started = time.perf_counter()
+    running = 0.0
+    progress = tqdm(range(total_steps), desc=phase, leave=False, dynamic_ncols=True)
+    for step in progress:
+        loss = model(**to_device(next(batches), device)).loss
+        check_finite(loss, phase, step)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        if after_step is not None:
+            after_step(step)
+        optimizer.zero_grad(set_to_none=True)
+        running = loss.item()
+        if step % log_every == 0 or step == total_steps - 1:
+            progress.set_postfix(loss=f"{running:.4f}")
+            if log is not None:
+                log.write(phase=phase, step=step, loss=running, lr=scheduler.get_last_lr()[0])
+    return FitResult(steps=total_steps, final_loss=running, seconds=time.perf_counter() - started)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader: DataLoader) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and labels of every example in `loader` (evaluation mode, no dropout)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    logits, labels = [], []
+    for batch in tqdm(loader, desc="evaluate", leave=False, dynamic_ncols=True):
+        batch = to_device(batch, device)
+        logits.append(model(**batch).logits.float().cpu())
+        labels.append(batch["labels"].cpu())
+    model.train(was_training)
+    return torch.cat(logits).numpy(), torch.cat(labels).numpy()
+
+
+def evaluate(model: nn.Module, loader: DataLoader, spec: TaskSpec) -> dict[str, float]:
+    """The task's metrics on `loader`."""
+    logits, labels = predict(model, loader)
+    return compute_metrics(spec, logits, labels)

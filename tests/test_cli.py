@@ -1,0 +1,250 @@
+"""End-to-end CLI runs on tiny random models, and the one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from diffora.cli import main
+
+FAST = [
+    "--max-length",
+    "16",
+    "--batch-size",
+    "8",
+    "--epochs",
+    "1",
+    "--search-epochs",
+    "1",
+    "--rank",
+    "2",
+    "--log-every",
+    "1",
+]
+ARTIFACTS = {
+    "adapter_config.json",
+    "adapter_model.safetensors",
+    "dam.json",
+    "dam.png",
+    "gates.png",
+    "metrics.json",
+    "train_log.jsonl",
+    "search_weights.safetensors",
+    "initial_head.safetensors",
+}
+
+
+def _run(args: list[str]) -> int:
+    return main(args)
+
+
+@pytest.mark.parametrize(
+    "model_fixture, expected_candidates", [("tiny_bert_dir", 12), ("tiny_llama_dir", 14)]
+)
+def test_run_writes_every_artifact(
+    model_fixture, expected_candidates, request, tiny_glue_dir, tmp_path
+) -> None:
+    model_dir = request.getfixturevalue(model_fixture)
+    out = tmp_path / "out"
+    assert (
+        _run(
+            [
+                "run",
+                "--task",
+                "rte",
+                "--data-dir",
+                str(tiny_glue_dir),
+                "--model",
+                str(model_dir),
+                "--output-dir",
+                str(out),
+                "--rho",
+                "0.5",
+                *FAST,
+            ]
+        )
+        == 0
+    )
+    assert {p.name for p in out.iterdir()} >= ARTIFACTS
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporary leftovers
+    dam = json.loads((out / "dam.json").read_text())
+    assert dam["rho"] == 0.5 and dam["selection"] == "global" and dam["relaxation"] == "sigmoid"
+    assert dam["num_candidates"] == expected_candidates
+    assert sum(row["selected"] for row in dam["candidates"]) == expected_candidates // 2
+    assert {"name", "layer", "type", "logit", "gate", "selected"} <= set(dam["candidates"][0])
+    assert dam["config"]["search"]["seed"] == 0 and dam["config"]["adapter"]["rank"] == 2
+    adapter = json.loads((out / "adapter_config.json").read_text())
+    assert sorted(adapter["target_modules"]) == sorted(r["name"] for r in dam["candidates"] if r["selected"])
+    assert adapter["r"] == 2 and adapter["peft_type"] == "LORA"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["metrics"]) == {"accuracy"} and 0.0 <= metrics["metrics"]["accuracy"] <= 1.0
+    assert metrics["selected_modules"] == expected_candidates // 2
+    assert set(metrics["seconds"]) == {"search", "finetune", "evaluate"}
+    assert metrics["trainable_parameters"] > metrics["lora_parameters"] > 0
+    phases = [json.loads(line)["phase"] for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert phases[0] == "search" and phases[-1] == "finetune"
+
+
+def test_finetune_at_another_rho_reuses_the_search_and_eval_matches(
+    tiny_bert_dir, tiny_glue_dir, tmp_path, capsys
+) -> None:
+    searched = tmp_path / "search"
+    assert (
+        _run(
+            [
+                "search",
+                "--task",
+                "sst2",
+                "--data-dir",
+                str(tiny_glue_dir),
+                "--model",
+                str(tiny_bert_dir),
+                "--output-dir",
+                str(searched),
+                *FAST,
+            ]
+        )
+        == 0
+    )
+    assert not (searched / "adapter_config.json").exists()
+    tuned = tmp_path / "rho25"
+    assert (
+        _run(
+            [
+                "finetune",
+                "--dam",
+                str(searched / "dam.json"),
+                "--rho",
+                "0.25",
+                "--output-dir",
+                str(tuned),
+                "--epochs",
+                "1",
+                "--batch-size",
+                "8",
+            ]
+        )
+        == 0
+    )
+    metrics = json.loads((tuned / "metrics.json").read_text())
+    assert metrics["selected_modules"] == 3 and metrics["rho"] == 0.25
+    search_dam = json.loads((searched / "dam.json").read_text())
+    tuned_dam = json.loads((tuned / "dam.json").read_text())
+    assert [r["gate"] for r in search_dam["candidates"]] == [r["gate"] for r in tuned_dam["candidates"]]
+    capsys.readouterr()
+    assert (
+        _run(
+            [
+                "eval",
+                "--adapter",
+                str(tuned),
+                "--task",
+                "sst2",
+                "--data-dir",
+                str(tiny_glue_dir),
+                "--max-length",
+                "16",
+            ]
+        )
+        == 0
+    )
+    scores = json.loads(capsys.readouterr().out)
+    assert scores["accuracy"] == pytest.approx(metrics["metrics"]["accuracy"])
+
+
+def test_regression_task_reports_pearson_and_spearman(tiny_bert_dir, tiny_glue_dir, tmp_path) -> None:
+    out = tmp_path / "stsb"
+    assert (
+        _run(
+            [
+                "run",
+                "--task",
+                "stsb",
+                "--data-dir",
+                str(tiny_glue_dir),
+                "--model",
+                str(tiny_bert_dir),
+                "--output-dir",
+                str(out),
+                *FAST,
+            ]
+        )
+        == 0
+    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["metrics"]) == {"pearson", "spearmanr"} and metrics["main_metric"] == "pearson"
+
+
+BAD_INPUTS = [
+    (["--task", "nope"], "unknown task 'nope'"),
+    (["--rho", "0"], r"--rho must lie in \(0, 1\]"),
+    (["--rho", "1.5"], r"--rho must lie in \(0, 1\]"),
+    (["--rank", "0"], "--rank must be at least 1"),
+    (["--include", "nothing_here"], "--include pattern 'nothing_here' matches no module"),
+    (["--relaxation", "tanh"], "--relaxation must be one of sigmoid, softmax"),
+    (["--data-dir", "/nonexistent/glue"], "expected"),
+    (["--model", "/nonexistent/model"], "cannot load model '/nonexistent/model'"),
+]
+
+
+@pytest.mark.parametrize("extra, message", BAD_INPUTS)
+def test_bad_input_is_one_line_and_writes_nothing(
+    extra, message, tiny_bert_dir, tiny_glue_dir, tmp_path, capsys
+) -> None:
+    out = tmp_path / "out"
+    args = [
+        "run",
+        "--task",
+        "rte",
+        "--data-dir",
+        str(tiny_glue_dir),
+        "--model",
+        str(tiny_bert_dir),
+        "--output-dir",
+        str(out),
+        *FAST,
+        *extra,
+    ]
+    assert _run(args) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and error.startswith("diffora: error: ")
+    assert __import__("re").search(message, error), error
+    assert not out.exists()
+
+
+def test_existing_run_is_refused_unless_overwrite(tiny_bert_dir, tiny_glue_dir, tmp_path, capsys) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "dam.json").write_text("{}")
+    args = [
+        "search",
+        "--task",
+        "rte",
+        "--data-dir",
+        str(tiny_glue_dir),
+        "--model",
+        str(tiny_bert_dir),
+        "--output-dir",
+        str(out),
+        *FAST,
+    ]
+    assert _run(args) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert (out / "dam.json").read_text() == "{}"
+    assert _run([*args, "--overwrite"]) == 0
+    assert json.loads((out / "dam.json").read_text())["num_candidates"] == 12
+
+
+def test_help_of_every_subcommand(capsys) -> None:
+    for command in ("run", "search", "finetune", "eval"):
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, "--help"])
+        assert exit_info.value.code == 0
+    assert "--output-dir" in capsys.readouterr().out
+
+
+def test_missing_dam_is_one_line(tmp_path: Path, capsys) -> None:
+    assert main(["finetune", "--dam", str(tmp_path / "dam.json"), "--output-dir", str(tmp_path / "o")]) == 2
+    assert "no dam.json at" in capsys.readouterr().err

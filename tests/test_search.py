@@ -1,0 +1,132 @@
+"""The bi-level search: warm-up, separate optimisers, first and second order gate gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import random_batch, tiny_bert_config
+from torch.func import functional_call
+from transformers import BertForSequenceClassification
+
+from diffora.candidates import find_candidates
+from diffora.config import AdapterConfig, SearchConfig
+from diffora.gates import DAMGates, lora_b_layer
+from diffora.io import JsonlLog
+from diffora.lora import wrap_with_lora
+from diffora.search import BilevelSearch, search_dam
+
+TRAIN = [random_batch(seed=s) for s in range(4)]
+VAL = [random_batch(seed=100 + s) for s in range(2)]
+
+
+def _model():
+    torch.manual_seed(0)
+    config = tiny_bert_config()
+    config._attn_implementation = "eager"  # the exact second-order check needs double backward
+    model = BertForSequenceClassification(config)
+    return model, find_candidates(model, head_modules=["classifier"])
+
+
+def test_gates_stay_put_during_warmup_then_move_and_are_logged(tmp_path) -> None:
+    model, candidates = _model()
+    config = SearchConfig(epochs=3, warmup_fraction=0.5, gate_lr=0.05, lr=1e-2, log_every=1, seed=0)
+    outcome = search_dam(
+        model,
+        candidates,
+        ["classifier"],
+        TRAIN,
+        VAL,
+        AdapterConfig(rank=4),
+        config,
+        log=JsonlLog(tmp_path / "log.jsonl"),
+    )
+    assert outcome.steps == 12
+    history = outcome.history
+    assert [r["step"] for r in history] == list(range(12))
+    assert all(r["val_loss"] is None for r in history[:6]) and all(
+        r["val_loss"] is not None for r in history[6:]
+    )
+    assert all(
+        g == 0.5 for r in history[:6] for g in r["gates"]
+    )  # logits 0 -> sigmoid 0.5 until warm-up ends
+    assert max(abs(g - 0.5) for g in outcome.dam.gates) > 1e-3
+    assert len((tmp_path / "log.jsonl").read_text().splitlines()) == 12
+    assert len(outcome.weights) == 2 * len(candidates) + 2  # A and B per module, head weight and bias
+
+
+def test_gate_logits_are_never_in_the_weight_optimiser() -> None:
+    model, candidates = _model()
+    peft_model = wrap_with_lora(model, [c.name for c in candidates], ["classifier"], AdapterConfig(rank=4))
+    gates = DAMGates(candidates)
+    gates.attach(peft_model)
+    search = BilevelSearch(peft_model, gates, SearchConfig(), rho=0.5)
+    weight_ids = {id(p) for group in search.weight_optimizer.param_groups for p in group["params"]}
+    assert id(gates.logits) not in weight_ids
+    assert [p for group in search.gate_optimizer.param_groups for p in group["params"]] == [gates.logits]
+    before = gates.logits.detach().clone()
+    search.weight_step(TRAIN[0])
+    assert torch.equal(gates.logits, before) and gates.logits.grad is None
+
+
+def _prepared(order: str, unrolled_lr: float):
+    model, candidates = _model()
+    peft_model = wrap_with_lora(model, [c.name for c in candidates], ["classifier"], AdapterConfig(rank=4))
+    with torch.no_grad():
+        for candidate in candidates:
+            lora_b_layer(peft_model, candidate.name).weight.normal_(0, 0.3)
+    gates = DAMGates(candidates, initial_logit=0.3)
+    gates.attach(peft_model)
+    config = SearchConfig(order=order, unrolled_lr=unrolled_lr, lr=0.1)
+    return peft_model, gates, BilevelSearch(peft_model, gates, config, rho=0.5)
+
+
+def test_second_order_with_zero_virtual_step_is_first_order() -> None:
+    _, _, first = _prepared("first", 0.0)
+    (expected,) = torch.autograd.grad(first.val_loss(VAL[0]), [first.gates.logits])
+    _, _, second = _prepared("second", 0.0)
+    _, gradient = second._unrolled_gate_gradient(VAL[0], TRAIN[0])
+    assert torch.allclose(gradient, expected, atol=1e-6)
+
+
+def test_second_order_gradient_matches_exact_unrolled_derivative() -> None:
+    xi = 0.1
+    peft_model, gates, search = _prepared("second", xi)
+    names = [n for n, p in peft_model.named_parameters() if p.requires_grad]
+    weights = dict(zip(names, search.weights, strict=True))
+    # Exact d/d(alpha) L_val(w - xi * grad_w L_train(w, alpha), alpha), by double back-propagation.
+    train_loss = peft_model(**TRAIN[0]).loss
+    grads = torch.autograd.grad(train_loss, list(weights.values()), create_graph=True)
+    unrolled = {name: w - xi * g for (name, w), g in zip(weights.items(), grads, strict=True)}
+    val_loss = functional_call(peft_model, unrolled, kwargs=VAL[0]).loss
+    (exact,) = torch.autograd.grad(val_loss, [gates.logits])
+    _, approximate = search._unrolled_gate_gradient(VAL[0], TRAIN[0])
+    assert torch.allclose(approximate, exact, rtol=2e-2, atol=2e-5)
+    assert not torch.allclose(
+        approximate, torch.autograd.grad(search.val_loss(VAL[0]), [gates.logits])[0], atol=1e-6
+    )  # the Hessian term matters
+
+
+def test_second_order_search_leaves_weights_as_a_plain_weight_step_would() -> None:
+    peft_model, gates, search = _prepared("second", 0.1)
+    before = [w.detach().clone() for w in search.weights]
+    search.gate_step(VAL[0], TRAIN[0])
+    assert all(torch.equal(a, b) for a, b in zip(before, search.weights, strict=True))
+
+
+def test_budget_penalty_pulls_the_mean_gate_towards_rho() -> None:
+    model, candidates = _model()
+    config = SearchConfig(epochs=5, warmup_fraction=0.0, gate_lr=0.1, budget_weight=100.0, lr=1e-3)
+    outcome = search_dam(
+        model, candidates, ["classifier"], TRAIN, VAL, AdapterConfig(rank=4), config, rho=0.2
+    )
+    assert sum(outcome.dam.gates) / len(outcome.dam.gates) < 0.4
+
+
+@pytest.mark.parametrize("relaxation", ["sigmoid", "softmax"])
+def test_search_is_deterministic_for_a_seed(relaxation: str) -> None:
+    config = SearchConfig(epochs=2, warmup_fraction=0.25, relaxation=relaxation, lr=1e-2, gate_lr=0.05)
+    runs = [
+        search_dam(*_model(), ["classifier"], TRAIN, VAL, AdapterConfig(rank=4), config).dam.logits
+        for _ in range(2)
+    ]
+    assert runs[0] == runs[1]
