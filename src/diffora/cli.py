@@ -103,6 +103,17 @@ def build_parser() -> argparse.ArgumentParser:
         add_config_arguments(command, SearchConfig, skip=SHARED_FIELDS)
         add_config_arguments(command, FinetuneConfig)
         command.add_argument(
+            "--resume",
+            action="store_true",
+            help="Continue the killed run in --output-dir from its last checkpoint.",
+        )
+        command.add_argument(
+            "--checkpoint-every",
+            type=int,
+            default=200,
+            help="Checkpoint every this many steps, besides the end of each phase (default: 200).",
+        )
+        command.add_argument(
             "--perturbation-batches",
             type=int,
             default=0,
@@ -173,6 +184,8 @@ def dispatch(args: argparse.Namespace) -> None:
         output_dir=args.output_dir,
         perturbation_batches=args.perturbation_batches,
         overwrite=args.overwrite,
+        resume=args.resume,
+        checkpoint_every=args.checkpoint_every,
     )
     if args.command == "search":
         outcome = pipeline.search(**configs)
@@ -193,6 +206,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if getattr(args, "perturbation_batches", 0) < 0:
             raise DifforaError("--perturbation-batches must be >= 0")
+        if getattr(args, "checkpoint_every", 0) < 0:
+            raise DifforaError("--checkpoint-every must be >= 0 (0: only at the end of each phase)")
         dispatch(args)
     except DifforaError as error:
         print(f"diffora: error: {error}", file=sys.stderr)

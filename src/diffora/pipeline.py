@@ -9,7 +9,9 @@
 
 from __future__ import annotations
 
+import json
 import platform
+import shutil
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,6 +27,7 @@ from transformers import PreTrainedTokenizerBase
 
 import diffora
 from diffora.candidates import Candidate, find_candidates
+from diffora.checkpoint import CHECKPOINT_DIR, Checkpointer
 from diffora.config import AdapterConfig, DataConfig, FinetuneConfig, SearchConfig, to_dict
 from diffora.dam import DAM
 from diffora.data import TaskData, load_task_data, make_dataloader, split_for_search
@@ -48,6 +51,7 @@ INITIAL_HEAD_FILE = "initial_head.safetensors"
 LOG_FILE = "train_log.jsonl"
 METRICS_FILE = "metrics.json"
 RUN_MARKERS = (DAM_FILE, "adapter_config.json", METRICS_FILE)
+RUN_CONFIG_FILE = "run_config.json"
 
 
 def versions() -> dict[str, str]:
@@ -64,20 +68,56 @@ def versions() -> dict[str, str]:
     }
 
 
-def prepare_output_dir(output_dir: str | Path, overwrite: bool) -> Path:
-    """Refuse a folder that already holds a run, unless `overwrite`; nothing is written here."""
+def prepare_output_dir(output_dir: str | Path, overwrite: bool, resume: bool = False) -> Path:
+    """Refuse a folder that already holds a run, unless `overwrite` or `resume`; nothing is written here."""
     path = Path(output_dir)
     if path.exists() and not path.is_dir():
         raise DifforaError(f"--output-dir {path} is a file; pass a folder")
-    existing = [name for name in RUN_MARKERS if (path / name).exists()]
-    if existing and not overwrite:
+    if overwrite and resume:
+        raise DifforaError("--overwrite and --resume contradict each other; pass one of them")
+    existing = [name for name in (*RUN_MARKERS, RUN_CONFIG_FILE, CHECKPOINT_DIR) if (path / name).exists()]
+    if resume:
+        if not (path / RUN_CONFIG_FILE).is_file():
+            raise DifforaError(
+                f"--resume: {path} holds no run to resume ({RUN_CONFIG_FILE} is missing); "
+                "drop --resume to start one"
+            )
+        if (path / METRICS_FILE).is_file():
+            raise DifforaError(f"--resume: the run in {path} is already complete ({METRICS_FILE} exists)")
+    elif existing and not overwrite:
         raise DifforaError(
             f"--output-dir {path} already holds a run ({', '.join(existing)}); "
-            "pass --overwrite or choose another folder"
+            "pass --resume to continue it, --overwrite to replace it, or choose another folder"
         )
-    if overwrite:
-        (path / LOG_FILE).unlink(missing_ok=True)
     return path
+
+
+def clear_run(path: Path) -> None:
+    """Remove what an earlier run left in `path` (for --overwrite), once the new run's input is valid."""
+    for name in (*RUN_MARKERS, RUN_CONFIG_FILE, LOG_FILE, SEARCH_WEIGHTS_FILE, INITIAL_HEAD_FILE):
+        (path / name).unlink(missing_ok=True)
+    shutil.rmtree(path / CHECKPOINT_DIR, ignore_errors=True)
+
+
+def start_run_dir(path: Path, config: dict[str, Any], overwrite: bool, resume: bool) -> None:
+    """Record the run's configuration; on --resume, insist it is the same run."""
+    if resume:
+        recorded = json.loads((path / RUN_CONFIG_FILE).read_text(encoding="utf-8"))
+        if recorded != json.loads(json.dumps(config)):
+            changed = sorted(
+                f"{stage}.{key}"
+                for stage in config
+                for key in config[stage]
+                if recorded.get(stage, {}).get(key) != config[stage][key]
+            )
+            raise DifforaError(
+                f"--resume: {path} holds a different run (changed: {', '.join(changed) or 'stages'}); "
+                "resume with the same options, or use --overwrite"
+            )
+        return
+    if overwrite:
+        clear_run(path)
+    atomic_write_json(path / RUN_CONFIG_FILE, config)
 
 
 @dataclass
@@ -146,9 +186,11 @@ def _config_document(
 
 
 def write_search_artifacts(outcome: SearchOutcome, output_dir: Path, finetune_config: FinetuneConfig) -> None:
-    """dam.json (selection at the fine-tune rho), dam.png, gates.png and the search weights."""
+    """dam.json (selection at the fine-tune rho), dam.png, gates.png and the search weights.
+
+    The search weights come last: their presence marks a finished search for --resume.
+    """
     dam = outcome.dam
-    save_tensors(outcome.weights, output_dir / SEARCH_WEIGHTS_FILE)
     save_tensors(outcome.initial_head, output_dir / INITIAL_HEAD_FILE)
     dam.save(output_dir / DAM_FILE, finetune_config.rho, finetune_config.selection, finetune_config.ranking)
     kept = set(dam.discretize(finetune_config.rho, finetune_config.selection, finetune_config.ranking))
@@ -161,6 +203,7 @@ def write_search_artifacts(outcome: SearchOutcome, output_dir: Path, finetune_co
     )
     if outcome.history:
         plot_gate_history(dam.candidates, outcome.history, output_dir / "gates.png")
+    save_tensors(outcome.weights, output_dir / SEARCH_WEIGHTS_FILE)
 
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
@@ -177,15 +220,26 @@ def search(
     finetune_config: FinetuneConfig | None = None,
     perturbation_batches: int = 0,
     overwrite: bool = False,
+    resume: bool = False,
+    checkpoint_every: int = 200,
 ) -> SearchOutcome:
     """Stage 1: search the DAM on a split of the training data; writes dam.json & co to `output_dir`."""
     adapter = adapter or AdapterConfig()
     search_config = search_config or SearchConfig()
     finetune_config = finetune_config or FinetuneConfig()
-    out = prepare_output_dir(output_dir, overwrite) if output_dir is not None else None
+    out = prepare_output_dir(output_dir, overwrite, resume) if output_dir is not None else None
     bench = open_workbench(data_config, adapter, search_config.seed)
+    if out is not None:
+        start_run_dir(out, _config_document(data_config, adapter, search_config, None), overwrite, resume)
     outcome = _search_on(
-        bench, data_config, adapter, search_config, finetune_config, perturbation_batches, out
+        bench,
+        data_config,
+        adapter,
+        search_config,
+        finetune_config,
+        perturbation_batches,
+        out,
+        checkpoint_every,
     )
     if out is not None:
         write_search_artifacts(outcome, out, finetune_config)
@@ -200,6 +254,7 @@ def _search_on(
     finetune_config: FinetuneConfig,
     perturbation_batches: int,
     out: Path | None,
+    checkpoint_every: int = 0,
 ) -> SearchOutcome:
     search_train, search_val = split_for_search(
         bench.data.train,
@@ -225,6 +280,8 @@ def _search_on(
         rho=finetune_config.rho,
         perturbation_batches=perturbation_batches,
         log=log,
+        checkpointer=Checkpointer(out, "search", checkpoint_every) if out is not None else None,
+        resume=Checkpointer(out, "search").latest() if out is not None else None,
     )
     outcome.dam.config = _config_document(data_config, adapter, search_config, finetune_config)
     outcome.dam.info = {
@@ -259,6 +316,7 @@ def _finetune_on(
     config: FinetuneConfig,
     out: Path | None,
     timings: dict[str, float],
+    checkpoint_every: int = 0,
 ) -> RunResult:
     selected = dam.discretize(config.rho, config.selection, config.ranking)
     gates = {c.name: g for c, g in zip(dam.candidates, dam.gates, strict=True)}
@@ -282,7 +340,15 @@ def _finetune_on(
     )
     log = JsonlLog(out / LOG_FILE if out is not None else None)
     fitted = fit(
-        model, train_loader, optimizer, config.epochs, config.warmup_ratio, log=log, phase="finetune"
+        model,
+        train_loader,
+        optimizer,
+        config.epochs,
+        config.warmup_ratio,
+        log=log,
+        phase="finetune",
+        checkpointer=Checkpointer(out, "finetune", checkpoint_every) if out is not None else None,
+        resume=Checkpointer(out, "finetune").latest() if out is not None else None,
     )
     timings["finetune"] = fitted.seconds
     started = time.perf_counter()
@@ -313,6 +379,7 @@ def _finetune_on(
     }
     if out is not None:
         write_finetune_artifacts(model, dam, config, metrics, out)
+        shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)  # the run is complete: nothing to resume
     return RunResult(metrics=metrics, dam=dam, model=model, output_dir=out, selected=selected)
 
 
@@ -354,15 +421,47 @@ def run(
     output_dir: str | Path | None = None,
     perturbation_batches: int = 0,
     overwrite: bool = False,
+    resume: bool = False,
+    checkpoint_every: int = 200,
 ) -> RunResult:
-    """Search, discretise, fine-tune with weight sharing and evaluate; the whole method in one call."""
+    """Search, discretise, fine-tune with weight sharing and evaluate; the whole method in one call.
+
+    With `output_dir`, both phases checkpoint every `checkpoint_every` steps and at their ends; `resume`
+    continues a killed run from its last checkpoint and gives the same result as an uninterrupted run.
+    """
     adapter = adapter or AdapterConfig()
     search_config = search_config or SearchConfig()
     finetune_config = finetune_config or FinetuneConfig()
-    out = prepare_output_dir(output_dir, overwrite) if output_dir is not None else None
+    out = prepare_output_dir(output_dir, overwrite, resume) if output_dir is not None else None
     bench = open_workbench(data_config, adapter, search_config.seed)
+    if out is not None:
+        config = _config_document(data_config, adapter, search_config, finetune_config)
+        start_run_dir(out, config, overwrite, resume)
+        if resume and (out / SEARCH_WEIGHTS_FILE).is_file():  # the search finished before the interruption
+            dam = DAM.load(out / DAM_FILE)
+            weights, initial_head = load_file(out / SEARCH_WEIGHTS_FILE), load_file(out / INITIAL_HEAD_FILE)
+            return _finetune_on(
+                bench,
+                bench.model,
+                dam,
+                weights,
+                initial_head,
+                data_config,
+                adapter,
+                finetune_config,
+                out,
+                {"search": float(dam.info.get("search_seconds", 0.0))},
+                checkpoint_every,
+            )
     outcome = _search_on(
-        bench, data_config, adapter, search_config, finetune_config, perturbation_batches, out
+        bench,
+        data_config,
+        adapter,
+        search_config,
+        finetune_config,
+        perturbation_batches,
+        out,
+        checkpoint_every,
     )
     if out is not None:
         write_search_artifacts(outcome, out, finetune_config)
@@ -378,6 +477,7 @@ def run(
         finetune_config,
         out,
         {"search": outcome.seconds},
+        checkpoint_every,
     )
 
 
@@ -400,10 +500,16 @@ def finetune(
         raise DifforaError(
             f"no {SEARCH_WEIGHTS_FILE} beside {dam_path}; weight sharing needs it (or pass --sharing reinit)"
         )
+    if output_dir is not None and Path(output_dir).resolve() == search_dir.resolve():
+        raise DifforaError(
+            "--output-dir must differ from the search's folder, which keeps the search for other rhos"
+        )
     data_config, adapter = _configs_from_dam(dam, data_dir)
     dam.scores(finetune_config.ranking)  # fails early if perturbation scores are missing
     out = prepare_output_dir(output_dir, overwrite) if output_dir is not None else None
     bench = open_workbench(data_config, adapter, dam.config.get("search", {}).get("seed", 0))
+    if out is not None:
+        start_run_dir(out, {**dam.config, "finetune": to_dict(finetune_config)}, overwrite, resume=False)
     if [c.name for c in bench.candidates] != [c.name for c in dam.candidates]:
         raise DifforaError(
             f"{dam_path} was searched on other candidate modules than this model has; "

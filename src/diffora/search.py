@@ -19,13 +19,14 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from diffora.candidates import Candidate
+from diffora.checkpoint import Checkpointer, TrainingState, restore
 from diffora.config import AdapterConfig, SearchConfig
 from diffora.dam import DAM
 from diffora.errors import DifforaError
 from diffora.gates import DAMGates
 from diffora.io import JsonlLog
 from diffora.lora import export_adapter_tensors, module_state, wrap_with_lora
-from diffora.training import check_finite, cycle, to_device
+from diffora.training import check_finite, resumable_batches, to_device
 
 
 @dataclass
@@ -53,6 +54,7 @@ class BilevelSearch:
         self.gates = gates
         self.config = config
         self.rho = rho
+        self.checkpointer: Checkpointer | None = None
         self.weights = [p for p in peft_model.parameters() if p.requires_grad]
         self.weight_optimizer = torch.optim.AdamW(
             self.weights, lr=config.lr, weight_decay=config.weight_decay
@@ -68,21 +70,30 @@ class BilevelSearch:
             loss = loss + self.config.budget_weight * _budget_penalty(self.gates, self.rho)
         return loss
 
-    def gate_step(self, val_batch: dict[str, torch.Tensor], train_batch: dict[str, torch.Tensor]) -> float:
+    def gate_step(
+        self, val_batch: dict[str, torch.Tensor], train_batch: dict[str, torch.Tensor], step: int = 0
+    ) -> float:
         """One update of the gate logits; returns the search-val loss."""
         if self.config.order == "second":
             loss, gradient = self._unrolled_gate_gradient(val_batch, train_batch)
         else:
             loss = self.val_loss(val_batch)
             (gradient,) = torch.autograd.grad(loss, [self.gates.logits])
+        check_finite(loss, "search (gate step)", step, self.checkpointer)
+        if not torch.isfinite(gradient).all():
+            raise DifforaError(
+                f"search (gate step): the gate gradient became NaN or infinite at step {step}; "
+                "lower --gate-lr"
+            )
         self.gates.logits.grad = gradient
         self.gate_optimizer.step()
         self.gate_optimizer.zero_grad(set_to_none=True)
         return loss.item()
 
-    def weight_step(self, train_batch: dict[str, torch.Tensor]) -> float:
+    def weight_step(self, train_batch: dict[str, torch.Tensor], step: int = 0) -> float:
         """One update of the LoRA weights and the head; the gates get no gradient here."""
         loss = self.model(**train_batch).loss
+        check_finite(loss, "search (weight step)", step, self.checkpointer)
         torch.autograd.backward(loss, inputs=self.weights)
         self.weight_optimizer.step()
         self.weight_optimizer.zero_grad(set_to_none=True)
@@ -124,28 +135,37 @@ class BilevelSearch:
         return loss, gate_gradient - xi * (hessian_terms[0] - hessian_terms[1]) / (2 * epsilon)
 
     def run(
-        self, train_loader: DataLoader, val_loader: DataLoader, epochs: float, log: JsonlLog | None
+        self,
+        train_loader: DataLoader,
+        val_loader: DataLoader,
+        epochs: float,
+        log: JsonlLog | None,
+        checkpointer: Checkpointer | None = None,
+        resume: TrainingState | None = None,
     ) -> tuple[list[dict], int]:
-        """Run the whole search; returns the logged history and the number of steps."""
+        """Run the whole search (from `resume` if given); returns the logged history and the step count."""
         device = next(self.model.parameters()).device
         total_steps = max(1, math.ceil(epochs * len(train_loader)))
         warmup_steps = int(self.config.warmup_fraction * total_steps)
-        train_batches, val_batches = cycle(train_loader), cycle(val_loader)
-        history: list[dict] = []
+        modules = {"model": self.model, "gates": self.gates.logits}
+        optimizers = {"weights": self.weight_optimizer, "gates": self.gate_optimizer}
+        self.checkpointer = checkpointer
+        first_step, consumed, history = 0, {"train": 0, "val": 0}, []
+        if resume is not None:
+            restore(resume, modules, optimizers)
+            first_step, consumed, history = resume.step, dict(resume.consumed), resume.meta.get("history", [])
+        train_batches = resumable_batches(train_loader, consumed["train"])
+        val_batches = resumable_batches(val_loader, consumed["val"])
         self.model.train()
-        progress = tqdm(range(total_steps), desc="search", leave=False, dynamic_ncols=True)
+        progress = tqdm(range(first_step, total_steps), desc="search", leave=False, dynamic_ncols=True)
         for step in progress:
             train_batch = to_device(next(train_batches), device)
+            consumed["train"] += 1
             val_loss = None
             if step >= warmup_steps:
-                val_loss = self.gate_step(to_device(next(val_batches), device), train_batch)
-                check_finite(torch.tensor(val_loss), "search (gate step)", step)
-            train_loss = self.weight_step(train_batch)
-            check_finite(torch.tensor(train_loss), "search (weight step)", step)
-            if not torch.isfinite(self.gates.logits).all():
-                raise DifforaError(
-                    f"search: a gate logit became NaN or infinite at step {step}; lower --gate-lr"
-                )
+                val_loss = self.gate_step(to_device(next(val_batches), device), train_batch, step)
+                consumed["val"] += 1
+            train_loss = self.weight_step(train_batch, step)
             if step % self.config.log_every == 0 or step == total_steps - 1:
                 record = {
                     "phase": "search",
@@ -159,6 +179,8 @@ class BilevelSearch:
                     log.write(**record)
                 mean_gate = sum(record["gates"]) / len(record["gates"])
                 progress.set_postfix(loss=f"{train_loss:.4f}", mean_gate=f"{mean_gate:.3f}")
+            if checkpointer is not None and checkpointer.due(step + 1, total_steps):
+                checkpointer.save(step + 1, modules, optimizers, consumed, {"history": history})
         return history, total_steps
 
 
@@ -198,6 +220,8 @@ def search_dam(
     rho: float = 0.5,
     perturbation_batches: int = 0,
     log: JsonlLog | None = None,
+    checkpointer: Checkpointer | None = None,
+    resume: TrainingState | None = None,
 ) -> SearchOutcome:
     """Search the DAM of `model` (a plain transformers model; it is wrapped with LoRA in place).
 
@@ -212,7 +236,7 @@ def search_dam(
     )
     gates.attach(peft_model)
     search = BilevelSearch(peft_model, gates, config, rho)
-    history, steps = search.run(train_loader, val_loader, config.epochs, log)
+    history, steps = search.run(train_loader, val_loader, config.epochs, log, checkpointer, resume)
     scores = (
         perturbation_scores(peft_model, gates, val_loader, perturbation_batches)
         if perturbation_batches

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
@@ -14,6 +15,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from diffora.checkpoint import Checkpointer, TrainingState, restore
 from diffora.errors import DifforaError
 from diffora.io import JsonlLog
 from diffora.metrics import compute_metrics
@@ -37,11 +39,26 @@ def cycle(loader: DataLoader) -> Iterator[dict[str, torch.Tensor]]:
         yield from loader
 
 
-def check_finite(loss: torch.Tensor, phase: str, step: int) -> None:
-    """Stop at a NaN or infinite loss instead of training on garbage."""
+def resumable_batches(loader: DataLoader, consumed: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+    """`cycle(loader)` with the first `consumed` batches drawn and dropped.
+
+    Drawing them through the loader itself advances its seeded generator exactly as the interrupted run
+    did, so the stream continues with the same batches in the same order (collating is cheap: the examples
+    are tokenised up front).
+    """
+    batches = cycle(loader)
+    for _ in range(consumed):
+        next(batches)
+    return batches
+
+
+def check_finite(loss: torch.Tensor, phase: str, step: int, checkpointer: Checkpointer | None = None) -> None:
+    """Stop at a NaN or infinite loss instead of training on garbage; name the last good checkpoint."""
     if not torch.isfinite(loss):
+        last = checkpointer.last_saved if checkpointer is not None else None
+        where = f"; the last good checkpoint is {last}" if last is not None else ""
         raise DifforaError(
-            f"{phase}: the loss became {loss.item()} at step {step}; lower --lr or check the data"
+            f"{phase}: the loss became {loss.item()} at step {step}{where}; lower --lr or check the data"
         )
 
 
@@ -63,23 +80,34 @@ def fit(
     after_step: StepCallback | None = None,
     log_every: int = 10,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    checkpointer: Checkpointer | None = None,
+    resume: TrainingState | None = None,
 ) -> FitResult:
     """Train `model` for `epochs` passes over `loader` with linear warm-up and decay.
 
-    `after_step(step)` runs after every optimiser step (AdaLoRA's budget allocation hooks in here).
+    `after_step(step)` runs after every optimiser step, before the gradients are cleared (AdaLoRA's budget
+    allocation hooks in here). With `resume`, training continues exactly where that checkpoint left it.
     """
     device = next(model.parameters()).device
     total_steps = max(1, math.ceil(epochs * len(loader)))
     if scheduler is None:
         scheduler = get_linear_schedule_with_warmup(optimizer, int(warmup_ratio * total_steps), total_steps)
+    first_step = 0
+    if resume is not None:
+        restore(resume, {"model": model}, {"weights": optimizer})
+        first_step = resume.step
+        with warnings.catch_warnings():  # stepping the schedule alone is the point here
+            warnings.simplefilter("ignore", UserWarning)
+            for _ in range(first_step):  # the schedule is a function of the step count alone
+                scheduler.step()
     model.train()
-    batches = cycle(loader)
+    batches = resumable_batches(loader, first_step)
     started = time.perf_counter()
-    running = 0.0
-    progress = tqdm(range(total_steps), desc=phase, leave=False, dynamic_ncols=True)
+    running = float(resume.meta.get("loss", 0.0)) if resume is not None else 0.0
+    progress = tqdm(range(first_step, total_steps), desc=phase, leave=False, dynamic_ncols=True)
     for step in progress:
         loss = model(**to_device(next(batches), device)).loss
-        check_finite(loss, phase, step)
+        check_finite(loss, phase, step, checkpointer)
         loss.backward()
         optimizer.step()
         scheduler.step()
@@ -91,6 +119,10 @@ def fit(
             progress.set_postfix(loss=f"{running:.4f}")
             if log is not None:
                 log.write(phase=phase, step=step, loss=running, lr=scheduler.get_last_lr()[0])
+        if checkpointer is not None and checkpointer.due(step + 1, total_steps):
+            checkpointer.save(
+                step + 1, {"model": model}, {"weights": optimizer}, {"train": step + 1}, {"loss": running}
+            )
     return FitResult(steps=total_steps, final_loss=running, seconds=time.perf_counter() - started)
 
 

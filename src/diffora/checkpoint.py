@@ -1,0 +1,172 @@
+"""Checkpoints a killed run resumes from: trainable tensors, optimiser states, RNG state and data position.
+
+A checkpoint is a folder `<output-dir>/checkpoints/<phase>-<step>/` with `state.safetensors` (every tensor)
+and `meta.json` (everything else). It is written under a temporary name and renamed when complete, and older
+checkpoints are pruned only after that, so the newest complete checkpoint is always usable.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from diffora.errors import DifforaError
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+@dataclass
+class TrainingState:
+    """What a loop needs to continue exactly where a checkpoint left it."""
+
+    phase: str
+    step: int  # optimiser steps completed
+    consumed: dict[str, int]  # batches drawn from each named loader
+    tensors: dict[str, torch.Tensor]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def _optimizer_tensors(prefix: str, optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], Any]:
+    state = optimizer.state_dict()
+    tensors = {
+        f"{prefix}.{index}.{key}": value.detach().cpu().contiguous()
+        for index, slots in state["state"].items()
+        for key, value in slots.items()
+        if torch.is_tensor(value)
+    }
+    return tensors, state["param_groups"]
+
+
+def _restore_optimizer(
+    prefix: str, optimizer: torch.optim.Optimizer, tensors: Mapping[str, torch.Tensor], param_groups: Any
+) -> None:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith(prefix + "."):
+            index, slot = key[len(prefix) + 1 :].split(".", 1)
+            state.setdefault(int(index), {})[slot] = value
+    optimizer.load_state_dict({"state": state, "param_groups": param_groups})
+
+
+class Checkpointer:
+    """Saves and finds the checkpoints of one phase ('search' or 'finetune') of a run."""
+
+    def __init__(self, output_dir: str | Path | None, phase: str, every: int = 0, keep: int = 2) -> None:
+        self.folder = Path(output_dir) / CHECKPOINT_DIR if output_dir is not None else None
+        self.phase = phase
+        self.every = every
+        self.keep = max(1, keep)
+        self.last_saved: Path | None = None
+
+    def due(self, step: int, total_steps: int) -> bool:
+        """Whether to checkpoint after `step` (1-based count of completed steps)."""
+        return self.folder is not None and (
+            step == total_steps or (self.every > 0 and step % self.every == 0)
+        )
+
+    def save(
+        self,
+        step: int,
+        modules: Mapping[str, nn.Module | torch.Tensor],
+        optimizers: Mapping[str, torch.optim.Optimizer],
+        consumed: Mapping[str, int],
+        meta: Mapping[str, Any] | None = None,
+    ) -> Path:
+        """Write a complete checkpoint after `step` optimiser steps; prune older ones afterwards."""
+        assert self.folder is not None
+        tensors: dict[str, torch.Tensor] = {"rng.torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            tensors["rng.cuda"] = torch.cuda.get_rng_state()
+        for name, module in modules.items():
+            if torch.is_tensor(module):
+                tensors[f"tensor.{name}"] = module.detach().cpu().contiguous()
+            else:
+                tensors.update(
+                    {
+                        f"param.{name}.{key}": p.detach().cpu().contiguous()
+                        for key, p in module.named_parameters()
+                        if p.requires_grad
+                    }
+                )
+        groups = {}
+        for name, optimizer in optimizers.items():
+            optimizer_tensors, groups[name] = _optimizer_tensors(f"optim.{name}", optimizer)
+            tensors.update(optimizer_tensors)
+        document = {
+            "phase": self.phase,
+            "step": step,
+            "consumed": dict(consumed),
+            "param_groups": groups,
+            "meta": dict(meta or {}),
+        }
+        final = self.folder / f"{self.phase}-{step:08d}"
+        staging = self.folder / f".{final.name}.tmp"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        save_file(tensors, str(staging / "state.safetensors"))
+        (staging / "meta.json").write_text(json.dumps(document))
+        shutil.rmtree(final, ignore_errors=True)
+        staging.rename(final)
+        self.last_saved = final
+        for old in self._complete()[: -self.keep]:
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def _complete(self) -> list[Path]:
+        if self.folder is None or not self.folder.is_dir():
+            return []
+        return sorted(
+            p
+            for p in self.folder.glob(f"{self.phase}-*")
+            if (p / "meta.json").is_file() and (p / "state.safetensors").is_file()
+        )
+
+    def latest(self) -> TrainingState | None:
+        """The newest complete checkpoint of this phase, or None."""
+        complete = self._complete()
+        if not complete:
+            return None
+        path = self.last_saved = complete[-1]
+        try:
+            document = json.loads((path / "meta.json").read_text())
+            tensors = load_file(str(path / "state.safetensors"))
+        except (OSError, ValueError) as error:
+            raise DifforaError(
+                f"checkpoint {path} is unreadable ({error}); delete it to resume from the one before"
+            ) from None
+        return TrainingState(
+            phase=document["phase"],
+            step=int(document["step"]),
+            consumed=document["consumed"],
+            tensors=tensors,
+            meta={**document["meta"], "param_groups": document["param_groups"], "path": str(path)},
+        )
+
+
+@torch.no_grad()
+def restore(
+    state: TrainingState,
+    modules: Mapping[str, nn.Module | torch.Tensor],
+    optimizers: Mapping[str, torch.optim.Optimizer],
+) -> None:
+    """Put the tensors, optimiser states and RNG state of a checkpoint back into place."""
+    for name, module in modules.items():
+        if torch.is_tensor(module):
+            module.copy_(state.tensors[f"tensor.{name}"])
+            continue
+        for key, parameter in module.named_parameters():
+            if parameter.requires_grad:
+                parameter.copy_(state.tensors[f"param.{name}.{key}"])
+    for name, optimizer in optimizers.items():
+        _restore_optimizer(f"optim.{name}", optimizer, state.tensors, state.meta["param_groups"][name])
+    torch.set_rng_state(state.tensors["rng.torch"])
+    if "rng.cuda" in state.tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state.tensors["rng.cuda"])

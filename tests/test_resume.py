@@ -1,0 +1,121 @@
+"""Kill real runs with SIGKILL at several points, resume them, get the uninterrupted result bit for bit."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from diffora.cli import main
+
+FLAGS = [
+    "--max-length",
+    "16",
+    "--batch-size",
+    "4",
+    "--epochs",
+    "2",
+    "--search-epochs",
+    "2",
+    "--rank",
+    "2",
+    "--checkpoint-every",
+    "1",
+    "--lr",
+    "1e-2",
+    "--gate-lr",
+    "0.05",
+    "--log-every",
+    "1",
+]
+
+
+def _args(model: Path, data: Path, out: Path) -> list[str]:
+    return [
+        "run",
+        "--task",
+        "rte",
+        "--data-dir",
+        str(data),
+        "--model",
+        str(model),
+        "--output-dir",
+        str(out),
+        *FLAGS,
+    ]
+
+
+def _result(out: Path) -> tuple[list, dict[str, torch.Tensor], dict]:
+    dam = json.loads((out / "dam.json").read_text())
+    rows = [(r["name"], r["logit"], r["gate"], r["selected"]) for r in dam["candidates"]]
+    metrics = json.loads((out / "metrics.json").read_text())
+    return rows, load_file(out / "adapter_model.safetensors"), metrics["metrics"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_bert_dir, tiny_glue_dir, tmp_path_factory) -> tuple[list, dict, dict]:
+    out = tmp_path_factory.mktemp("reference") / "out"
+    assert main(_args(tiny_bert_dir, tiny_glue_dir, out)) == 0
+    assert not (out / "checkpoints").exists()  # a finished run keeps no checkpoints
+    return _result(out)
+
+
+def _kill_when(process: subprocess.Popen, marker: Path, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not marker.exists():
+        assert process.poll() is None, "the run ended before the kill point"
+        assert time.monotonic() < deadline, f"{marker.name} never appeared"
+        time.sleep(0.005)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+@pytest.mark.parametrize("kill_point", ["search-00000003", "search-00000019", "finetune-00000004"])
+def test_sigkill_then_resume_gives_the_uninterrupted_result(
+    kill_point, uninterrupted, tiny_bert_dir, tiny_glue_dir, tmp_path
+) -> None:
+    out = tmp_path / "out"
+    environment = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "diffora.cli", *_args(tiny_bert_dir, tiny_glue_dir, out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=environment,
+    )
+    _kill_when(process, out / "checkpoints" / kill_point)
+    assert process.returncode == -signal.SIGKILL
+    assert not (out / "metrics.json").exists()
+    # refused without --resume: the folder holds a run
+    assert main(_args(tiny_bert_dir, tiny_glue_dir, out)) == 2
+    assert main([*_args(tiny_bert_dir, tiny_glue_dir, out), "--resume"]) == 0
+    rows, tensors, metrics = _result(out)
+    reference_rows, reference_tensors, reference_metrics = uninterrupted
+    assert rows == reference_rows
+    assert tensors.keys() == reference_tensors.keys()
+    assert all(torch.equal(tensors[key], reference_tensors[key]) for key in tensors)
+    assert metrics == reference_metrics
+
+
+def test_resume_refuses_a_different_run_and_a_finished_one(
+    tiny_bert_dir, tiny_glue_dir, tmp_path, capsys
+) -> None:
+    out = tmp_path / "out"
+    (out / "checkpoints").mkdir(parents=True)
+    assert main([*_args(tiny_bert_dir, tiny_glue_dir, out), "--resume"]) == 2
+    assert "holds no run to resume" in capsys.readouterr().err
+    assert main([*_args(tiny_bert_dir, tiny_glue_dir, out), "--overwrite"]) == 0
+    assert main([*_args(tiny_bert_dir, tiny_glue_dir, out), "--resume"]) == 2
+    assert "already complete" in capsys.readouterr().err
+    (out / "metrics.json").unlink()
+    assert main([*_args(tiny_bert_dir, tiny_glue_dir, out), "--resume", "--rank", "4"]) == 2
+    assert "holds a different run (changed: adapter.rank)" in capsys.readouterr().err
+    assert main([*_args(tiny_bert_dir, tiny_glue_dir, out), "--resume", "--overwrite"]) == 2
+    assert "contradict" in capsys.readouterr().err
