@@ -1,4 +1,4 @@
-"""Malformed input never gives a traceback or a partial output; numerical faults stop the run; safe loading."""
+"""Malformed input never gives a traceback or partial output; numerical faults stop the run; safe loading."""
 
 from __future__ import annotations
 
@@ -19,7 +19,9 @@ from diffora.training import check_finite
 SRC = Path(__file__).resolve().parents[1] / "src" / "diffora"
 FAST = ["--max-length", "8", "--batch-size", "4", "--epochs", "1", "--search-epochs", "1", "--rank", "1"]
 
-cell = st.one_of(st.text(max_size=6), st.sampled_from(["0", "1", "", "nan", "1e999", '"', "\t", ",", "\\", "{"]))
+cell = st.one_of(
+    st.text(max_size=6), st.sampled_from(["0", "1", "", "nan", "1e999", '"', "\t", ",", "\\", "{"])
+)
 row = st.lists(cell, min_size=0, max_size=4)
 
 
@@ -31,29 +33,57 @@ def _jsonish(values: list) -> st.SearchStrategy[str]:
     return st.sampled_from([json.dumps(values), json.dumps(values)[:-1], "[" + json.dumps(values), "null"])
 
 
-record = st.dictionaries(st.sampled_from(["text", "label", "other"]),
-                         st.one_of(st.text(max_size=5), st.integers(-2, 3), st.none(), st.floats()), max_size=3)
+record = st.dictionaries(
+    st.sampled_from(["text", "label", "other"]),
+    st.one_of(st.text(max_size=5), st.integers(-2, 3), st.none(), st.floats()),
+    max_size=3,
+)
 malformed = st.one_of(
-    st.tuples(st.just(".csv"), st.lists(row, max_size=6).map(lambda rows: "text,label\n" + _table(rows, ","))),
-    st.tuples(st.just(".tsv"), st.lists(row, max_size=6).map(lambda rows: "text\tlabel\n" + _table(rows, "\t"))),
+    st.tuples(
+        st.just(".csv"), st.lists(row, max_size=6).map(lambda rows: "text,label\n" + _table(rows, ","))
+    ),
+    st.tuples(
+        st.just(".tsv"), st.lists(row, max_size=6).map(lambda rows: "text\tlabel\n" + _table(rows, "\t"))
+    ),
     st.tuples(st.just(".json"), st.lists(record, max_size=5).flatmap(_jsonish)),
-    st.tuples(st.just(".jsonl"), st.lists(record, max_size=5).map(lambda rs: "\n".join(json.dumps(r) for r in rs))),
-    st.tuples(st.sampled_from([".csv", ".json", ".jsonl", ".tsv"]), st.binary(max_size=40).map(
-        lambda b: b.decode("latin-1"))),
+    st.tuples(
+        st.just(".jsonl"), st.lists(record, max_size=5).map(lambda rs: "\n".join(json.dumps(r) for r in rs))
+    ),
+    st.tuples(
+        st.sampled_from([".csv", ".json", ".jsonl", ".tsv"]),
+        st.binary(max_size=40).map(lambda b: b.decode("latin-1")),
+    ),
 )
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(case=malformed)
-def test_malformed_custom_files_give_one_clean_line_and_no_output(case, tiny_bert_dir, tmp_path_factory,
-                                                                  capsys) -> None:
+def test_malformed_custom_files_give_one_clean_line_and_no_output(
+    case, tiny_bert_dir, tmp_path_factory, capsys
+) -> None:
     suffix, content = case
     folder = tmp_path_factory.mktemp("fuzz")
     train = folder / f"train{suffix}"
     train.write_bytes(content.encode("utf-8", errors="surrogateescape"))
     out = folder / "out"
-    code = main(["run", "--task", "custom", "--train-file", str(train), "--eval-file", str(train),
-                 "--text-fields", "text", "--model", str(tiny_bert_dir), "--output-dir", str(out), *FAST])
+    code = main(
+        [
+            "run",
+            "--task",
+            "custom",
+            "--train-file",
+            str(train),
+            "--eval-file",
+            str(train),
+            "--text-fields",
+            "text",
+            "--model",
+            str(tiny_bert_dir),
+            "--output-dir",
+            str(out),
+            *FAST,
+        ]
+    )
     captured = capsys.readouterr()
     assert "Traceback" not in captured.err
     if code == 2:
@@ -68,11 +98,30 @@ def test_infinite_loss_stops_the_run_naming_the_step(tiny_bert_dir, tmp_path, ca
     data = tmp_path / "train.jsonl"
     rows = [{"text": f"the cat sat {i}", "label": 3e38 * (i % 3)} for i in range(24)]
     data.write_text("\n".join(json.dumps(r) for r in rows))
-    code = main(["run", "--task", "custom", "--problem-type", "regression", "--train-file", str(data),
-                 "--eval-file", str(data), "--text-fields", "text", "--model", str(tiny_bert_dir),
-                 "--output-dir", str(tmp_path / "out"), *FAST])
+    code = main(
+        [
+            "run",
+            "--task",
+            "custom",
+            "--problem-type",
+            "regression",
+            "--train-file",
+            str(data),
+            "--eval-file",
+            str(data),
+            "--text-fields",
+            "text",
+            "--model",
+            str(tiny_bert_dir),
+            "--output-dir",
+            str(tmp_path / "out"),
+            *FAST,
+        ]
+    )
     assert code == 2
-    assert re.search(r"search \(weight step\): the loss became inf at step 0; lower --lr", capsys.readouterr().err)
+    assert re.search(
+        r"search \(weight step\): the loss became inf at step 0; lower --lr", capsys.readouterr().err
+    )
     assert not (tmp_path / "out" / "dam.json").exists()
 
 
@@ -80,8 +129,11 @@ def test_nan_message_names_the_last_good_checkpoint(tmp_path) -> None:
     checkpointer = Checkpointer(tmp_path, "finetune", every=1)
     model = torch.nn.Linear(2, 1)
     checkpointer.save(5, {"model": model}, {}, {"train": 5})
-    with pytest.raises(DifforaError, match=r"finetune: the loss became nan at step 6; the last good checkpoint "
-                                           r"is .*finetune-00000005"):
+    with pytest.raises(
+        DifforaError,
+        match=r"finetune: the loss became nan at step 6; the last good checkpoint "
+        r"is .*finetune-00000005",
+    ):
         check_finite(torch.tensor(float("nan")), "finetune", 6, checkpointer)
 
 
