@@ -1,0 +1,926 @@
+"""GLUE benchmark: DiffoRA against full fine-tuning, LoRA, LoRA+, AdaLoRA and random selection, and ablations.
+
+Runs on the embedded all-MiniLM-L6-v2 and the GLUE TSV files in --data-dir, tasks cola, sst2, mrpc, stsb and
+rte. Every method of a (task, seed) job sees the same training subsample, data order, max length, batch size,
+epochs and linear learning-rate schedule; the dev set is only ever used for the final evaluation.
+
+    python benchmarks/run_glue.py --profile quick                      # the whole matrix on a small CPU
+    python benchmarks/run_glue.py --profile full --workers 12          # full training sets on a GPU
+    python benchmarks/run_glue.py --profile quick --tasks rte stsb --seeds 0 --methods main \\
+        --max-train 64 --max-eval 32 --epochs 1 --out /tmp/glue-smoke   # a smoke test
+
+Each (task, seed) job runs as its own subprocess (--workers of them at once) and writes
+<out>/runs/<profile>/<task>_seed<seed>.json after every method; finished jobs are skipped when the script runs
+again, unfinished ones continue with the methods they lack. At the end the parent merges every job file into
+<out>/glue_<profile>.json and <out>/glue_<profile>.md and draws the plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
+sys.path.insert(0, str(BENCH_DIR))
+if (REPO_ROOT / "src" / "diffora").is_dir():  # benchmark this checkout, whatever diffora is installed
+    sys.path.insert(0, str(REPO_ROOT / "src"))
+
+from cost import PeakMemory, cpu_name, measure_cost  # noqa: E402
+
+DEFAULT_DATA_DIR = os.environ.get("DIFFORA_DATA_DIR") or str(REPO_ROOT.parent / "shared" / "data" / "glue")
+TASKS = ("cola", "sst2", "mrpc", "stsb", "rte")
+MAIN_METHODS = (
+    "full",
+    "lora",
+    "lora_matched",
+    "loraplus",
+    "adalora",
+    "random",
+    "diffora",
+    "lora_equal_steps",
+)
+DATA_SEED = 0  # one subsample per task, shared by every method and seed
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A DiffoRA fine-tune from one of the job's searches."""
+
+    search: str = "main"  # main (sigmoid, first order), softmax, second
+    rho: float = 0.5
+    selection: str = "global"
+    ranking: str = "gate"
+    sharing: str = "inherit"
+
+
+VARIANTS: dict[str, Variant] = {
+    "diffora": Variant(),
+    "diffora_rho0.25": Variant(rho=0.25),
+    "diffora_rho0.75": Variant(rho=0.75),
+    "diffora_rho1.0": Variant(rho=1.0),
+    "diffora_inherit_fold": Variant(sharing="inherit_fold"),
+    "diffora_reinit": Variant(sharing="reinit"),
+    "diffora_softmax": Variant(search="softmax"),
+    "diffora_per_layer": Variant(selection="per_layer"),
+    "diffora_second_order": Variant(search="second"),
+    "diffora_perturbation": Variant(ranking="perturbation"),
+}
+ABLATIONS = tuple(name for name in VARIANTS if name != "diffora")
+ALL_METHODS = MAIN_METHODS + ABLATIONS
+SEARCHES = {"main": {}, "softmax": {"relaxation": "softmax"}, "second": {"order": "second"}}
+NEEDS_MAIN_SEARCH = {"random", "lora_matched"}
+
+
+@dataclass
+class Profile:
+    """Settings shared by every method of a task; per-task values are dicts keyed by task."""
+
+    name: str
+    seeds: list[int]
+    max_train: dict[str, int | None]
+    max_eval: int | None
+    epochs: dict[str, float]
+    lr: dict[str, float]
+    full_lr: dict[str, float]
+    batch_size: int = 32
+    max_length: int = 128
+    warmup_ratio: float = 0.06
+    weight_decay: float = 0.0
+    search_epochs: float = 1.0  # the package default
+    perturbation_batches: int = 4
+    workers: int = 1
+    cost_repeats: int = 5
+    rank: int = 8
+    lora_alpha: float = 16.0
+    rho: float = 0.5
+    loraplus_ratio: float = 16.0
+    adalora_init_r: int = 12
+    adalora_target_r: int = 8
+    adalora_tinit: float = 0.1
+    adalora_tfinal: float = 0.2
+
+    def for_task(self, task: str) -> dict[str, Any]:
+        """The flat settings of one task: what a job runs with and what its fingerprint covers."""
+        values = dataclasses.asdict(self)
+        for key in ("max_train", "epochs", "lr", "full_lr"):
+            values[key] = values[key][task]
+        for key in ("name", "seeds", "workers", "cost_repeats"):
+            values.pop(key)
+        return values
+
+
+def _per_task(value: Any) -> dict[str, Any]:
+    return dict.fromkeys(TASKS, value)
+
+
+PROFILES = {
+    # A 2-core CPU, whole matrix in about 1.5 hours: small seeded training subsamples (sentence-pair tasks,
+    # whose batches are 3-5x longer, get fewer), dev capped at 300, the package's 3 fine-tuning epochs (so
+    # that the search/fine-tune time ratio is the default's); LoRA's usual 5e-4 doubled for the short runs.
+    "quick": Profile(
+        name="quick",
+        seeds=[0, 1, 2],
+        max_train={"cola": 600, "sst2": 500, "mrpc": 240, "stsb": 300, "rte": 200},
+        max_eval=300,
+        epochs=_per_task(3.0),
+        lr=_per_task(1e-3),
+        full_lr=_per_task(5e-5),
+        perturbation_batches=2,
+        workers=2,
+        cost_repeats=5,
+    ),
+    # A GPU: whole training sets and dev sets, epochs in the range LoRA/AdaLoRA papers use on GLUE.
+    "full": Profile(
+        name="full",
+        seeds=[0, 1, 2, 3, 4],
+        max_train=_per_task(None),
+        max_eval=None,
+        epochs={"cola": 20.0, "sst2": 5.0, "mrpc": 20.0, "stsb": 20.0, "rte": 30.0},
+        lr=_per_task(5e-4),
+        full_lr=_per_task(2e-5),
+        perturbation_batches=8,
+        workers=8,
+        cost_repeats=20,
+    ),
+}
+
+
+# ----------------------------------------------------------------------------------------- environment
+
+
+def git_commit() -> dict[str, Any]:
+    """The repository's HEAD commit and whether the working tree differs from it."""
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(
+                ["git", "-C", str(REPO_ROOT), *args], capture_output=True, text=True, check=False, timeout=30
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain")
+    return {"commit": commit or "none (no commit yet)", "dirty": bool(status) if status is not None else None}
+
+
+def environment(threads: int) -> dict[str, Any]:
+    import torch
+
+    from diffora.pipeline import versions
+
+    return {
+        "versions": versions(),
+        "git": git_commit(),
+        "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": threads,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "hostname_hash": hashlib.sha256(os.uname().nodename.encode()).hexdigest()[:8],
+    }
+
+
+def fingerprint(settings: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+
+
+# ------------------------------------------------------------------------------------------- one job
+
+
+def subsample_indices(total: int, n: int | None, seed: int) -> list[int] | None:
+    """The indices `diffora.data.subsample` keeps (None: every example)."""
+    if n is None or n >= total:
+        return None
+    return sorted(random.Random(seed).sample(range(total), n))
+
+
+class Job:
+    """All methods of one (task, seed): shared data and searches, one record per method."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        import torch
+
+        from diffora.config import AdapterConfig, DataConfig
+        from diffora.data import TaskData, subsample
+        from diffora.pipeline import open_workbench
+
+        self.spec = spec
+        self.settings = spec["settings"]
+        self.task, self.seed = spec["task"], spec["seed"]
+        self.path = Path(spec["path"])
+        self.adapter = AdapterConfig(
+            model=None, rank=self.settings["rank"], lora_alpha=self.settings["lora_alpha"]
+        )
+        self.data_config = DataConfig(
+            task=self.task,
+            data_dir=spec["data_dir"],
+            max_train_samples=self.settings["max_train"],
+            max_eval_samples=self.settings["max_eval"],
+            max_length=self.settings["max_length"],
+        )
+        full_config = dataclasses.replace(self.data_config, max_train_samples=None, max_eval_samples=None)
+        self.bench = open_workbench(full_config, self.adapter, self.seed)
+        full = self.bench.data
+        train_idx = subsample_indices(len(full.train), self.settings["max_train"], DATA_SEED)
+        eval_idx = subsample_indices(len(full.eval), self.settings["max_eval"], DATA_SEED)
+        train = subsample(full.train, self.settings["max_train"], DATA_SEED)
+        eval_ = subsample(full.eval, self.settings["max_eval"], DATA_SEED)
+        assert train == (full.train if train_idx is None else [full.train[i] for i in train_idx])
+        # evaluation in length order: less padding, same metrics
+        eval_ = sorted(eval_, key=lambda example: sum(len(text) for text in example[0]))
+        self.bench.data = TaskData(spec=full.spec, train=train, eval=eval_, source=full.source)
+        self.data = {
+            "source": full.source,
+            "fingerprint": self.bench.data.fingerprint(),
+            "train_total": len(full.train),
+            "train_used": len(train),
+            "train_indices": train_idx,
+            "eval_total": len(full.eval),
+            "eval_used": len(eval_),
+            "eval_indices": eval_idx,
+            "subsample_seed": DATA_SEED,
+        }
+        self.names = [c.name for c in self.bench.candidates]
+        self.device = self.bench.device
+        self.searches: dict[str, dict[str, Any]] = {}
+        self.outcomes: dict[str, Any] = {}
+        self.todo: set[str] = set()
+        self.document = self._load_existing()
+        torch.manual_seed(self.seed)
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def _load_existing(self) -> dict[str, Any]:
+        base = {
+            "job": self.path.stem,
+            "task": self.task,
+            "seed": self.seed,
+            "profile": self.spec["profile"],
+            "fingerprint": self.spec["fingerprint"],
+            "settings": self.settings,
+            "data": self.data,
+            "environment": environment(self.spec["threads"]),
+            "searches": {},
+            "runs": {},
+            "complete": False,
+        }
+        if self.path.is_file():
+            old = json.loads(self.path.read_text())
+            if (
+                old.get("fingerprint") == self.spec["fingerprint"]
+                and old.get("data", {}).get("fingerprint") == self.data["fingerprint"]
+            ):
+                base["runs"], base["searches"] = old.get("runs", {}), old.get("searches", {})
+        return base
+
+    def save(self) -> None:
+        from diffora.io import atomic_write_json
+
+        self.document["complete"] = all(m in self.document["runs"] for m in self.spec["methods"])
+        atomic_write_json(self.path, self.document)
+
+    def log(self, message: str) -> None:
+        print(f"[{self.task} seed {self.seed}] {message}", flush=True)
+
+    # ------------------------------------------------------------------ shared pieces
+
+    def loaders(self) -> tuple[Any, Any]:
+        s = self.settings
+        train = self.bench.loader(self.bench.data.train, s["batch_size"], s["max_length"], True, self.seed)
+        eval_ = self.bench.loader(self.bench.data.eval, s["batch_size"], s["max_length"], False, self.seed)
+        return train, eval_
+
+    def search_split(self) -> tuple[list, list]:
+        from diffora.data import split_for_search
+
+        return split_for_search(
+            self.bench.data.train,
+            self.data_config.search_fraction,
+            self.seed,
+            stratify=not self.bench.data.spec.is_regression,
+        )
+
+    def search_steps(self) -> int:
+        search_train, _ = self.search_split()
+        return max(
+            1,
+            math.ceil(
+                self.settings["search_epochs"] * math.ceil(len(search_train) / self.settings["batch_size"])
+            ),
+        )
+
+    def search(self, kind: str) -> dict[str, Any]:
+        """Run (once per job) one of the searches; returns its DAM, weights and record.
+
+        The main search also gets the perturbation check when a method still to run ranks by it.
+        """
+        if kind in self.outcomes:
+            return self.outcomes[kind]
+        perturbation = kind == VARIANTS["diffora_perturbation"].search and "diffora_perturbation" in self.todo
+        from diffora.config import FinetuneConfig, SearchConfig
+        from diffora.pipeline import _search_on
+
+        s = self.settings
+        search_config = SearchConfig(
+            epochs=s["search_epochs"], batch_size=s["batch_size"], seed=self.seed, **SEARCHES[kind]
+        )
+        finetune_config = FinetuneConfig(rho=s["rho"], seed=self.seed)
+        self.bench.model = self.bench.fresh_model(self.seed)
+        self.log(f"search '{kind}' ({search_config.relaxation}, {search_config.order} order) ...")
+        with PeakMemory(self.device) as memory:
+            outcome = _search_on(
+                self.bench, self.data_config, self.adapter, search_config, finetune_config, 0, None
+            )
+        record = {
+            "kind": kind,
+            "config": dataclasses.asdict(search_config),
+            "seconds": outcome.seconds,
+            "steps": outcome.steps,
+            "memory_mib": memory.mib,
+            "memory_kind": memory.kind,
+            "search_train_examples": outcome.dam.info.get("search_train_examples"),
+            "search_val_examples": outcome.dam.info.get("search_val_examples"),
+            "candidates": self.names,
+            "layers": [c.layer for c in outcome.dam.candidates],
+            "types": [c.type for c in outcome.dam.candidates],
+            "logits": outcome.dam.logits,
+            "gates": outcome.dam.gates,
+            "perturbation": None,
+            "perturbation_seconds": None,
+        }
+        previous = self.document["searches"].get(kind)
+        if previous and previous.get("candidates") == self.names:  # searched again (resume, wave 2)
+            record["rerun_max_gate_difference"] = max(
+                abs(a - b) for a, b in zip(previous["gates"], outcome.dam.gates, strict=True)
+            )
+        if perturbation and s["perturbation_batches"] > 0:
+            record["perturbation"], record["perturbation_seconds"] = self._perturbation(outcome)
+            outcome.dam.perturbation_scores = record["perturbation"]
+        outcome.peft_model = None  # frees the search model; fine-tunes start from fresh copies
+        self.outcomes[kind] = {
+            "dam": outcome.dam,
+            "weights": outcome.weights,
+            "head": outcome.initial_head,
+            "record": record,
+        }
+        self.document["searches"][kind] = record
+        self.log(
+            f"search '{kind}': {outcome.steps} steps in {outcome.seconds:.1f} s, mean gate "
+            f"{sum(outcome.dam.gates) / len(outcome.dam.gates):.3f}"
+        )
+        return self.outcomes[kind]
+
+    def _perturbation(self, outcome: Any) -> tuple[list[float], float]:
+        """Perturbation scores of the finished search model (timed apart from the search itself)."""
+        import torch
+
+        from diffora.gates import DAMGates
+        from diffora.search import perturbation_scores
+
+        started = time.perf_counter()
+        _, search_val = self.search_split()
+        loader = self.bench.loader(
+            search_val, self.settings["batch_size"], self.settings["max_length"], True, self.seed + 1
+        )
+        dam = outcome.dam
+        gates = DAMGates(dam.candidates, dam.relaxation, dam.temperature).to(self.device)
+        with torch.no_grad():
+            gates.logits.copy_(torch.tensor(dam.logits))
+        gates.attach(outcome.peft_model)
+        scores = perturbation_scores(outcome.peft_model, gates, loader, self.settings["perturbation_batches"])
+        gates.detach()
+        return scores, time.perf_counter() - started
+
+    def train_and_evaluate(
+        self, method: str, model: Any, optimizer: Any, epochs: float, after_step: Any = None
+    ) -> dict[str, Any]:
+        """fit with the shared schedule, then evaluate on the dev set; times and peak memory of both."""
+        from diffora.baselines import adapter_parameter_count
+        from diffora.models import count_trainable_parameters
+        from diffora.training import evaluate, fit
+
+        s = self.settings
+        train_loader, eval_loader = self.loaders()
+        trainable = count_trainable_parameters(model)
+        with PeakMemory(self.device) as train_memory:
+            fitted = fit(
+                model, train_loader, optimizer, epochs, s["warmup_ratio"], phase=method, after_step=after_step
+            )
+        started = time.perf_counter()
+        with PeakMemory(self.device) as eval_memory:
+            scores = evaluate(model, eval_loader, self.bench.data.spec)
+        spec = self.bench.data.spec
+        return {
+            "metrics": scores,
+            "main_metric": spec.main_metric,
+            "score": scores[spec.main_metric],
+            "trainable_parameters": trainable,
+            "adapter_parameters": adapter_parameter_count(model),
+            "finetune_steps": fitted.steps,
+            "final_train_loss": fitted.final_loss,
+            "seconds": {"finetune": fitted.seconds, "evaluate": time.perf_counter() - started},
+            "memory": {
+                "kind": train_memory.kind,
+                "finetune_mib": train_memory.mib,
+                "evaluate_mib": eval_memory.mib,
+            },
+            "optimizer": type(optimizer).__name__,
+            "epochs": epochs,
+        }
+
+    # ------------------------------------------------------------------ methods
+
+    def run_method(self, method: str) -> dict[str, Any]:
+        from diffora import baselines
+        from diffora.finetune import build_finetune_model
+
+        s = self.settings
+        spec_epochs = s["epochs"]
+        fresh = self.bench.fresh_model(self.seed)
+        extra: dict[str, Any] = {}
+        search_kind: str | None = None
+        search_seconds = 0.0
+        after_step = None
+        epochs = spec_epochs
+        if method == "full":
+            model = baselines.full_finetune_model(fresh)
+            optimizer = baselines.adamw(model, s["full_lr"], s["weight_decay"])
+            extra["lr"] = s["full_lr"]
+        elif method in ("lora", "loraplus", "lora_equal_steps", "lora_matched"):
+            rank = s["rank"]
+            if method == "lora_matched":
+                outcome = self.search("main")
+                kept = [c.name for c in outcome["dam"].discretize(s["rho"])]
+                dims = baselines.module_dims(fresh, self.names)
+                target = baselines.lora_parameter_count(dims, kept, s["rank"])
+                rank = baselines.matched_rank(dims, self.names, target)
+                extra.update(
+                    matched_target=target,
+                    matched_count=baselines.lora_parameter_count(dims, self.names, rank),
+                    rank_source="DiffoRA's adapters at rho (main search)",
+                )
+            model = baselines.lora_all_model(
+                fresh, self.names, self.bench.head_modules, self.adapter, rank, seed=self.seed
+            )
+            extra["rank"] = rank
+            if method == "loraplus":
+                optimizer = baselines.loraplus_optimizer(
+                    model, s["lr"], s["weight_decay"], s["loraplus_ratio"]
+                )
+                extra["loraplus_lr_ratio"] = s["loraplus_ratio"]
+            else:
+                optimizer = baselines.adamw(model, s["lr"], s["weight_decay"])
+            if method == "lora_equal_steps":
+                train_loader, _ = self.loaders()
+                steps = math.ceil(spec_epochs * len(train_loader))
+                search_steps = self.search_steps()
+                epochs = baselines.equal_steps_epochs(steps, search_steps, len(train_loader))
+                extra.update(added_search_steps=search_steps, budget="fine-tune steps + search steps")
+        elif method == "adalora":
+            train_loader, _ = self.loaders()
+            total = math.ceil(spec_epochs * len(train_loader))
+            model = baselines.adalora_model(
+                fresh,
+                self.names,
+                self.bench.head_modules,
+                self.adapter,
+                total,
+                s["adalora_init_r"],
+                s["adalora_target_r"],
+                s["adalora_tinit"],
+                s["adalora_tfinal"],
+                seed=self.seed,
+            )
+            optimizer = baselines.adamw(model, s["lr"], s["weight_decay"])
+            after_step = baselines.adalora_step_callback(model)
+            config = model.peft_config["default"]
+            extra.update(
+                init_r=config.init_r,
+                target_r=config.target_r,
+                total_step=config.total_step,
+                tinit=config.tinit,
+                tfinal=config.tfinal,
+                deltaT=config.deltaT,
+                orth_reg_weight=config.orth_reg_weight,
+            )
+        elif method == "random" or method in VARIANTS:
+            variant = VARIANTS.get(method, Variant())
+            search_kind = variant.search
+            outcome = self.search(search_kind)
+            dam = outcome["dam"]
+            gates = {c.name: g for c, g in zip(dam.candidates, dam.gates, strict=True)}
+            if method == "random":
+                model, selected = baselines.random_selection_model(
+                    fresh,
+                    dam.candidates,
+                    s["rho"],
+                    self.seed,
+                    self.bench.head_modules,
+                    self.adapter,
+                    outcome["weights"],
+                    outcome["head"],
+                    gates,
+                )
+                extra.update(rho=s["rho"], sharing="inherit", selection="uniform random (seeded)")
+            else:
+                selected = dam.discretize(variant.rho, variant.selection, variant.ranking)
+                model = build_finetune_model(
+                    fresh,
+                    selected,
+                    gates,
+                    self.bench.head_modules,
+                    self.adapter,
+                    outcome["weights"],
+                    outcome["head"],
+                    variant.sharing,
+                    self.seed,
+                )
+                extra.update(dataclasses.asdict(variant))
+                if variant.ranking == "perturbation":
+                    search_seconds += outcome["record"]["perturbation_seconds"] or 0.0
+            model = model.to(self.device)
+            optimizer = baselines.adamw(model, s["lr"], s["weight_decay"])
+            extra["selected_modules"] = [c.name for c in selected]
+            search_seconds += outcome["record"]["seconds"]
+            extra["search_steps"] = outcome["record"]["steps"]
+            extra["search_memory_mib"] = outcome["record"]["memory_mib"]
+        else:
+            raise SystemExit(f"unknown method {method!r}")
+        if method != "full":
+            extra.setdefault("lr", s["lr"])
+        result = self.train_and_evaluate(method, model, optimizer, epochs, after_step)
+        if method == "adalora":
+            result["final_rank_budget"] = baselines.adalora_rank_budget(model)
+            result["effective_adapter_parameters"] = baselines.adalora_effective_parameters(model)
+            result["rank_pattern"] = {
+                key: [bool(v) for v in value]
+                for key, value in (model.peft_config["default"].rank_pattern or {}).items()
+            }
+        seconds = {"search": search_seconds, **result["seconds"]}
+        seconds["total"] = sum(seconds.values())
+        result["seconds"] = seconds
+        result["search_fraction"] = search_seconds / seconds["total"] if seconds["total"] else 0.0
+        result["memory"]["search_mib"] = extra.pop("search_memory_mib", None)
+        record = {
+            "method": method,
+            "task": self.task,
+            "seed": self.seed,
+            "search": search_kind,
+            **result,
+            "config": {
+                **{
+                    k: self.settings[k]
+                    for k in (
+                        "batch_size",
+                        "max_length",
+                        "warmup_ratio",
+                        "weight_decay",
+                        "max_train",
+                        "max_eval",
+                    )
+                },
+                "schedule": "linear warm-up then linear decay (transformers)",
+                **extra,
+            },
+        }
+        del model, optimizer
+        return record
+
+    def run(self) -> None:
+        todo = [m for m in self.spec["methods"] if m not in self.document["runs"]]
+        self.todo = set(todo)
+        self.log(f"{len(todo)} method(s) to run: {', '.join(todo)}")
+        # methods sharing a search run next to each other, so each search model is needed only once
+        order = {m: i for i, m in enumerate(ALL_METHODS)}
+        todo.sort(key=lambda m: (VARIANTS.get(m, Variant()).search if m in VARIANTS else "", order[m]))
+        started = time.perf_counter()
+        for method in todo:
+            record = self.run_method(method)
+            self.document["runs"][method] = record
+            self.save()
+            self.log(
+                f"{method}: {record['main_metric']} {record['score']:.4f}, "
+                f"{record['trainable_parameters']:,} trainable, "
+                f"fine-tune {record['seconds']['finetune']:.1f} s,"
+                f" eval {record['seconds']['evaluate']:.1f} s"
+            )
+            self._drop_unused_searches(todo[todo.index(method) + 1 :])
+        self.save()
+        self.log(f"done in {time.perf_counter() - started:.0f} s")
+
+    def _drop_unused_searches(self, remaining: list[str]) -> None:
+        needed = {VARIANTS[m].search for m in remaining if m in VARIANTS}
+        needed |= {"main"} if any(m in NEEDS_MAIN_SEARCH for m in remaining) else set()
+        for kind in list(self.outcomes):
+            if kind not in needed:
+                del self.outcomes[kind]
+
+
+def run_job(spec_path: Path) -> int:
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    spec = json.loads(spec_path.read_text())
+    torch.set_num_threads(spec["threads"])
+    Job(spec).run()
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- parent
+
+
+def resolve_methods(requested: list[str]) -> list[str]:
+    methods: list[str] = []
+    for name in requested:
+        expanded = {"main": MAIN_METHODS, "ablations": ABLATIONS, "all": ALL_METHODS}.get(name, (name,))
+        for method in expanded:
+            if method not in ALL_METHODS:
+                raise SystemExit(
+                    f"unknown method {method!r}; choose from main, ablations, all, {', '.join(ALL_METHODS)}"
+                )
+            if method not in methods:
+                methods.append(method)
+    return methods
+
+
+def build_profile(args: argparse.Namespace) -> Profile:
+    profile = dataclasses.replace(PROFILES[args.profile])
+    if args.seeds is not None:
+        profile.seeds = args.seeds
+    for name, key in (("max_train", "max_train"), ("epochs", "epochs"), ("lr", "lr"), ("full_lr", "full_lr")):
+        value = getattr(args, name)
+        if value is not None:
+            setattr(profile, key, _per_task(None if value == 0 and name == "max_train" else value))
+    if args.max_eval is not None:
+        profile.max_eval = None if args.max_eval == 0 else args.max_eval
+    for name in ("search_epochs", "perturbation_batches", "batch_size", "max_length"):
+        if getattr(args, name) is not None:
+            setattr(profile, name, getattr(args, name))
+    if args.workers is not None:
+        profile.workers = args.workers
+    if args.cost_repeats is not None:
+        profile.cost_repeats = args.cost_repeats
+    return profile
+
+
+def run_parent(args: argparse.Namespace) -> int:
+    from diffora.io import atomic_write_json
+
+    profile = build_profile(args)
+    methods = resolve_methods(args.methods)
+    out = Path(args.out)
+    runs_dir = out / "runs" / profile.name
+    (runs_dir / "logs").mkdir(parents=True, exist_ok=True)
+    threads = args.threads or max(1, (os.cpu_count() or 1) // max(1, profile.workers))
+    specs = []
+    for task in args.tasks:
+        settings = profile.for_task(task)
+        for seed in profile.seeds:
+            path = runs_dir / f"{task}_seed{seed}.json"
+            spec = {
+                "task": task,
+                "seed": seed,
+                "settings": settings,
+                "fingerprint": fingerprint(settings),
+                "methods": methods,
+                "data_dir": args.data_dir,
+                "path": str(path),
+                "profile": profile.name,
+                "threads": threads,
+            }
+            if path.is_file() and json.loads(path.read_text()).get("fingerprint") != spec["fingerprint"]:
+                if not args.redo:
+                    raise SystemExit(
+                        f"{path} was run with other settings; pass --redo to replace it or another --out"
+                    )
+                path.unlink()
+            specs.append(spec)
+    # Wave 1 runs the main methods of every job, wave 2 adds the ablations: stopped early, the main table is
+    # complete first. Within a wave, whole seeds first (the task average needs every task of a seed) and the
+    # slowest tasks first, so that the workers stay busy to the end.
+    slow_first = {task: index for index, task in enumerate(("rte", "mrpc", "sst2", "stsb", "cola"))}
+    specs.sort(key=lambda spec: (spec["seed"], slow_first[spec["task"]]))
+    waves = [[m for m in methods if m in MAIN_METHODS], methods]
+    waves = [wave for index, wave in enumerate(waves) if wave and (index == 0 or wave != waves[0])]
+    failures: list[str] = []
+    for number, wave in enumerate(waves, start=1):
+        jobs, skipped = [], 0
+        for spec in specs:
+            path = Path(spec["path"])
+            runs = json.loads(path.read_text()).get("runs", {}) if path.is_file() else {}
+            if all(m in runs for m in wave):
+                skipped += 1
+            else:
+                jobs.append({**spec, "methods": wave})
+        print(
+            f"profile {profile.name}, wave {number}/{len(waves)} ({len(wave)} methods): {len(jobs)} job(s) "
+            f"to run, {skipped} already done; {profile.workers} worker(s) x {threads} thread(s); out: {out}",
+            flush=True,
+        )
+        failures += run_jobs(jobs, runs_dir, profile.workers)
+    cost = None
+    if not args.no_cost:
+        cost = run_cost(args, profile, runs_dir, threads)
+    from glue_report import write_report
+
+    write_report(
+        out,
+        profile.name,
+        runs_dir,
+        cost,
+        {
+            "command": " ".join(sys.argv),
+            "profile": dataclasses.asdict(profile),
+            "methods": methods,
+            "data_dir": args.data_dir,
+        },
+    )
+    atomic_write_json(runs_dir / "last_invocation.json", {"argv": sys.argv, "failures": failures})
+    if failures:
+        print(f"{len(failures)} job(s) failed: {', '.join(failures)}; see {runs_dir / 'logs'}", flush=True)
+        return 1
+    return 0
+
+
+def run_jobs(jobs: list[dict[str, Any]], runs_dir: Path, workers: int) -> list[str]:
+    """Run the jobs as subprocesses, `workers` at a time; returns the names of the failed ones."""
+    from diffora.io import atomic_write_json
+
+    pending = list(jobs)
+    running: dict[str, tuple[subprocess.Popen, float, Any]] = {}
+    failures: list[str] = []
+    done = 0
+    started = time.perf_counter()
+    env = dict(os.environ, TQDM_DISABLE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+    while pending or running:
+        while pending and len(running) < max(1, workers):
+            spec = pending.pop(0)
+            name = Path(spec["path"]).stem
+            spec_path = runs_dir / "specs" / f"{name}.json"
+            atomic_write_json(spec_path, spec)
+            log = open(runs_dir / "logs" / f"{name}.log", "a", encoding="utf-8")  # noqa: SIM115
+            env_job = dict(env, OMP_NUM_THREADS=str(spec["threads"]), MKL_NUM_THREADS=str(spec["threads"]))
+            process = subprocess.Popen(
+                [sys.executable, str(Path(__file__).resolve()), "--run-job", str(spec_path)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env_job,
+            )
+            running[name] = (process, time.perf_counter(), log)
+            print(f"  started {name} ({len(spec['methods'])} methods)", flush=True)
+        time.sleep(1.0)
+        for name in list(running):
+            process, job_started, log = running[name]
+            if process.poll() is None:
+                continue
+            log.close()
+            del running[name]
+            done += 1
+            elapsed = time.perf_counter() - job_started
+            total = len(jobs)
+            eta = (time.perf_counter() - started) / done * (total - done) / max(1, min(workers, total))
+            if process.returncode != 0:
+                failures.append(name)
+                tail = (runs_dir / "logs" / f"{name}.log").read_text(errors="replace").splitlines()[-15:]
+                print(
+                    f"[{done}/{total}] {name} FAILED (exit {process.returncode}) after {elapsed:.0f} s:\n    "
+                    + "\n    ".join(tail),
+                    flush=True,
+                )
+                continue
+            document = json.loads((runs_dir / f"{name}.json").read_text())
+            scores = ", ".join(
+                f"{m} {r['score']:.3f}"
+                for m, r in document["runs"].items()
+                if m in ("diffora", "lora", "random", "full")
+            )
+            print(
+                f"[{done}/{total}] {name} done in {elapsed:.0f} s ({scores}); about {eta / 60:.0f} min left",
+                flush=True,
+            )
+    return failures
+
+
+def run_cost(
+    args: argparse.Namespace, profile: Profile, runs_dir: Path, threads: int
+) -> dict[str, Any] | None:
+    """cost.json beside the job files (measured once per profile; reused on later invocations)."""
+    from diffora.io import atomic_write_json
+
+    path = runs_dir / "cost.json"
+    if path.is_file() and not args.redo_cost:
+        return json.loads(path.read_text())
+    selected = None
+    rte_seed0 = runs_dir / f"rte_seed{profile.seeds[0]}.json"
+    if rte_seed0.is_file():
+        selected = (
+            json.loads(rte_seed0.read_text())
+            .get("runs", {})
+            .get("diffora", {})
+            .get("config", {})
+            .get("selected_modules")
+        )
+    print("measuring per-step cost on a fixed batch ...", flush=True)
+    try:
+        document = measure_cost(
+            args.data_dir,
+            "rte",
+            profile.batch_size,
+            profile.max_length,
+            profile.cost_repeats,
+            1,
+            threads,
+            selected,
+        )
+    except RuntimeError as error:
+        print(f"cost measurement failed: {error}", flush=True)
+        return None
+    document["selection_source"] = (
+        f"diffora selection of {rte_seed0.name}" if selected else "random_selection(rho=0.5, seed=0)"
+    )
+    atomic_write_json(path, document)
+    return document
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="quick")
+    parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="GLUE folder (default: %(default)s)")
+    parser.add_argument(
+        "--out", default=str(BENCH_DIR / "results"), help="results folder (default: %(default)s)"
+    )
+    parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=None, help="default: the profile's")
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=["all"],
+        help=f"main, ablations, all, or names: {', '.join(ALL_METHODS)}",
+    )
+    parser.add_argument("--workers", type=int, default=None, help="concurrent (task, seed) jobs")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads per job (default: cores/workers)"
+    )
+    parser.add_argument("--max-train", type=int, default=None, help="override: training examples (0 = all)")
+    parser.add_argument("--max-eval", type=int, default=None, help="override: dev examples (0 = all)")
+    parser.add_argument("--epochs", type=float, default=None, help="override: fine-tuning epochs, every task")
+    parser.add_argument(
+        "--lr", type=float, default=None, help="override: learning rate of the adapter methods"
+    )
+    parser.add_argument(
+        "--full-lr", type=float, default=None, help="override: learning rate of full fine-tuning"
+    )
+    parser.add_argument("--search-epochs", type=float, default=None, help="override: search epochs")
+    parser.add_argument("--perturbation-batches", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--max-length", type=int, default=None)
+    parser.add_argument("--cost-repeats", type=int, default=None, help="timed steps per cost measurement")
+    parser.add_argument("--no-cost", action="store_true", help="skip the per-step cost measurement")
+    parser.add_argument("--redo", action="store_true", help="replace job files run with other settings")
+    parser.add_argument("--redo-cost", action="store_true", help="measure the cost again")
+    parser.add_argument(
+        "--report-only", action="store_true", help="only merge the job files and write the report"
+    )
+    parser.add_argument("--run-job", default=None, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.run_job:
+        return run_job(Path(args.run_job))
+    if args.report_only:
+        from glue_report import write_report
+
+        runs_dir = Path(args.out) / "runs" / args.profile
+        cost_path = runs_dir / "cost.json"
+        write_report(
+            Path(args.out),
+            args.profile,
+            runs_dir,
+            json.loads(cost_path.read_text()) if cost_path.is_file() else None,
+            {"command": " ".join(sys.argv), "profile": dataclasses.asdict(build_profile(args))},
+        )
+        return 0
+    return run_parent(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
