@@ -198,6 +198,79 @@ class Summary:
         return statistics.fmean(r["trainable_parameters"] for r in runs) if runs else None
 
 
+def targets(summary: Summary, cost: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The issue's targets, each with the measured value and whether it is met (None: not measurable)."""
+
+    def avg(method: str) -> float | None:
+        return summary.average(method)["mean"] if method in summary.methods else None
+
+    def check(name: str, value: float | None, limit: float | None, met: bool | None, text: str) -> dict:
+        return {"target": name, "value": value, "limit": limit, "met": met, "detail": text}
+
+    rows = []
+    diffora, lora = avg("diffora"), avg("lora")
+    p_d, p_l = summary.mean_params("diffora"), summary.mean_params("lora")
+    if diffora is not None and lora is not None and p_d and p_l:
+        ratio = p_d / p_l
+        rows.append(
+            check(
+                "DiffoRA average >= LoRA-all average",
+                100 * (diffora - lora),
+                0.0,
+                diffora >= lora,
+                f"{100 * diffora:.2f} vs {100 * lora:.2f} (difference {100 * (diffora - lora):+.2f})",
+            )
+        )
+        rows.append(
+            check(
+                "with <= 0.6x LoRA-all's trainable parameters",
+                ratio,
+                0.6,
+                ratio <= 0.6,
+                f"{_params(p_d)} vs {_params(p_l)} = {ratio:.2f}x (mean over tasks and seeds, head included)",
+            )
+        )
+    for baseline, name in (("random", "above random selection at the same rho"), ("adalora", ">= AdaLoRA")):
+        other = avg(baseline)
+        if diffora is not None and other is not None:
+            better = diffora > other if baseline == "random" else diffora >= other
+            rows.append(
+                check(
+                    f"DiffoRA average {name}",
+                    100 * (diffora - other),
+                    0.0,
+                    better,
+                    f"{100 * diffora:.2f} vs {100 * other:.2f} (difference {100 * (diffora - other):+.2f})",
+                )
+            )
+    runs = [r for r in summary.runs if r["method"] == "diffora"]
+    if runs:
+        search = statistics.fmean(r["seconds"]["search"] for r in runs)
+        finetune = statistics.fmean(r["seconds"]["finetune"] for r in runs)
+        ratio = search / finetune if finetune else None
+        rows.append(
+            check(
+                "search wall time <= 0.5x fine-tune wall time",
+                ratio,
+                0.5,
+                None if ratio is None else ratio <= 0.5,
+                f"{search:.1f} s vs {finetune:.1f} s (mean per run) = {ratio:.2f}x",
+            )
+        )
+    step = (cost or {}).get("measurements", {}).get("search_step_first", {}).get("ratio_to_lora_step")
+    if step is not None:
+        rows.append(
+            check(
+                "first-order search step <= 2.2x a LoRA-all step",
+                step,
+                2.2,
+                step <= 2.2,
+                f"{step:.2f}x (median per-step cost)",
+            )
+        )
+    return rows
+
+
 # ------------------------------------------------------------------------------------------------ plots
 
 
@@ -357,6 +430,7 @@ def write_report(
         "averages": averages,
         "paired_differences": paired,
         "cost": cost,
+        "targets": targets(summary, cost),
         "plots": plots,
         "jobs": [{"job": j["job"], "complete": j["complete"], "environment": j["environment"]} for j in jobs],
         "searches": [{"job": j["job"], **record} for j in jobs for record in j.get("searches", {}).values()],
@@ -453,6 +527,13 @@ def render_markdown(
             rows.append(row + [text])
         return rows
 
+    goals = targets(summary, cost)
+    if goals:
+        lines += ["## Targets", ""]
+        verdict = {True: "met", False: "**not met**", None: "–"}
+        lines += _table(
+            ["target", "measured", "verdict"], [[g["target"], g["detail"], verdict[g["met"]]] for g in goals]
+        )
     lines += ["## Main results", ""]
     lines += _table(
         ["method", *tasks, "average", "trainable params"], method_rows((LABELS[m], m) for m in MAIN_ROWS)

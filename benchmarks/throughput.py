@@ -1,0 +1,373 @@
+"""Training throughput of LoRA, the DiffoRA search and the DiffoRA fine-tuning on a LLaMA-shaped model.
+
+    python benchmarks/throughput.py --preset h200      # LLaMA-3.2-1B shape, seq 1024, bf16, one GPU
+    python benchmarks/throughput.py --preset cpu       # a small LLaMA on the CPU (a smoke figure)
+
+The model is randomly initialised from a config written below (no download): throughput does not depend
+on the weights. Three kinds of step run through diffora's own loops:
+
+- `lora_all`: `training.fit` on a PEFT LoRA model with adapters on every candidate projection;
+- `search_first_order`: one `BilevelSearch` step (gate step on a search-val batch, then weight step on a
+  search-train batch), first order, adapters and gates on every candidate;
+- `finetune_rho_0.5`: `training.fit` with adapters on half the candidates (every other one, as a DAM
+  at rho 0.5 would keep).
+
+Per kind: the median over `--steps` timed steps after `--warmup` untimed ones. Tokens per step are
+batch x sequence length (twice that for a search step, which reads a train and a val batch).
+
+Model FLOPs (PaLM's MFU convention): per trained token 6 * N + 12 * L * T * d, with N the parameters in
+matrix multiplies (every linear layer including the tied LM head; not the embedding lookup), L layers,
+T the sequence length and d the hidden size (attention scores and values). MFU = tokens/s x that / peak.
+With a frozen base the real work is nearer 4N (no weight gradients of frozen matrices), so MFU by this
+convention credits work the step does not do; it is the figure comparable with other reports. Peak: the
+GPU's dense bf16 peak (H200: 989 TFLOP/s); on the CPU MFU is not meaningful and is left out unless
+`--peak-tflops` is given.
+
+Peak memory: `torch.cuda.max_memory_allocated` per kind on the GPU; on the CPU the peak resident set
+(VmHWM, reset per kind through /proc/self/clear_refs where the kernel allows it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from diffora.candidates import find_candidates
+from diffora.config import AdapterConfig, SearchConfig
+from diffora.distributed import enable_gradient_checkpointing, make_accelerator
+from diffora.gates import DAMGates
+from diffora.lora import wrap_with_lora
+from diffora.search import BilevelSearch
+from diffora.training import fit
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def llama_3_2_1b_config() -> LlamaConfig:
+    """LLaMA-3.2-1B's architecture (meta-llama/Llama-3.2-1B config.json), written out."""
+    return LlamaConfig(
+        vocab_size=128256,
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=64,
+        max_position_embeddings=131072,
+        rms_norm_eps=1e-5,
+        rope_theta=500000.0,
+        tie_word_embeddings=True,
+        hidden_act="silu",
+    )
+
+
+def small_llama_config() -> LlamaConfig:
+    """A LLaMA small enough for a CPU: the same layout at 1/8 width, 4 layers, a 4k vocabulary."""
+    return LlamaConfig(
+        vocab_size=4096,
+        hidden_size=256,
+        intermediate_size=1024,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=64,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+    )
+
+
+@dataclass
+class Preset:
+    config: LlamaConfig
+    seq_len: int
+    batch_size: int
+    mixed_precision: str
+    peak_tflops: float | None  # dense bf16 peak of the device; None: MFU not meaningful
+
+
+PRESETS = {
+    "h200": lambda: Preset(llama_3_2_1b_config(), 1024, 8, "bf16", 989.0),
+    "cpu": lambda: Preset(small_llama_config(), 128, 4, "no", None),
+}
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def reset_peak_memory() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+        return
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM (Linux >= 4.0)
+
+
+def peak_memory_bytes() -> int:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated()
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def model_flops_per_token(config: LlamaConfig, seq_len: int) -> float:
+    """6 N + 12 L T d (see the module docstring)."""
+    d, layers = config.hidden_size, config.num_hidden_layers
+    head_dim = getattr(config, "head_dim", None) or d // config.num_attention_heads
+    kv = config.num_key_value_heads * head_dim
+    per_layer = d * config.num_attention_heads * head_dim * 2 + d * kv * 2 + 3 * d * config.intermediate_size
+    matmul_parameters = layers * per_layer + d * config.vocab_size  # + the (tied) LM head
+    return 6 * matmul_parameters + 12 * layers * seq_len * d
+
+
+def random_batches(count: int, preset: Preset, device: torch.device, seed: int) -> list[dict]:
+    generator = torch.Generator().manual_seed(seed)
+    batches = []
+    for _ in range(count):
+        ids = torch.randint(
+            0, preset.config.vocab_size, (preset.batch_size, preset.seq_len), generator=generator
+        )
+        batches.append(
+            {
+                "input_ids": ids.to(device),
+                "attention_mask": torch.ones_like(ids).to(device),
+                "labels": ids.to(device),
+            }
+        )
+    return batches
+
+
+def build_model(preset: Preset, device: torch.device, fraction: float, checkpointing: bool):
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(preset.config).to(device)
+    candidates = find_candidates(model)
+    kept = candidates if fraction >= 1 else candidates[:: round(1 / fraction)]
+    peft_model = wrap_with_lora(model, [c.name for c in kept], [], AdapterConfig(rank=8, lora_alpha=16))
+    if checkpointing:
+        enable_gradient_checkpointing(peft_model)
+    return peft_model, kept
+
+
+def time_fit(preset: Preset, device: torch.device, fraction: float, args: argparse.Namespace) -> list[float]:
+    """Seconds of each `fit` step (optimiser step to optimiser step, data transfer included)."""
+    model, _ = build_model(preset, device, fraction, args.gradient_checkpointing)
+    stamps: list[float] = []
+
+    def stamp(_step: int) -> None:
+        sync()
+        stamps.append(time.perf_counter())
+
+    batches = random_batches(args.warmup + args.steps + 1, preset, device, seed=1)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    accelerator = make_accelerator(preset.mixed_precision)
+    fit(model, batches, optimizer, epochs=1, after_step=stamp, log_every=10**9, accelerator=accelerator)
+    durations = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+    return durations[args.warmup :]
+
+
+def time_search(preset: Preset, device: torch.device, args: argparse.Namespace) -> list[float]:
+    """Seconds of each first-order search step (gate step + weight step)."""
+    model, candidates = build_model(preset, device, 1.0, args.gradient_checkpointing)
+    gates = DAMGates(candidates).to(device)
+    gates.attach(model)
+    config = SearchConfig(order="first", mixed_precision=preset.mixed_precision, lr=1e-4, gate_lr=1e-2)
+    search = BilevelSearch(model, gates, config, rho=0.5)
+    train = random_batches(args.warmup + args.steps, preset, device, seed=2)
+    val = random_batches(args.warmup + args.steps, preset, device, seed=3)
+    durations = []
+    for step, (train_batch, val_batch) in enumerate(zip(train, val, strict=True)):
+        sync()
+        started = time.perf_counter()
+        search.gate_step(val_batch, train_batch, step)
+        search.weight_step(train_batch, step)
+        sync()
+        durations.append(time.perf_counter() - started)
+    gates.detach()
+    return durations[args.warmup :]
+
+
+def measure(kind: str, preset: Preset, device: torch.device, args: argparse.Namespace) -> dict[str, Any]:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    reset_peak_memory()
+    if kind == "search_first_order":
+        durations, reads = time_search(preset, device, args), 2
+    else:
+        durations, reads = time_fit(preset, device, 0.5 if kind.startswith("finetune") else 1.0, args), 1
+    median = statistics.median(durations)
+    tokens = reads * preset.batch_size * preset.seq_len
+    tokens_per_second = tokens / median
+    peak = args.peak_tflops if args.peak_tflops is not None else preset.peak_tflops
+    flops = model_flops_per_token(preset.config, preset.seq_len) * tokens_per_second
+    return {
+        "kind": kind,
+        "median_step_seconds": median,
+        "step_seconds": durations,
+        "tokens_per_step": tokens,
+        "tokens_per_second": tokens_per_second,
+        "model_tflops_per_second": flops / 1e12,
+        "mfu": flops / (peak * 1e12) if peak else None,
+        "peak_memory_bytes": peak_memory_bytes(),
+        "peak_memory_kind": "cuda_max_allocated" if torch.cuda.is_available() else "process_peak_rss",
+    }
+
+
+def environment() -> dict[str, Any]:
+    import accelerate
+
+    from diffora.pipeline import versions
+
+    def git(*command: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", *command], capture_output=True, text=True, check=True
+            ).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return "unknown"
+
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [
+            line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if "model name" in line
+        ]
+        cpu = names[0] if names else cpu
+    return {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "git_commit": git("rev-parse", "HEAD"),
+        "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "machine": {"platform": platform.platform(), "cpu": cpu, "cpu_threads": torch.get_num_threads()},
+        "versions": {**versions(), "accelerate": accelerate.__version__},
+    }
+
+
+def write_report(document: dict[str, Any], preset_name: str, output_dir: Path) -> tuple[Path, Path]:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    json_path = output_dir / f"throughput_{preset_name}.json"
+    json_path.write_text(json.dumps(document, indent=2) + "\n")
+    setup, machine, versions = document["setup"], document["machine"], document["versions"]
+    dirty = " (dirty)" if document["git_dirty"] else ""
+    lines = [
+        f"# Training throughput, preset `{preset_name}`",
+        "",
+        f"{document['date']}, commit `{document['git_commit'][:12]}`{dirty}, {versions['device']}, "
+        f"{machine['cpu']} ({machine['cpu_threads']} threads), torch {versions['torch']}, "
+        f"transformers {versions['transformers']}, peft {versions['peft']}, "
+        f"accelerate {versions['accelerate']}.",
+        "",
+        f"Model: random LLaMA, hidden {setup['hidden_size']}, {setup['layers']} layers, vocabulary "
+        f"{setup['vocab_size']}, {setup['parameters'] / 1e6:.1f}M parameters; batch {setup['batch_size']} x "
+        f"{setup['seq_len']} tokens; mixed precision {setup['mixed_precision']}; gradient checkpointing "
+        f"{setup['gradient_checkpointing']}; LoRA r=8 on {setup['candidates']} projections; median of "
+        f"{setup['steps']} steps after {setup['warmup']} warm-up steps.",
+        "",
+        "| step | median s/step | tokens/s | model TFLOP/s | MFU | peak memory |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for row in document["results"]:
+        mfu = f"{100 * row['mfu']:.1f}%" if row["mfu"] is not None else "n/a"
+        lines.append(
+            f"| {row['kind']} | {row['median_step_seconds']:.3f} | {row['tokens_per_second']:,.0f} | "
+            f"{row['model_tflops_per_second']:.3f} | {mfu} | {row['peak_memory_bytes'] / 2**30:.2f} GiB |"
+        )
+    lines += [
+        "",
+        "Model FLOPs per token: 6 N + 12 L T d (N: parameters in matrix multiplies incl. the tied LM head; "
+        "PaLM's convention, which counts weight gradients the frozen base does not compute). "
+        + (
+            "MFU against the stated peak."
+            if document["results"][0]["mfu"] is not None
+            else "MFU is not meaningful on a CPU and is left out."
+        )
+        + f" Peak memory: {document['results'][0]['peak_memory_kind']}.",
+    ]
+    md_path = output_dir / f"throughput_{preset_name}.md"
+    md_path.write_text("\n".join(lines) + "\n")
+    return json_path, md_path
+
+
+KINDS = ("lora_all", "search_first_order", "finetune_rho_0.5")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    parser.add_argument(
+        "--steps", type=int, default=10, help="Timed steps per kind (the median is reported)."
+    )
+    parser.add_argument("--warmup", type=int, default=3, help="Untimed steps first.")
+    parser.add_argument("--seq-len", type=int, default=None, help="Override the preset's sequence length.")
+    parser.add_argument("--batch-size", type=int, default=None, help="Override the preset's batch size.")
+    parser.add_argument("--layers", type=int, default=None, help="Override the preset's layer count.")
+    parser.add_argument("--peak-tflops", type=float, default=None, help="Device peak for MFU (TFLOP/s).")
+    parser.add_argument("--gradient-checkpointing", action="store_true", help="Recompute activations.")
+    parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
+    parser.add_argument("--output-dir", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    preset = PRESETS[args.preset]()
+    if args.preset == "h200" and not torch.cuda.is_available():
+        print("throughput: --preset h200 needs a CUDA GPU; use --preset cpu here", file=sys.stderr)
+        return 2
+    preset.seq_len = args.seq_len or preset.seq_len
+    preset.batch_size = args.batch_size or preset.batch_size
+    if args.layers:
+        preset.config.num_hidden_layers = args.layers
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    results = []
+    for kind in args.kinds:
+        row = measure(kind, preset, device, args)
+        print(
+            f"{kind}: {row['median_step_seconds']:.3f} s/step, {row['tokens_per_second']:,.0f} tokens/s, "
+            f"peak {row['peak_memory_bytes'] / 2**30:.2f} GiB",
+            flush=True,
+        )
+        results.append(row)
+    with torch.device("meta"):
+        parameters = sum(p.numel() for p in LlamaForCausalLM(preset.config).parameters())
+    document = {
+        **environment(),
+        "preset": args.preset,
+        "setup": {
+            "hidden_size": preset.config.hidden_size,
+            "layers": preset.config.num_hidden_layers,
+            "heads": preset.config.num_attention_heads,
+            "kv_heads": preset.config.num_key_value_heads,
+            "intermediate_size": preset.config.intermediate_size,
+            "vocab_size": preset.config.vocab_size,
+            "parameters": parameters,
+            "seq_len": preset.seq_len,
+            "batch_size": preset.batch_size,
+            "mixed_precision": preset.mixed_precision,
+            "gradient_checkpointing": args.gradient_checkpointing,
+            "candidates": 7 * preset.config.num_hidden_layers,
+            "steps": args.steps,
+            "warmup": args.warmup,
+            "peak_tflops": args.peak_tflops if args.peak_tflops is not None else preset.peak_tflops,
+            "flops_per_token": model_flops_per_token(preset.config, preset.seq_len),
+        },
+        "results": results,
+    }
+    json_path, md_path = write_report(document, args.preset, args.output_dir)
+    print(f"wrote {json_path} and {md_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
