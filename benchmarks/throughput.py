@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -253,7 +254,12 @@ def environment() -> dict[str, Any]:
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "git_commit": git("rev-parse", "HEAD"),
         "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
-        "machine": {"platform": platform.platform(), "cpu": cpu, "cpu_threads": torch.get_num_threads()},
+        "machine": {
+            "platform": platform.platform(),
+            "cpu": cpu,
+            "cpu_threads": torch.get_num_threads(),
+            "load_average_1_5_15_min": [round(x, 2) for x in os.getloadavg()],  # other jobs skew CPU figures
+        },
         "versions": {**versions(), "accelerate": accelerate.__version__},
     }
 
@@ -268,7 +274,8 @@ def write_report(document: dict[str, Any], preset_name: str, output_dir: Path) -
         f"# Training throughput, preset `{preset_name}`",
         "",
         f"{document['date']}, commit `{document['git_commit'][:12]}`{dirty}, {versions['device']}, "
-        f"{machine['cpu']} ({machine['cpu_threads']} threads), torch {versions['torch']}, "
+        f"{machine['cpu']} ({machine['cpu_threads']} threads, load average "
+        f"{machine['load_average_1_5_15_min'][0]} at the end), torch {versions['torch']}, "
         f"transformers {versions['transformers']}, peft {versions['peft']}, "
         f"accelerate {versions['accelerate']}.",
         "",

@@ -3,6 +3,9 @@
 A checkpoint is a folder `<output-dir>/checkpoints/<phase>-<step>/` with `state.safetensors` (every tensor)
 and `meta.json` (everything else). It is written under a temporary name and renamed when complete, and older
 checkpoints are pruned only after that, so the newest complete checkpoint is always usable.
+
+Under `accelerate launch` only the main process writes; every process waits until the checkpoint is
+complete. The RNG state saved is the main process's.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from diffora.distributed import is_main_process, wait_for_everyone
 from diffora.errors import DifforaError
 
 CHECKPOINT_DIR = "checkpoints"
@@ -82,6 +86,11 @@ class Checkpointer:
     ) -> Path:
         """Write a complete checkpoint after `step` optimiser steps; prune older ones afterwards."""
         assert self.folder is not None
+        final = self.folder / f"{self.phase}-{step:08d}"
+        if not is_main_process():
+            wait_for_everyone()
+            self.last_saved = final
+            return final
         tensors: dict[str, torch.Tensor] = {"rng.torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             tensors["rng.cuda"] = torch.cuda.get_rng_state()
@@ -107,7 +116,6 @@ class Checkpointer:
             "param_groups": groups,
             "meta": dict(meta or {}),
         }
-        final = self.folder / f"{self.phase}-{step:08d}"
         staging = self.folder / f".{final.name}.tmp"
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
@@ -118,6 +126,7 @@ class Checkpointer:
         self.last_saved = final
         for old in self._complete()[: -self.keep]:
             shutil.rmtree(old, ignore_errors=True)
+        wait_for_everyone()
         return final
 
     def _complete(self) -> list[Path]:

@@ -16,7 +16,14 @@ from diffora.errors import DifforaError
 RENAMED = {
     SearchConfig: {"epochs": "search-epochs", "lr": "search-lr", "weight_decay": "search-weight-decay"}
 }
-SHARED_FIELDS = ("batch_size", "seed")  # one flag sets both the search and the fine-tune value
+# One flag sets both the search and the fine-tune value.
+SHARED_FIELDS = (
+    "batch_size",
+    "seed",
+    "mixed_precision",
+    "gradient_accumulation_steps",
+    "gradient_checkpointing",
+)
 SCALARS = {"int": int, "float": float, "str": str}
 
 

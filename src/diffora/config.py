@@ -17,6 +17,20 @@ SHARING = ("inherit", "inherit_fold", "reinit")
 RANKINGS = ("gate", "perturbation")
 ORDERS = ("first", "second")
 PROBLEM_TYPES = ("classification", "regression")
+MIXED_PRECISIONS = ("no", "bf16", "fp16")
+CAUSAL_TASK = "causal"
+PROMPT_TEMPLATES = ("alpaca", "none")
+EVAL_MODES = ("loglik", "generate", "both")
+COMMONSENSE_TASKS = (
+    "boolq",
+    "piqa",
+    "social_i_qa",
+    "winogrande",
+    "ARC-Easy",
+    "ARC-Challenge",
+    "openbookqa",
+    "hellaswag",
+)
 
 
 def option(default: Any, help: str, **kwargs: Any) -> Any:
@@ -35,6 +49,44 @@ def _require_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     _require(value in choices, f"{name} must be one of {', '.join(choices)}, got {value!r}")
 
 
+def check_mixed_precision(value: str) -> None:
+    """A precision Accelerate can run here: fp16 needs CUDA; bf16 also runs on the CPU."""
+    _require_choice("--mixed-precision", value, MIXED_PRECISIONS)
+    if value == "fp16":
+        import torch  # only here: building the CLI flags stays free of heavy imports
+
+        _require(
+            torch.cuda.is_available(),
+            "--mixed-precision fp16 needs a CUDA GPU (none is available); use bf16 or no on the CPU",
+        )
+
+
+def _validate_scaling(config: Any) -> None:
+    check_mixed_precision(config.mixed_precision)
+    _require(
+        config.gradient_accumulation_steps >= 1,
+        f"--gradient-accumulation-steps must be at least 1, got {config.gradient_accumulation_steps}",
+    )
+
+
+def _scaling_options() -> dict[str, Any]:
+    """Fields of both training stages (one CLI flag sets both): precision, accumulation, memory."""
+    return {
+        "mixed_precision": option(
+            "no",
+            "Mixed precision through Accelerate: 'no', 'bf16' (CPU or GPU) or 'fp16' (CUDA only, with loss "
+            "scaling in the fine-tuning).",
+        ),
+        "gradient_accumulation_steps": option(
+            1,
+            "Micro-batches per optimiser step; the global batch is --batch-size x processes x this.",
+        ),
+        "gradient_checkpointing": option(
+            False, "Recompute activations in the backward pass to save memory (non-reentrant)."
+        ),
+    }
+
+
 def _require_fraction(name: str, value: float, *, allow_zero: bool = True, allow_one: bool = True) -> None:
     low_ok = value >= 0 if allow_zero else value > 0
     high_ok = value <= 1 if allow_one else value < 1
@@ -50,8 +102,8 @@ class DataConfig:
 
     task: str = option(
         "rte",
-        "GLUE task (cola, sst2, mrpc, stsb, rte, qnli, qqp, mnli, wnli) or 'custom' "
-        "with --train-file/--eval-file.",
+        "GLUE task (cola, sst2, mrpc, stsb, rte, qnli, qqp, mnli, wnli), 'custom' "
+        "with --train-file/--eval-file, or 'causal' (a decoder LLM on instruction data, --train-file).",
     )
     data_dir: str | None = option(
         None,
@@ -73,6 +125,38 @@ class DataConfig:
     search_fraction: float = option(
         0.2, "Fraction of the training data held out as the search-val split (stratified for classification)."
     )
+    instruction_field: str = option("instruction", "Causal: the instruction (prompt) column.")
+    input_field: str = option(
+        "input", "Causal: the optional context column (rows without it get the no-input prompt)."
+    )
+    answer_field: str = option(
+        "output", "Causal: the response column; the loss is on its tokens (+ eos) only."
+    )
+    prompt_template: str = option(
+        "alpaca",
+        "Causal: 'alpaca' (the LLM-Adapters instruction template) or 'none' (instruction and input "
+        "joined by a newline).",
+    )
+    eval_tasks: list[str] = option(
+        [],
+        "Causal: commonsense tasks to evaluate on (boolq piqa social_i_qa winogrande ARC-Easy "
+        "ARC-Challenge openbookqa hellaswag), read from --commonsense-dir/<task>/test.json.",
+        nargs="+",
+    )
+    commonsense_dir: str | None = option(
+        None, "Causal: folder of the LLM-Adapters commonsense sets; defaults to $DIFFORA_COMMONSENSE_DIR."
+    )
+    eval_mode: str = option(
+        "loglik",
+        "Causal: 'loglik' (pick the candidate answer of highest summed log-probability), 'generate' "
+        "(greedy decoding + LLM-Adapters answer extraction) or 'both'.",
+    )
+    answer_prefix: str = option(
+        "the correct answer is ",
+        "Causal, loglik: response text before each scored candidate (LLM-Adapters outputs read "
+        "'the correct answer is true').",
+    )
+    max_new_tokens: int = option(32, "Causal, generate: the most tokens generated per answer.")
 
     def __post_init__(self) -> None:
         self.task = self.task.lower().replace("-", "")
@@ -88,6 +172,20 @@ class DataConfig:
             len(self.text_fields) <= 2,
             f"--text-fields takes one or two column names, got {len(self.text_fields)}",
         )
+        _require_choice("--prompt-template", self.prompt_template, PROMPT_TEMPLATES)
+        _require_choice("--eval-mode", self.eval_mode, EVAL_MODES)
+        _require(self.max_new_tokens >= 1, f"--max-new-tokens must be at least 1, got {self.max_new_tokens}")
+        _require(
+            self.task == CAUSAL_TASK or not self.eval_tasks,
+            f"--eval-tasks only apply to --task causal, not {self.task}",
+        )
+        by_name = {name.lower(): name for name in COMMONSENSE_TASKS}
+        for name in self.eval_tasks:
+            _require(
+                name.lower() in by_name,
+                f"unknown --eval-tasks entry {name!r}; choose from {', '.join(COMMONSENSE_TASKS)}",
+            )
+        self.eval_tasks = list(dict.fromkeys(by_name[name.lower()] for name in self.eval_tasks))
 
 
 @dataclass
@@ -153,6 +251,9 @@ class SearchConfig:
     batch_size: int = option(32, "Batch size of both search splits.")
     seed: int = option(0, "Seed of the split, the data order and the initialisation.")
     log_every: int = option(10, "Log losses and gates every this many steps.")
+    mixed_precision: str = _scaling_options()["mixed_precision"]
+    gradient_accumulation_steps: int = _scaling_options()["gradient_accumulation_steps"]
+    gradient_checkpointing: bool = _scaling_options()["gradient_checkpointing"]
 
     def __post_init__(self) -> None:
         _require_choice("--relaxation", self.relaxation, RELAXATIONS)
@@ -164,6 +265,12 @@ class SearchConfig:
         _require(self.budget_weight >= 0, f"--budget-weight must be >= 0, got {self.budget_weight}")
         _require(self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}")
         _require(self.log_every >= 1, f"--log-every must be at least 1, got {self.log_every}")
+        _validate_scaling(self)
+        _require(
+            self.order == "first" or self.gradient_accumulation_steps == 1,
+            "--order second takes one search-train and one search-val batch per step; "
+            "use --gradient-accumulation-steps 1 (or --order first)",
+        )
 
 
 @dataclass
@@ -192,6 +299,9 @@ class FinetuneConfig:
     weight_decay: float = option(0.0, "Weight decay of the fine-tuning.")
     batch_size: int = option(32, "Fine-tuning and evaluation batch size.")
     seed: int = option(0, "Seed of the data order and any fresh initialisation.")
+    mixed_precision: str = _scaling_options()["mixed_precision"]
+    gradient_accumulation_steps: int = _scaling_options()["gradient_accumulation_steps"]
+    gradient_checkpointing: bool = _scaling_options()["gradient_checkpointing"]
 
     def __post_init__(self) -> None:
         _require(0 < self.rho <= 1, f"--rho must lie in (0, 1], got {self.rho}; 0.5 keeps half the modules")
@@ -202,6 +312,7 @@ class FinetuneConfig:
         _require(self.lr > 0, f"--lr must be positive, got {self.lr}")
         _require_fraction("--warmup-ratio", self.warmup_ratio, allow_one=False)
         _require(self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}")
+        _validate_scaling(self)
 
 
 def to_dict(config: Any) -> dict[str, Any]:

@@ -402,6 +402,20 @@ Record = tuple[str, dict[str, Any]]  # (where, values by column)
 
 def _read_records(path: Path, columns: Sequence[str]) -> list[Record]:
     """Every row of a custom file, checked to have the wanted columns."""
+    records = read_custom_file(path)
+    for where, values in records:
+        missing = [column for column in columns if column not in values]
+        if missing:
+            available = ", ".join(map(repr, values)) or "none"
+            raise DifforaError(
+                f"{where}: no column {', '.join(map(repr, missing))} (available: {available}); "
+                "fix --text-fields/--label-field"
+            )
+    return records
+
+
+def read_custom_file(path: Path) -> list[Record]:
+    """(where, row) of every row of a .csv/.tsv/.json/.jsonl file; `where` names the file and line or item."""
     suffix = path.suffix.lower()
     if suffix not in CUSTOM_FORMATS:
         raise DifforaError(
@@ -415,14 +429,6 @@ def _read_records(path: Path, columns: Sequence[str]) -> list[Record]:
         records = _read_jsonl(path)
     if not records:
         raise DifforaError(f"{path} is empty; it needs at least one example")
-    for where, values in records:
-        missing = [column for column in columns if column not in values]
-        if missing:
-            available = ", ".join(map(repr, values)) or "none"
-            raise DifforaError(
-                f"{where}: no column {', '.join(map(repr, missing))} (available: {available}); "
-                "fix --text-fields/--label-field"
-            )
     return records
 
 

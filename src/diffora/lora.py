@@ -7,6 +7,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from diffora.config import AdapterConfig
 from diffora.gates import lora_a_layer, lora_b_layer
@@ -15,7 +16,10 @@ ADAPTER_NAME = "default"
 
 
 def lora_config(
-    target_names: Sequence[str], head_modules: Sequence[str], adapter: AdapterConfig
+    target_names: Sequence[str],
+    head_modules: Sequence[str],
+    adapter: AdapterConfig,
+    task_type: str = "SEQ_CLS",
 ) -> LoraConfig:
     """A vanilla PEFT LoraConfig whose target_modules is the explicit list of full module names."""
     return LoraConfig(
@@ -24,15 +28,20 @@ def lora_config(
         lora_dropout=adapter.lora_dropout,
         target_modules=list(target_names),
         modules_to_save=list(head_modules) or None,
-        task_type="SEQ_CLS",
+        task_type=task_type,
     )
+
+
+def peft_task_type(model: nn.Module) -> str:
+    """'CAUSAL_LM' for a decoder language model (LlamaForCausalLM, GPT2LMHeadModel ...), else 'SEQ_CLS'."""
+    return "CAUSAL_LM" if type(model).__name__ in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values() else "SEQ_CLS"
 
 
 def wrap_with_lora(
     model: nn.Module, target_names: Sequence[str], head_modules: Sequence[str], adapter: AdapterConfig
 ) -> PeftModel:
     """Freeze `model` and give each named module a LoRA adapter; the head modules train in full."""
-    return get_peft_model(model, lora_config(target_names, head_modules, adapter))
+    return get_peft_model(model, lora_config(target_names, head_modules, adapter, peft_task_type(model)))
 
 
 def head_layer(peft_model: PeftModel, head: str) -> nn.Module:

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from transformers import (
     AutoConfig,
+    AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     PreTrainedTokenizerBase,
@@ -74,6 +75,24 @@ def load_classifier(
         trust_remote_code=trust_remote_code,
         ignore_mismatched_sizes=True,
     )  # a checkpoint with another head size gets a fresh head
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def load_causal_lm(
+    model_path: str, tokenizer: PreTrainedTokenizerBase, trust_remote_code: bool = False
+) -> nn.Module:
+    """A decoder language model with its pretrained LM head (no new head: nothing trains in full)."""
+    _check_loadable(model_path, trust_remote_code)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    except ValueError as error:  # e.g. an encoder-only architecture without a causal LM class
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise DifforaError(
+            f"cannot load '{model_path}' as a causal LM ({first_line}); --task causal needs a decoder "
+            "LLM (LLaMA, Qwen2, Mistral, GPT-2 ...)"
+        ) from error
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model

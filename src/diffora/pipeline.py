@@ -28,9 +28,10 @@ from transformers import PreTrainedTokenizerBase
 import diffora
 from diffora.candidates import Candidate, find_candidates
 from diffora.checkpoint import CHECKPOINT_DIR, Checkpointer
-from diffora.config import AdapterConfig, DataConfig, FinetuneConfig, SearchConfig, to_dict
+from diffora.config import CAUSAL_TASK, AdapterConfig, DataConfig, FinetuneConfig, SearchConfig, to_dict
 from diffora.dam import DAM
 from diffora.data import TaskData, load_task_data, make_dataloader, split_for_search
+from diffora.distributed import is_main_process, make_accelerator, wait_for_everyone
 from diffora.errors import DifforaError
 from diffora.finetune import build_finetune_model
 from diffora.io import JsonlLog, atomic_path, atomic_write_json
@@ -100,7 +101,8 @@ def clear_run(path: Path) -> None:
 
 
 def start_run_dir(path: Path, config: dict[str, Any], overwrite: bool, resume: bool) -> None:
-    """Record the run's configuration; on --resume, insist it is the same run."""
+    """Record the run's configuration; on --resume, insist it is the same run (the main process writes)."""
+    wait_for_everyone()  # every process has checked the folder before the main process fills it
     if resume:
         recorded = json.loads((path / RUN_CONFIG_FILE).read_text(encoding="utf-8"))
         if recorded != json.loads(json.dumps(config)):
@@ -115,9 +117,11 @@ def start_run_dir(path: Path, config: dict[str, Any], overwrite: bool, resume: b
                 "resume with the same options, or use --overwrite"
             )
         return
-    if overwrite:
-        clear_run(path)
-    atomic_write_json(path / RUN_CONFIG_FILE, config)
+    if is_main_process():
+        if overwrite:
+            clear_run(path)
+        atomic_write_json(path / RUN_CONFIG_FILE, config)
+    wait_for_everyone()
 
 
 @dataclass
@@ -142,9 +146,17 @@ class Workbench:
     def loader(self, examples: list, batch_size: int, max_length: int, shuffle: bool, seed: int):
         return make_dataloader(examples, self.tokenizer, batch_size, max_length, shuffle=shuffle, seed=seed)
 
+    def evaluate(self, model: nn.Module, batch_size: int, max_length: int) -> dict[str, float]:
+        """The task's metrics of `model` on the evaluation split."""
+        return evaluate(model, self.loader(self.data.eval, batch_size, max_length, False, 0), self.data.spec)
+
 
 def open_workbench(data_config: DataConfig, adapter: AdapterConfig, seed: int) -> Workbench:
     """Load and validate data, tokenizer and model; find the candidates. Fails before anything is written."""
+    if data_config.task == CAUSAL_TASK:
+        from diffora.causal import open_causal_workbench  # imports this module
+
+        return open_causal_workbench(data_config, adapter, seed)
     data = load_task_data(data_config, seed=seed)
     model_path = resolve_model_path(adapter.model)
     tokenizer = load_tokenizer(model_path, adapter.trust_remote_code)
@@ -241,8 +253,9 @@ def search(
         out,
         checkpoint_every,
     )
-    if out is not None:
+    if out is not None and is_main_process():
         write_search_artifacts(outcome, out, finetune_config)
+    wait_for_everyone()
     return outcome
 
 
@@ -268,7 +281,7 @@ def _search_on(
     val_loader = bench.loader(
         search_val, search_config.batch_size, data_config.max_length, True, search_config.seed + 1
     )
-    log = JsonlLog(out / LOG_FILE if out is not None else None)
+    log = JsonlLog(out / LOG_FILE if out is not None and is_main_process() else None)
     outcome = search_dam(
         bench.model,
         bench.candidates,
@@ -334,11 +347,10 @@ def _finetune_on(
     train_loader = bench.loader(
         bench.data.train, config.batch_size, data_config.max_length, True, config.seed
     )
-    eval_loader = bench.loader(bench.data.eval, config.batch_size, data_config.max_length, False, config.seed)
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay
     )
-    log = JsonlLog(out / LOG_FILE if out is not None else None)
+    log = JsonlLog(out / LOG_FILE if out is not None and is_main_process() else None)
     fitted = fit(
         model,
         train_loader,
@@ -349,10 +361,12 @@ def _finetune_on(
         phase="finetune",
         checkpointer=Checkpointer(out, "finetune", checkpoint_every) if out is not None else None,
         resume=Checkpointer(out, "finetune").latest() if out is not None else None,
+        accelerator=make_accelerator(config.mixed_precision, config.gradient_accumulation_steps),
+        gradient_checkpointing=config.gradient_checkpointing,
     )
     timings["finetune"] = fitted.seconds
     started = time.perf_counter()
-    scores = evaluate(model, eval_loader, bench.data.spec)
+    scores = bench.evaluate(model, config.batch_size, data_config.max_length)
     timings["evaluate"] = time.perf_counter() - started
     spec = bench.data.spec
     metrics = {
@@ -377,9 +391,10 @@ def _finetune_on(
         "config": {**dam.config, "finetune": to_dict(config)},
         "versions": versions(),
     }
-    if out is not None:
+    if out is not None and is_main_process():
         write_finetune_artifacts(model, dam, config, metrics, out)
         shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)  # the run is complete: nothing to resume
+    wait_for_everyone()
     return RunResult(metrics=metrics, dam=dam, model=model, output_dir=out, selected=selected)
 
 
@@ -463,8 +478,9 @@ def run(
         out,
         checkpoint_every,
     )
-    if out is not None:
+    if out is not None and is_main_process():
         write_search_artifacts(outcome, out, finetune_config)
+    wait_for_everyone()
     base_model = outcome.peft_model.unload()
     return _finetune_on(
         bench,
@@ -549,6 +565,10 @@ def evaluate_adapter(
     adapter_dir: str | Path, data_config: DataConfig, batch_size: int = 32, model: str | None = None
 ) -> dict[str, float]:
     """Metrics of a saved PEFT adapter (from diffora or any LoRA tool) on a task's evaluation split."""
+    if data_config.task == CAUSAL_TASK:
+        from diffora.causal import evaluate_causal_adapter
+
+        return evaluate_causal_adapter(adapter_dir, data_config, batch_size, model)
     adapter_dir = Path(adapter_dir)
     if not (adapter_dir / "adapter_config.json").is_file():
         raise DifforaError(

@@ -3,6 +3,11 @@
 Per step, after a warm-up in which only the weights train (with B = 0 the gate gradient is exactly zero):
 one gate update on a search-val batch with the weights fixed, then one weight update on a search-train
 batch with the gates fixed. Gate logits and weights have separate optimisers.
+
+Under `accelerate launch` every process keeps a full replica of the LoRA model and of the gate logits and
+draws its own shard of both batch streams; the gate gradient and the weight gradients are averaged across
+processes before each optimiser step (see `diffora.distributed` for why the search is not wrapped in DDP).
+With --gradient-accumulation-steps k a step draws k micro-batches from each stream.
 """
 
 from __future__ import annotations
@@ -10,9 +15,11 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
+from accelerate import Accelerator
 from peft import PeftModel
 from torch import nn
 from torch.utils.data import DataLoader
@@ -22,6 +29,7 @@ from diffora.candidates import Candidate
 from diffora.checkpoint import Checkpointer, TrainingState, restore
 from diffora.config import AdapterConfig, SearchConfig
 from diffora.dam import DAM
+from diffora.distributed import all_reduce_mean, enable_gradient_checkpointing, make_accelerator, shard_loader
 from diffora.errors import DifforaError
 from diffora.gates import DAMGates
 from diffora.io import JsonlLog
@@ -42,6 +50,13 @@ class SearchOutcome:
     peft_model: PeftModel | None = None
 
 
+Batches = dict[str, torch.Tensor] | Sequence[dict[str, torch.Tensor]]
+
+
+def _micro_batches(batches: Batches) -> list[dict[str, torch.Tensor]]:
+    return [batches] if isinstance(batches, dict) else list(batches)
+
+
 def _budget_penalty(gates: DAMGates, rho: float) -> torch.Tensor:
     return (gates.gates().mean() - rho) ** 2
 
@@ -49,8 +64,18 @@ def _budget_penalty(gates: DAMGates, rho: float) -> torch.Tensor:
 class BilevelSearch:
     """The search loop over a PEFT LoRA model on every candidate, with the DAM gates hooked in."""
 
-    def __init__(self, peft_model: PeftModel, gates: DAMGates, config: SearchConfig, rho: float) -> None:
+    def __init__(
+        self,
+        peft_model: PeftModel,
+        gates: DAMGates,
+        config: SearchConfig,
+        rho: float,
+        accelerator: Accelerator | None = None,
+    ) -> None:
         self.model = peft_model
+        self.accelerator = accelerator or make_accelerator(
+            config.mixed_precision, config.gradient_accumulation_steps
+        )
         self.gates = gates
         self.config = config
         self.rho = rho
@@ -64,21 +89,41 @@ class BilevelSearch:
             [gates.logits], lr=config.gate_lr, betas=(0.5, 0.999), weight_decay=config.gate_weight_decay
         )
 
+    def _autocast(self):
+        return self.accelerator.autocast() if self.accelerator.mixed_precision != "no" else nullcontext()
+
+    def train_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The model's loss on `batch` (under autocast with mixed precision)."""
+        with self._autocast():
+            return self.model(**batch).loss
+
     def val_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        loss = self.model(**batch).loss
+        loss = self.train_loss(batch)
         if self.config.budget_weight > 0:
             loss = loss + self.config.budget_weight * _budget_penalty(self.gates, self.rho)
         return loss
 
-    def gate_step(
-        self, val_batch: dict[str, torch.Tensor], train_batch: dict[str, torch.Tensor], step: int = 0
-    ) -> float:
-        """One update of the gate logits; returns the search-val loss."""
+    def gate_step(self, val_batch: Batches, train_batch: Batches, step: int = 0) -> float:
+        """One update of the gate logits (from one batch or a list of micro-batches); returns the val loss.
+
+        The gate gradient is averaged across processes before the step, so every rank keeps the same DAM.
+        """
         if self.config.order == "second":
-            loss, gradient = self._unrolled_gate_gradient(val_batch, train_batch)
+            loss, gradient = self._unrolled_gate_gradient(
+                _micro_batches(val_batch)[0], _micro_batches(train_batch)[0]
+            )
         else:
-            loss = self.val_loss(val_batch)
-            (gradient,) = torch.autograd.grad(loss, [self.gates.logits])
+            micro = _micro_batches(val_batch)
+            losses, gradient = [], None
+            for batch in micro:
+                loss = self.val_loss(batch)
+                (part,) = torch.autograd.grad(
+                    loss if len(micro) == 1 else loss / len(micro), [self.gates.logits]
+                )
+                gradient = part if gradient is None else gradient + part
+                losses.append(loss.detach())
+            loss = losses[0] if len(losses) == 1 else torch.stack(losses).mean()
+            all_reduce_mean(self.accelerator, [gradient])
         check_finite(loss, "search (gate step)", step, self.checkpointer)
         if not torch.isfinite(gradient).all():
             raise DifforaError(
@@ -90,11 +135,17 @@ class BilevelSearch:
         self.gate_optimizer.zero_grad(set_to_none=True)
         return loss.item()
 
-    def weight_step(self, train_batch: dict[str, torch.Tensor], step: int = 0) -> float:
+    def weight_step(self, train_batch: Batches, step: int = 0) -> float:
         """One update of the LoRA weights and the head; the gates get no gradient here."""
-        loss = self.model(**train_batch).loss
-        check_finite(loss, "search (weight step)", step, self.checkpointer)
-        torch.autograd.backward(loss, inputs=self.weights)
+        micro = _micro_batches(train_batch)
+        losses = []
+        for batch in micro:
+            loss = self.train_loss(batch)
+            check_finite(loss, "search (weight step)", step, self.checkpointer)
+            torch.autograd.backward(loss if len(micro) == 1 else loss / len(micro), inputs=self.weights)
+            losses.append(loss.detach())
+        loss = losses[0] if len(losses) == 1 else torch.stack(losses).mean()
+        all_reduce_mean(self.accelerator, [w.grad for w in self.weights if w.grad is not None])
         self.weight_optimizer.step()
         self.weight_optimizer.zero_grad(set_to_none=True)
         return loss.item()
@@ -108,7 +159,8 @@ class BilevelSearch:
         """
         xi = self.config.unrolled_lr if self.config.unrolled_lr is not None else self.config.lr
         originals = [w.detach().clone() for w in self.weights]
-        train_gradients = torch.autograd.grad(self.model(**train_batch).loss, self.weights, allow_unused=True)
+        train_gradients = torch.autograd.grad(self.train_loss(train_batch), self.weights, allow_unused=True)
+        all_reduce_mean(self.accelerator, [g for g in train_gradients if g is not None])
         with torch.no_grad():
             for w, g in zip(self.weights, train_gradients, strict=True):
                 if g is not None:
@@ -120,6 +172,7 @@ class BilevelSearch:
         val_gradients = [
             torch.zeros_like(w) if g is None else g for w, g in zip(self.weights, val_gradients, strict=True)
         ]
+        all_reduce_mean(self.accelerator, [gate_gradient, *val_gradients])
         norm = torch.sqrt(sum((g**2).sum() for g in val_gradients))
         epsilon = 0.01 / (norm.item() + 1e-12)
         hessian_terms = []
@@ -127,8 +180,9 @@ class BilevelSearch:
             with torch.no_grad():
                 for w, original, g in zip(self.weights, originals, val_gradients, strict=True):
                     w.copy_(original + sign * epsilon * g)
-            (term,) = torch.autograd.grad(self.model(**train_batch).loss, [self.gates.logits])
+            (term,) = torch.autograd.grad(self.train_loss(train_batch), [self.gates.logits])
             hessian_terms.append(term)
+        all_reduce_mean(self.accelerator, hessian_terms)
         with torch.no_grad():
             for w, original in zip(self.weights, originals, strict=True):
                 w.copy_(original)
@@ -143,9 +197,15 @@ class BilevelSearch:
         checkpointer: Checkpointer | None = None,
         resume: TrainingState | None = None,
     ) -> tuple[list[dict], int]:
-        """Run the whole search (from `resume` if given); returns the logged history and the step count."""
+        """Run the whole search (from `resume` if given); returns the logged history and the step count.
+
+        A step draws `gradient_accumulation_steps` micro-batches from this process's shard of each loader.
+        """
         device = next(self.model.parameters()).device
-        total_steps = max(1, math.ceil(epochs * len(train_loader)))
+        accumulation = self.accelerator.gradient_accumulation_steps
+        train_loader = shard_loader(self.accelerator, train_loader)
+        val_loader = shard_loader(self.accelerator, val_loader)
+        total_steps = max(1, math.ceil(epochs * len(train_loader) / accumulation))
         warmup_steps = int(self.config.warmup_fraction * total_steps)
         modules = {"model": self.model, "gates": self.gates.logits}
         optimizers = {"weights": self.weight_optimizer, "gates": self.gate_optimizer}
@@ -157,16 +217,27 @@ class BilevelSearch:
         train_batches = resumable_batches(train_loader, consumed["train"])
         val_batches = resumable_batches(val_loader, consumed["val"])
         self.model.train()
-        progress = tqdm(range(first_step, total_steps), desc="search", leave=False, dynamic_ncols=True)
+        progress = tqdm(
+            range(first_step, total_steps),
+            desc="search",
+            leave=False,
+            dynamic_ncols=True,
+            disable=not self.accelerator.is_main_process,
+        )
         for step in progress:
-            train_batch = to_device(next(train_batches), device)
-            consumed["train"] += 1
+            train_batch = [to_device(next(train_batches), device) for _ in range(accumulation)]
+            consumed["train"] += accumulation
             val_loss = None
             if step >= warmup_steps:
-                val_loss = self.gate_step(to_device(next(val_batches), device), train_batch, step)
-                consumed["val"] += 1
+                val_batch = [to_device(next(val_batches), device) for _ in range(accumulation)]
+                val_loss = self.gate_step(val_batch, train_batch, step)
+                consumed["val"] += accumulation
             train_loss = self.weight_step(train_batch, step)
             if step % self.config.log_every == 0 or step == total_steps - 1:
+                if self.accelerator.num_processes > 1:  # log the loss of the global batch
+                    losses = torch.tensor([train_loss, val_loss or 0.0], device=device)
+                    all_reduce_mean(self.accelerator, [losses])
+                    train_loss, val_loss = losses[0].item(), None if val_loss is None else losses[1].item()
                 record = {
                     "phase": "search",
                     "step": step,
@@ -222,10 +293,12 @@ def search_dam(
     log: JsonlLog | None = None,
     checkpointer: Checkpointer | None = None,
     resume: TrainingState | None = None,
+    accelerator: Accelerator | None = None,
 ) -> SearchOutcome:
     """Search the DAM of `model` (a plain transformers model; it is wrapped with LoRA in place).
 
     The returned outcome holds the PEFT search model too, so fine-tuning can reuse the loaded base model.
+    `accelerator` defaults to one made from the config's precision and accumulation options.
     """
     started = time.perf_counter()
     initial_head = module_state(model, head_modules)
@@ -235,7 +308,9 @@ def search_dam(
         next(peft_model.parameters()).device
     )
     gates.attach(peft_model)
-    search = BilevelSearch(peft_model, gates, config, rho)
+    if config.gradient_checkpointing:
+        enable_gradient_checkpointing(peft_model)
+    search = BilevelSearch(peft_model, gates, config, rho, accelerator)
     history, steps = search.run(train_loader, val_loader, config.epochs, log, checkpointer, resume)
     scores = (
         perturbation_scores(peft_model, gates, val_loader, perturbation_batches)

@@ -10,12 +10,22 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from accelerate import Accelerator
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from diffora.checkpoint import Checkpointer, TrainingState, restore
+from diffora.distributed import (
+    all_reduce_mean,
+    enable_gradient_checkpointing,
+    evaluation_accelerator,
+    make_accelerator,
+    no_sync,
+    process_state,
+    shard_loader,
+)
 from diffora.errors import DifforaError
 from diffora.io import JsonlLog
 from diffora.metrics import compute_metrics
@@ -25,8 +35,8 @@ StepCallback = Callable[[int], None]
 
 
 def pick_device() -> torch.device:
-    """CUDA when available, else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """This process's device: its own GPU under `accelerate launch`, CUDA when available, else the CPU."""
+    return process_state().device
 
 
 def to_device(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -82,14 +92,27 @@ def fit(
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     checkpointer: Checkpointer | None = None,
     resume: TrainingState | None = None,
+    accelerator: Accelerator | None = None,
+    gradient_checkpointing: bool = False,
 ) -> FitResult:
     """Train `model` for `epochs` passes over `loader` with linear warm-up and decay.
 
     `after_step(step)` runs after every optimiser step, before the gradients are cleared (AdaLoRA's budget
     allocation hooks in here). With `resume`, training continues exactly where that checkpoint left it.
+
+    Model and optimiser go through `accelerator.prepare` (DDP or FSDP under `accelerate launch`, autocast
+    with mixed precision) and each process trains on its shard of `loader`. A step is one optimiser step
+    over `accelerator.gradient_accumulation_steps` micro-batches (`accelerator.backward` divides each loss
+    by that number; `no_sync` skips the all-reduce on all but the last), so the global batch is
+    batch size x processes x accumulation steps. Checkpoints hold the unwrapped model.
     """
+    accelerator = accelerator or make_accelerator()
+    accumulation = accelerator.gradient_accumulation_steps
+    if gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    loader = shard_loader(accelerator, loader)
     device = next(model.parameters()).device
-    total_steps = max(1, math.ceil(epochs * len(loader)))
+    total_steps = max(1, math.ceil(epochs * len(loader) / accumulation))
     if scheduler is None:
         scheduler = get_linear_schedule_with_warmup(optimizer, int(warmup_ratio * total_steps), total_steps)
     first_step = 0
@@ -100,20 +123,38 @@ def fit(
             warnings.simplefilter("ignore", UserWarning)
             for _ in range(first_step):  # the schedule is a function of the step count alone
                 scheduler.step()
-    model.train()
-    batches = resumable_batches(loader, first_step)
+    # The scheduler stays unprepared: Accelerate would step it once per process; ours counts global steps.
+    trained, prepared_optimizer = accelerator.prepare(model, optimizer)
+    trained.train()
+    batches = resumable_batches(loader, first_step * accumulation)
     started = time.perf_counter()
     running = float(resume.meta.get("loss", 0.0)) if resume is not None else 0.0
-    progress = tqdm(range(first_step, total_steps), desc=phase, leave=False, dynamic_ncols=True)
+    progress = tqdm(
+        range(first_step, total_steps),
+        desc=phase,
+        leave=False,
+        dynamic_ncols=True,
+        disable=not accelerator.is_main_process,
+    )
     for step in progress:
-        loss = model(**to_device(next(batches), device)).loss
-        check_finite(loss, phase, step, checkpointer)
-        loss.backward()
-        optimizer.step()
+        losses = []
+        for micro in range(accumulation):
+            batch = to_device(next(batches), device)
+            with no_sync(accelerator, trained, skip=micro < accumulation - 1):
+                with accelerator.autocast():
+                    loss = trained(**batch).loss
+                check_finite(loss, phase, step, checkpointer)
+                accelerator.backward(loss)
+            losses.append(loss.detach())
+        prepared_optimizer.step()
         scheduler.step()
         if after_step is not None:
             after_step(step)
-        optimizer.zero_grad(set_to_none=True)
+        prepared_optimizer.zero_grad(set_to_none=True)
+        loss = losses[0] if accumulation == 1 else torch.stack(losses).mean()
+        if accelerator.num_processes > 1:  # the loss of the global batch
+            loss = loss.clone()
+            all_reduce_mean(accelerator, [loss])
         running = loss.item()
         if step % log_every == 0 or step == total_steps - 1:
             progress.set_postfix(loss=f"{running:.4f}")
@@ -121,22 +162,38 @@ def fit(
                 log.write(phase=phase, step=step, loss=running, lr=scheduler.get_last_lr()[0])
         if checkpointer is not None and checkpointer.due(step + 1, total_steps):
             checkpointer.save(
-                step + 1, {"model": model}, {"weights": optimizer}, {"train": step + 1}, {"loss": running}
+                step + 1,
+                {"model": model},
+                {"weights": optimizer},
+                {"train": (step + 1) * accumulation},
+                {"loss": running},
             )
     return FitResult(steps=total_steps, final_loss=running, seconds=time.perf_counter() - started)
 
 
 @torch.no_grad()
 def predict(model: nn.Module, loader: DataLoader) -> tuple[np.ndarray, np.ndarray]:
-    """Logits and labels of every example in `loader` (evaluation mode, no dropout)."""
+    """Logits and labels of every example in `loader` (evaluation mode, no dropout).
+
+    Under `accelerate launch` each process predicts its shard and the outputs are gathered (in order,
+    without the examples Accelerate repeats to even out the shards), so every process gets all of them.
+    """
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
+    accelerator = evaluation_accelerator()
+    if accelerator is not None:
+        loader = shard_loader(accelerator, loader)
     logits, labels = [], []
-    for batch in tqdm(loader, desc="evaluate", leave=False, dynamic_ncols=True):
+    for batch in tqdm(
+        loader, desc="evaluate", leave=False, dynamic_ncols=True, disable=accelerator is not None
+    ):
         batch = to_device(batch, device)
-        logits.append(model(**batch).logits.float().cpu())
-        labels.append(batch["labels"].cpu())
+        outputs = (model(**batch).logits.float(), batch["labels"])
+        if accelerator is not None:
+            outputs = accelerator.gather_for_metrics(outputs)
+        logits.append(outputs[0].cpu())
+        labels.append(outputs[1].cpu())
     model.train(was_training)
     return torch.cat(logits).numpy(), torch.cat(labels).numpy()
 
