@@ -271,6 +271,45 @@ def targets(summary: Summary, cost: dict[str, Any] | None) -> list[dict[str, Any
     return rows
 
 
+def search_diagnostics(jobs: list[dict[str, Any]], rho: float = 0.5) -> list[dict[str, Any]]:
+    """Per task, how decided the main searches were: gate spread, and how stable the selection is over seeds.
+
+    The stability is the mean Jaccard index of the rho-selections of every pair of seeds; two uniform random
+    selections of k of n modules have an expected Jaccard index of about k / (2n - k) (1/3 at rho 0.5).
+    """
+    rows = []
+    for task in TASK_ORDER:
+        searches = [
+            j["searches"]["main"] for j in jobs if j["task"] == task and "main" in j.get("searches", {})
+        ]
+        if not searches:
+            continue
+        selections = []
+        for record in searches:
+            columns = zip(record["candidates"], record["layers"], record["types"], strict=True)
+            candidates = [Candidate(name, layer, kind) for name, layer, kind in columns]
+            selections.append(set(select_indices(candidates, record["gates"], rho, "global")))
+        pairs = [(a, b) for i, a in enumerate(selections) for b in selections[i + 1 :]]
+        jaccard = statistics.fmean(len(a & b) / len(a | b) for a, b in pairs) if pairs else None
+        n, k = len(searches[0]["gates"]), len(selections[0])
+        rows.append(
+            {
+                "task": task,
+                "searches": len(searches),
+                "steps": statistics.fmean(r["steps"] for r in searches),
+                "gate_steps": statistics.fmean(
+                    r["steps"] - int(r["config"]["warmup_fraction"] * r["steps"]) for r in searches
+                ),
+                "gate_min": min(min(r["gates"]) for r in searches),
+                "gate_max": max(max(r["gates"]) for r in searches),
+                "gate_spread": statistics.fmean(max(r["gates"]) - min(r["gates"]) for r in searches),
+                "selection_jaccard": jaccard,
+                "random_jaccard": k / (2 * n - k) if n else None,
+            }
+        )
+    return rows
+
+
 # ------------------------------------------------------------------------------------------------ plots
 
 
@@ -431,6 +470,7 @@ def write_report(
         "paired_differences": paired,
         "cost": cost,
         "targets": targets(summary, cost),
+        "search_diagnostics": search_diagnostics(jobs),
         "plots": plots,
         "jobs": [{"job": j["job"], "complete": j["complete"], "environment": j["environment"]} for j in jobs],
         "searches": [{"job": j["job"], **record} for j in jobs for record in j.get("searches", {}).values()],
@@ -652,6 +692,33 @@ def render_markdown(
             "",
         ]
         lines += _table(["search", "runs", "steps", "seconds", "perturbation s", "peak MiB"], rows)
+    diagnostics = search_diagnostics(jobs)
+    if diagnostics:
+        lines += [
+            "## How decided the searches were",
+            "",
+            "Main search (sigmoid, first order) per task: optimiser steps, of which gate steps (after the "
+            "weight warm-up), the range of the final gates over all seeds, the mean spread (max - min) per "
+            "search, and the stability of the rho-0.5 selection over seeds (mean pairwise Jaccard index; two "
+            "uniform random selections would give the value in the last column).",
+            "",
+        ]
+        lines += _table(
+            ["task", "searches", "steps", "gate steps", "gate range", "spread", "Jaccard", "random J"],
+            [
+                [
+                    d["task"],
+                    str(d["searches"]),
+                    f"{d['steps']:.0f}",
+                    f"{d['gate_steps']:.0f}",
+                    f"{d['gate_min']:.3f}-{d['gate_max']:.3f}",
+                    f"{d['gate_spread']:.4f}",
+                    "–" if d["selection_jaccard"] is None else f"{d['selection_jaccard']:.2f}",
+                    f"{d['random_jaccard']:.2f}",
+                ]
+                for d in diagnostics
+            ],
+        )
     if cost:
         lines += [
             "## Per-step cost",
