@@ -322,7 +322,9 @@ def _save(figure: plt.Figure, path: Path) -> None:
 def _panels(count: int) -> tuple[plt.Figure, list[plt.Axes]]:
     columns = min(3, count)
     rows = (count + columns - 1) // columns
-    figure, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.8 * rows), squeeze=False)
+    figure, axes = plt.subplots(
+        rows, columns, figsize=(5 * columns, 3.8 * rows), squeeze=False, layout="constrained"
+    )
     flat = list(axes.ravel())
     for extra in flat[count:]:
         extra.set_visible(False)

@@ -58,7 +58,7 @@ def plot_dam(
             axes.add_patch(plt.Rectangle((x - 0.5, y - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
     axes.set_xticks(
         range(len(columns)),
-        [c.split(".")[-2] + "." + c.split(".")[-1] if c.count(".") else c for c in columns],
+        short_labels(columns),
         rotation=40,
         ha="right",
         fontsize=8,
@@ -92,3 +92,20 @@ def plot_gate_history(candidates: Sequence[Candidate], history: Sequence[dict], 
     axes.set_title("Gate trajectories (colour: module type)")
     axes.legend(fontsize=7, loc="best")
     _save(figure, path)
+
+
+def short_labels(names: Sequence[str]) -> list[str]:
+    """For each dotted name the shortest suffix of at least two parts that no other name ends with.
+
+    >>> short_labels(["attention.self.query", "attention.output.dense", "output.dense"])
+    ['self.query', 'attention.output.dense', 'output.dense']
+    """
+    labels = []
+    for name in names:
+        parts = name.split(".")
+        for size in range(min(2, len(parts)), len(parts) + 1):
+            label = ".".join(parts[-size:])
+            if not any(other != name and ("." + other).endswith("." + label) for other in names):
+                break
+        labels.append(label)
+    return labels
