@@ -628,11 +628,15 @@ def make_dataloader(
     ensure_pad_token(tokenizer)
     features = tokenize_examples(examples, tokenizer, max_length)
     is_regression = isinstance(examples[0][1], float)
+    collate = _Collator(tokenizer, torch.float32 if is_regression else torch.long)
+    return seeded_loader(features, batch_size, shuffle, seed, collate)
+
+
+def seeded_loader(
+    features: list[dict[str, Any]], batch_size: int, shuffle: bool, seed: int, collate: Any
+) -> DataLoader:
+    """A DataLoader over tokenised features whose order depends only on `seed`."""
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(
-        _Features(features),
-        batch_size=batch_size,
-        shuffle=shuffle,
-        generator=generator,
-        collate_fn=_Collator(tokenizer, torch.float32 if is_regression else torch.long),
+        _Features(features), batch_size=batch_size, shuffle=shuffle, generator=generator, collate_fn=collate
     )

@@ -14,12 +14,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch.utils.data import DataLoader
 from transformers import DataCollatorForSeq2Seq
 
 from diffora.config import CAUSAL_TASK, DataConfig
-from diffora.data import TaskData, _clean_text, _describe, _Features, read_custom_file, subsample
+from diffora.data import TaskData, _clean_text, _describe, read_custom_file, seeded_loader, subsample
 from diffora.errors import DifforaError
 from diffora.tasks import TaskSpec
 
@@ -183,11 +182,5 @@ def make_instruct_loader(
     """Tokenise once, then batch with right padding to each batch's longest example (labels padded -100)."""
     features = tokenize_instruct(examples, tokenizer, max_length)
     tokenizer.padding_side = "right"  # positions of real tokens stay 0..n-1 while training
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(
-        _Features(features),
-        batch_size=batch_size,
-        shuffle=shuffle,
-        generator=generator,
-        collate_fn=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX),
-    )
+    collate = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX)
+    return seeded_loader(features, batch_size, shuffle, seed, collate)
