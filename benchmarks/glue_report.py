@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import statistics
 import time
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -13,11 +16,13 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from methods import SELECTION_METHODS  # noqa: E402
+from scipy.stats import spearmanr  # noqa: E402
 
 from diffora.candidates import Candidate  # noqa: E402
 from diffora.dam import select_indices  # noqa: E402
 from diffora.io import atomic_path, atomic_write, atomic_write_json  # noqa: E402
-from diffora.plots import plot_dam  # noqa: E402
+from diffora.plots import plot_dam, plot_gate_history  # noqa: E402
 
 TASK_ORDER = ("cola", "sst2", "mrpc", "stsb", "rte")
 MAIN_ROWS = ("full", "lora", "lora_matched", "loraplus", "adalora", "random", "diffora", "lora_equal_steps")
@@ -39,7 +44,30 @@ LABELS = {
     "diffora_per_layer": "DiffoRA, per_layer selection",
     "diffora_second_order": "DiffoRA, second order",
     "diffora_perturbation": "DiffoRA, perturbation ranking",
+    "diffora_magnitude": "DiffoRA search, update-norm ranking",
+    "mlp": "LoRA on FFN modules only",
+    "attention": "LoRA on attention modules only",
+    "loradrop": "LoRA-drop (update-norm ranking)",
 }
+# the cpu profile compares selections at one adapter-parameter budget: half of LoRA-all's
+BUDGET_ROWS = (*SELECTION_METHODS, "loraplus", "adalora", "full")
+BUDGET_LABELS = {
+    "diffora": "DiffoRA (0.5x LoRA-all budget)",
+    "random": "Random selection (same budget)",
+    "adalora": "AdaLoRA (0.5x LoRA-all budget)",
+    "mlp": "LoRA on FFN only (rank fits budget)",
+    "attention": "LoRA on attention only (rank fits budget)",
+}
+BUDGET_ONLY_METHODS = {"diffora_magnitude", "mlp", "attention", "loradrop"}
+CHEAP_SELECTORS = ("diffora_magnitude", "diffora_perturbation", "mlp", "attention", "loradrop")
+SELECTION_BASELINES = ("random", *CHEAP_SELECTORS, "lora", "lora_equal_steps")
+STABILITY_METHODS = ("diffora", "diffora_magnitude", "diffora_perturbation", "loradrop", "random")
+BUDGET_RATIO_LIMIT = 0.5
+JACCARD_LIMIT = 0.6
+# a task "does not learn" when LoRA-all's mean score is at most this far above chance (the majority class)
+LEARNS_MARGIN = 0.02
+CHANCE_ACCURACY = {"sst2": 0.509, "mrpc": 0.684, "rte": 0.527}  # dev majority-class fractions
+ZERO_CHANCE_METRICS = ("matthews_correlation", "pearson", "spearmanr")
 ABLATION_TABLES = [
     (
         "Sample rate rho (one search, several discretisations)",
@@ -61,7 +89,14 @@ ABLATION_TABLES = [
         "Bi-level order (second search)",
         [("first order", "diffora"), ("second order", "diffora_second_order")],
     ),
-    ("Ranking (same search)", [("gate", "diffora"), ("perturbation", "diffora_perturbation")]),
+    (
+        "Ranking (same search)",
+        [
+            ("gate", "diffora"),
+            ("perturbation", "diffora_perturbation"),
+            ("update norm", "diffora_magnitude"),
+        ],
+    ),
     (
         "Fair budgets",
         [
@@ -110,6 +145,63 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
     return lines + [""]
 
 
+def _with_se(stat: dict[str, Any]) -> dict[str, Any]:
+    """`stat` (mean, std over n seeds) plus the standard error of its mean, std / sqrt(n) (None below 2)."""
+    std = stat.get("std")
+    return {**stat, "se": None if std is None else std / math.sqrt(stat["n"])}
+
+
+def _fmt_se(stat: dict[str, Any] | None) -> str:
+    """A paired difference as `mean ± standard error (n seeds)`, x 100, signed."""
+    return _fmt(stat and {**stat, "std": stat.get("se")}, signed=True)
+
+
+def _mean_present(values: Iterable[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.fmean(present) if present else None
+
+
+def _number(value: float | None, digits: int = 2) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def mean_jaccard(selections: Sequence[set]) -> float | None:
+    """Mean Jaccard index |A & B| / |A | B| over every pair of `selections`; None with fewer than two.
+
+    >>> round(mean_jaccard([{"a", "b"}, {"a", "c"}]), 4)
+    0.3333
+    """
+    pairs = list(itertools.combinations(selections, 2))
+    if not pairs:
+        return None
+    return statistics.fmean(len(a & b) / len(a | b) if a | b else 1.0 for a, b in pairs)
+
+
+def expected_random_jaccard(k: float, n: int) -> float:
+    """About the expected Jaccard index of two independent uniform selections of k of n modules.
+
+    E|A & B| = k^2 / n and E|A | B| = 2k - k^2 / n give k / (2n - k): 1/3 when half the modules are kept.
+    """
+    return k / (2 * n - k) if n else float("nan")
+
+
+def _spearman(a: Sequence[float] | None, b: Sequence[float] | None) -> float | None:
+    """Spearman rank correlation of two scorings of the same modules; None if one is missing or constant."""
+    if not a or not b or len(set(a)) < 2 or len(set(b)) < 2:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        value = float(spearmanr(a, b)[0])
+    return None if math.isnan(value) else value
+
+
+def chance_level(task: str, metric: str | None) -> float | None:
+    """The score of a model that has not learned: 0 for correlations, the dev majority class for accuracy."""
+    if metric in ZERO_CHANCE_METRICS:
+        return 0.0
+    return CHANCE_ACCURACY.get(task) if metric == "accuracy" else None
+
+
 def load_jobs(runs_dir: Path) -> list[dict[str, Any]]:
     """Every job file of the profile (cost.json and the specs are not jobs)."""
     jobs = []
@@ -131,6 +223,20 @@ class Summary:
         self.score: dict[tuple[str, str], dict[int, float]] = {}
         for run in self.runs:
             self.score.setdefault((run["method"], run["task"]), {})[run["seed"]] = run["score"]
+        self.budget_design = bool(BUDGET_ONLY_METHODS & set(self.methods)) or any(
+            "budget_fraction" in run["config"] for run in self.runs
+        )
+
+    def label(self, method: str) -> str:
+        """The method's row label; selections at one parameter budget say so."""
+        if self.budget_design and method in BUDGET_LABELS:
+            return BUDGET_LABELS[method]
+        return LABELS.get(method, method)
+
+    @property
+    def main_rows(self) -> tuple[str, ...]:
+        """The main table's methods in order (the ones without runs are skipped when rendering)."""
+        return BUDGET_ROWS if self.budget_design else MAIN_ROWS
 
     def cell_runs(self, method: str, task: str) -> list[dict[str, Any]]:
         return [r for r in self.runs if r["method"] == method and r["task"] == task]
@@ -163,22 +269,28 @@ class Summary:
             stats["ranks"] = sorted({r["config"]["rank"] for r in runs if "rank" in r["config"]})
         return stats
 
-    def average(self, method: str) -> dict[str, Any]:
-        """Per seed the mean over every task, then mean and std over the seeds that have all tasks."""
-        per_seed = self._per_seed_average(lambda task, seed: self.score.get((method, task), {}).get(seed))
+    def average(self, method: str, tasks: Sequence[str] | None = None) -> dict[str, Any]:
+        """Per seed the mean over every task (or `tasks`), then mean and std over the seeds that have all."""
+        per_seed = self._per_seed_average(
+            lambda task, seed: self.score.get((method, task), {}).get(seed), tasks
+        )
         return _mean_std(list(per_seed.values()))
 
-    def _per_seed_average(self, value_of) -> dict[int, float]:
+    def _per_seed_average(self, value_of, tasks: Sequence[str] | None = None) -> dict[int, float]:
+        tasks = self.tasks if tasks is None else tasks
         seeds = sorted({j["seed"] for j in self.jobs})
         result = {}
         for seed in seeds:
-            values = [value_of(task, seed) for task in self.tasks]
-            if self.tasks and all(v is not None for v in values):
+            values = [value_of(task, seed) for task in tasks]
+            if tasks and all(v is not None for v in values):
                 result[seed] = statistics.fmean(values)
         return result
 
-    def paired(self, method: str, baseline: str) -> dict[str, Any]:
-        """DiffoRA-style paired differences `method - baseline` over seeds, per task and on average."""
+    def paired(self, method: str, baseline: str, tasks: Sequence[str] | None = None) -> dict[str, Any]:
+        """DiffoRA-style paired differences `method - baseline` over seeds, per task and on average.
+
+        Every task gets its row; the average covers `tasks` (default: all).
+        """
 
         def difference(task: str, seed: int) -> float | None:
             a = self.score.get((method, task), {}).get(seed)
@@ -190,12 +302,44 @@ class Summary:
             task: _mean_std([d for s in seeds if (d := difference(task, s)) is not None])
             for task in self.tasks
         }
-        table["average"] = _mean_std(list(self._per_seed_average(difference).values()))
+        table["average"] = _mean_std(list(self._per_seed_average(difference, tasks).values()))
         return table
 
-    def mean_params(self, method: str) -> float | None:
-        runs = [r for r in self.runs if r["method"] == method]
-        return statistics.fmean(r["trainable_parameters"] for r in runs) if runs else None
+    def mean_params(
+        self, method: str, key: str = "trainable_parameters", tasks: Sequence[str] | None = None
+    ) -> float | None:
+        """Mean of a parameter count (`key` of the runs) over the method's runs on `tasks` (default: all)."""
+        runs = [r for r in self.runs if r["method"] == method and (tasks is None or r["task"] in tasks)]
+        return statistics.fmean(r[key] for r in runs) if runs else None
+
+    def selections(self, method: str, task: str) -> list[set[str]]:
+        """The `selected_modules` of the method's runs on the task, one set per seed that recorded them."""
+        runs = self.cell_runs(method, task)
+        return [set(r["config"]["selected_modules"]) for r in runs if "selected_modules" in r["config"]]
+
+    def selection_jaccard(self, method: str, task: str) -> float | None:
+        """How stable the method's selection is over seeds: the mean pairwise Jaccard index."""
+        return mean_jaccard(self.selections(method, task))
+
+    def random_jaccard(self, task: str) -> float | None:
+        """About the Jaccard index expected of two random selections as large as DiffoRA's on the task."""
+        chosen = self.selections("diffora", task)
+        searches = [
+            j["searches"]["main"] for j in self.jobs if j["task"] == task and "main" in j.get("searches", {})
+        ]
+        if not chosen or not searches:
+            return None
+        return expected_random_jaccard(statistics.fmean(map(len, chosen)), len(searches[0]["candidates"]))
+
+
+def check(name: str, value: float | None, limit: float | None, met: bool | None, text: str) -> dict:
+    """One target row: the measured value, its limit and the verdict (None: not yet measured)."""
+    return {"target": name, "value": value, "limit": limit, "met": met, "detail": text}
+
+
+def report_targets(summary: Summary, cost: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The targets of the design that ran: selection at one parameter budget (cpu) or the quick profile's."""
+    return budget_targets(summary) if summary.budget_design else targets(summary, cost)
 
 
 def targets(summary: Summary, cost: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -203,9 +347,6 @@ def targets(summary: Summary, cost: dict[str, Any] | None) -> list[dict[str, Any
 
     def avg(method: str) -> float | None:
         return summary.average(method)["mean"] if method in summary.methods else None
-
-    def check(name: str, value: float | None, limit: float | None, met: bool | None, text: str) -> dict:
-        return {"target": name, "value": value, "limit": limit, "met": met, "detail": text}
 
     rows = []
     diffora, lora = avg("diffora"), avg("lora")
@@ -271,43 +412,201 @@ def targets(summary: Summary, cost: dict[str, Any] | None) -> list[dict[str, Any
     return rows
 
 
+def excluded_tasks(summary: Summary) -> dict[str, str]:
+    """Tasks where LoRA-all does not learn (mean score at most LEARNS_MARGIN above chance), with the reason.
+
+    Chance is a correlation of 0 (cola, stsb) or the dev majority class (sst2, mrpc, rte); a task without a
+    LoRA-all run or a known chance level is kept.
+    """
+    result = {}
+    for task in summary.tasks:
+        cell = summary.cell("lora", task)
+        chance = chance_level(task, cell.get("main_metric"))
+        if cell["n"] and chance is not None and cell["mean"] <= chance + LEARNS_MARGIN:
+            result[task] = (
+                f"does not learn: LoRA-all {100 * cell['mean']:.2f} vs chance {100 * chance:.2f} "
+                f"({cell['main_metric']}; margin {100 * LEARNS_MARGIN:.0f})"
+            )
+    return result
+
+
+def target_tasks(summary: Summary) -> list[str]:
+    """The tasks the budget targets average over: every task present that learns."""
+    excluded = excluded_tasks(summary)
+    return [t for t in summary.tasks if t not in excluded]
+
+
+def paired_average(summary: Summary, baseline: str, tasks: Sequence[str]) -> dict[str, Any] | None:
+    """DiffoRA minus `baseline`, paired per seed and averaged over `tasks`, with its standard error."""
+    if "diffora" not in summary.methods or baseline not in summary.methods or not tasks:
+        return None
+    stat = summary.paired("diffora", baseline, tasks)["average"]
+    return _with_se(stat) if stat["n"] else None
+
+
+def _paired_text(stat: dict[str, Any]) -> str:
+    se = "–" if stat["se"] is None else f"{100 * stat['se']:.2f}"
+    return f"{100 * stat['mean']:+.2f} ± {se} (paired SE, {stat['n']} seed(s))"
+
+
+def budget_targets(summary: Summary) -> list[dict[str, Any]]:
+    """Targets a-d of the cpu profile, on the average over the tasks that learn."""
+    tasks = target_tasks(summary)
+    cheap = [_target_cheap(summary, tasks, method) for method in CHEAP_SELECTORS]
+    overall = [row["met"] for row in cheap]
+    met = False if False in overall else (None if None in overall else True)
+    every = check("c. DiffoRA beats or matches every cheap selector", None, None, met, "see the rows below")
+    return [
+        _target_budget(summary, tasks),
+        _target_random(summary, tasks),
+        every,
+        *cheap,
+        _target_stability(summary, tasks),
+    ]
+
+
+def _target_budget(summary: Summary, tasks: Sequence[str]) -> dict[str, Any]:
+    """a: DiffoRA at <= 0.5x LoRA-all's adapter parameters reaches LoRA-all with equal total steps."""
+    name = (
+        f"a. DiffoRA at <= {BUDGET_RATIO_LIMIT}x LoRA-all's adapter parameters >= LoRA-all, equal total steps"
+    )
+    p_d = summary.mean_params("diffora", "adapter_parameters", tasks)
+    p_l = summary.mean_params("lora", "adapter_parameters", tasks)
+    stat = paired_average(summary, "lora_equal_steps", tasks)
+    if stat is None or not p_d or not p_l:
+        return check(name, None, 0.0, None, "needs diffora, lora and lora_equal_steps on a task that learns")
+    ratio = p_d / p_l
+    met = ratio <= BUDGET_RATIO_LIMIT + 1e-9 and stat["mean"] >= 0
+    text = f"{_params(p_d)} vs {_params(p_l)} adapter = {ratio:.2f}x; difference {_paired_text(stat)}"
+    return check(name, 100 * stat["mean"], 0.0, met, text)
+
+
+def _target_random(summary: Summary, tasks: Sequence[str]) -> dict[str, Any]:
+    """b: DiffoRA beats random selection at the same budget by more than twice the paired standard error."""
+    return _se_target(
+        summary, tasks, "random", "b. DiffoRA > random selection (same budget) by > 2 paired SE", 2
+    )
+
+
+def _target_cheap(summary: Summary, tasks: Sequence[str], method: str) -> dict[str, Any]:
+    """c, one selector: DiffoRA's paired mean difference is not below minus twice its standard error."""
+    name = f"c. DiffoRA >= {summary.label(method)} (difference >= -2 paired SE)"
+    return _se_target(summary, tasks, method, name, -2)
+
+
+def _se_target(
+    summary: Summary, tasks: Sequence[str], baseline: str, name: str, factor: float
+) -> dict[str, Any]:
+    """DiffoRA - baseline against `factor` paired SEs: above (factor > 0) or at least (factor < 0)."""
+    stat = paired_average(summary, baseline, tasks)
+    if stat is None or stat["se"] is None:
+        return check(name, None, None, None, f"needs diffora and {baseline} on two or more seeds")
+    mean, se = stat["mean"], stat["se"]
+    met = mean > factor * se if factor > 0 else mean >= factor * se
+    verdict = "beats" if mean > 2 * se else ("matches" if mean >= -2 * se else "loses")
+    return check(name, 100 * mean, 100 * factor * se, met, f"{verdict}: {_paired_text(stat)}")
+
+
+def _target_stability(summary: Summary, tasks: Sequence[str]) -> dict[str, Any]:
+    """d: DiffoRA's selection is stable over seeds, mean pairwise Jaccard >= JACCARD_LIMIT on every task."""
+    name = f"d. DiffoRA's selection stable over seeds (Jaccard >= {JACCARD_LIMIT} per task)"
+    values = {t: summary.selection_jaccard("diffora", t) for t in tasks}
+    known = {t: v for t, v in values.items() if v is not None}
+    if not known:
+        return check(name, None, JACCARD_LIMIT, None, "needs diffora's selections on two or more seeds")
+    met = all(v >= JACCARD_LIMIT for v in known.values())
+    if met and len(known) < len(values):
+        met = None  # a task still lacks two seeds
+    others = {m: _mean_present(summary.selection_jaccard(m, t) for t in tasks) for m in STABILITY_METHODS[1:]}
+    chance = _mean_present(summary.random_jaccard(t) for t in tasks)
+    text = (
+        ", ".join(f"{t} {v:.2f}" for t, v in known.items())
+        + "; mean over tasks: "
+        + ", ".join(f"{m} {v:.2f}" for m, v in others.items() if v is not None)
+        + f"; two random selections of DiffoRA's size: about {_number(chance) if chance else '0.33'}"
+    )
+    return check(name, min(known.values()), JACCARD_LIMIT, met, text)
+
+
+def _candidates(record: dict[str, Any]) -> list[Candidate]:
+    """The candidate modules of a search record."""
+    columns = zip(record["candidates"], record["layers"], record["types"], strict=True)
+    return [Candidate(name, layer, kind) for name, layer, kind in columns]
+
+
+def task_searches(jobs: list[dict[str, Any]], task: str, kind: str = "main") -> list[dict[str, Any]]:
+    """The task's search records of one kind, in seed order."""
+    chosen = [j for j in jobs if j["task"] == task and kind in j.get("searches", {})]
+    return [j["searches"][kind] for j in sorted(chosen, key=lambda j: j["seed"])]
+
+
 def search_diagnostics(jobs: list[dict[str, Any]], rho: float = 0.5) -> list[dict[str, Any]]:
-    """Per task, how decided the main searches were: gate spread, and how stable the selection is over seeds.
+    """Per task, how decided the main searches were: gate spread, rank agreement and selection stability.
 
     The stability is the mean Jaccard index of the rho-selections of every pair of seeds; two uniform random
-    selections of k of n modules have an expected Jaccard index of about k / (2n - k) (1/3 at rho 0.5).
+    selections of k of n modules have an expected Jaccard index of about k / (2n - k) (1/3 at rho 0.5). The
+    rank agreements are Spearman correlations with the perturbation check, averaged over the seeds having it.
     """
     rows = []
     for task in TASK_ORDER:
-        searches = [
-            j["searches"]["main"] for j in jobs if j["task"] == task and "main" in j.get("searches", {})
-        ]
-        if not searches:
-            continue
-        selections = []
-        for record in searches:
-            columns = zip(record["candidates"], record["layers"], record["types"], strict=True)
-            candidates = [Candidate(name, layer, kind) for name, layer, kind in columns]
-            selections.append(set(select_indices(candidates, record["gates"], rho, "global")))
-        pairs = [(a, b) for i, a in enumerate(selections) for b in selections[i + 1 :]]
-        jaccard = statistics.fmean(len(a & b) / len(a | b) for a, b in pairs) if pairs else None
-        n, k = len(searches[0]["gates"]), len(selections[0])
-        rows.append(
-            {
-                "task": task,
-                "searches": len(searches),
-                "steps": statistics.fmean(r["steps"] for r in searches),
-                "gate_steps": statistics.fmean(
-                    r["steps"] - int(r["config"]["warmup_fraction"] * r["steps"]) for r in searches
-                ),
-                "gate_min": min(min(r["gates"]) for r in searches),
-                "gate_max": max(max(r["gates"]) for r in searches),
-                "gate_spread": statistics.fmean(max(r["gates"]) - min(r["gates"]) for r in searches),
-                "selection_jaccard": jaccard,
-                "random_jaccard": k / (2 * n - k) if n else None,
-            }
-        )
+        searches = task_searches(jobs, task)
+        if searches:
+            rows.append({"task": task, **_search_row(searches, rho)})
     return rows
+
+
+def _search_row(searches: list[dict[str, Any]], rho: float) -> dict[str, Any]:
+    """The diagnostics of one task's main searches (one per seed)."""
+    selections = [set(select_indices(_candidates(r), r["gates"], rho, "global")) for r in searches]
+    n, k = len(searches[0]["gates"]), len(selections[0])
+    return {
+        "searches": len(searches),
+        "steps": statistics.fmean(r["steps"] for r in searches),
+        "gate_steps": statistics.fmean(
+            r["steps"] - int(r.get("config", {}).get("warmup_fraction", 0.0) * r["steps"]) for r in searches
+        ),
+        "gate_min": min(min(r["gates"]) for r in searches),
+        "gate_max": max(max(r["gates"]) for r in searches),
+        "gate_std": statistics.fmean(statistics.pstdev(r["gates"]) for r in searches),
+        "gate_spread": statistics.fmean(max(r["gates"]) - min(r["gates"]) for r in searches),
+        "spearman_gate_perturbation": _mean_present(
+            _spearman(r["gates"], r.get("perturbation")) for r in searches
+        ),
+        "spearman_norm_perturbation": _mean_present(
+            _spearman(r.get("update_norms"), r.get("perturbation")) for r in searches
+        ),
+        "selection_jaccard": mean_jaccard(selections),
+        "random_jaccard": expected_random_jaccard(k, n) if n else None,
+    }
+
+
+def selection_stability(summary: Summary) -> list[dict[str, Any]]:
+    """Per task the mean pairwise Jaccard index over seeds of each method's `selected_modules`."""
+    rows = []
+    for task in summary.tasks:
+        values = {m: summary.selection_jaccard(m, task) for m in STABILITY_METHODS if m in summary.methods}
+        if any(v is not None for v in values.values()):
+            rows.append({"task": task, "jaccard": values, "random_expected": summary.random_jaccard(task)})
+    return rows
+
+
+def budget_comparison(summary: Summary) -> dict[str, dict[str, Any]]:
+    """DiffoRA minus each same-budget baseline, paired over seeds with standard errors, and the adapter sizes.
+
+    Only at one parameter budget (the cpu design). The per-task rows cover every task; the average covers the
+    tasks that learn (see `excluded_tasks`).
+    """
+    if "diffora" not in summary.methods or not summary.budget_design:
+        return {}
+    tasks = target_tasks(summary)
+    result = {}
+    for baseline in (b for b in SELECTION_BASELINES if b in summary.methods):
+        paired = summary.paired("diffora", baseline, tasks)
+        result[baseline] = {
+            "paired": {key: _with_se(stat) for key, stat in paired.items()},
+            "adapter_parameters": summary.mean_params(baseline, "adapter_parameters"),
+        }
+    return result
 
 
 # ------------------------------------------------------------------------------------------------ plots
@@ -335,7 +634,7 @@ def plot_params(summary: Summary, path: Path, profile: str) -> None:
     """Main metric against trainable parameters, one point per method, one panel per task and the average."""
     panels = [*summary.tasks, "average"]
     figure, axes = _panels(len(panels))
-    methods = [m for m in (*MAIN_ROWS, *RHO_METHODS.values()) if m in summary.methods]
+    methods = [m for m in (*summary.main_rows, *RHO_METHODS.values()) if m in summary.methods]
     methods = list(dict.fromkeys(methods))
     markers = "osD^v<>ph*XP"
     for axis, task in zip(axes, panels, strict=True):
@@ -353,7 +652,7 @@ def plot_params(summary: Summary, path: Path, profile: str) -> None:
                 yerr=(stat["std"] or 0) * 100,
                 fmt=markers[index % 12],
                 capsize=3,
-                label=LABELS.get(method, method),
+                label=summary.label(method),
             )
         axis.set_xscale("log")
         axis.set_xlabel("trainable parameters")
@@ -391,17 +690,22 @@ def plot_rho(summary: Summary, path: Path, profile: str) -> None:
     _save(figure, path)
 
 
+def plot_gate_trajectories(jobs: list[dict[str, Any]], task: str, path: Path) -> bool:
+    """Every gate of the first seed's main search against the search step; False (no file) without history."""
+    searches = task_searches(jobs, task)
+    if not searches or not searches[0].get("history"):
+        return False
+    plot_gate_history(_candidates(searches[0]), searches[0]["history"], path)
+    return True
+
+
 def mean_gates(
     jobs: list[dict[str, Any]], task: str, kind: str = "main"
 ) -> tuple[list[Candidate], list[float], int]:
-    searches = [j["searches"][kind] for j in jobs if j["task"] == task and kind in j.get("searches", {})]
+    searches = task_searches(jobs, task, kind)
     if not searches:
         return [], [], 0
-    first = searches[0]
-    candidates = [
-        Candidate(n, layer, t)
-        for n, layer, t in zip(first["candidates"], first["layers"], first["types"], strict=True)
-    ]
+    candidates = _candidates(searches[0])
     gates = [statistics.fmean(s["gates"][i] for s in searches) for i in range(len(candidates))]
     return candidates, gates, len(searches)
 
@@ -421,7 +725,7 @@ def write_report(
     if summary.runs:
         plot_params(summary, out / f"{stem}_params.png", profile)
         plots["metric_vs_parameters"] = f"{stem}_params.png"
-        if any(m in summary.methods for m in RHO_METHODS.values()):
+        if sum(m in summary.methods for m in RHO_METHODS.values()) > 1:  # a sweep, not a single point
             plot_rho(summary, out / f"{stem}_rho.png", profile)
             plots["rho_sweep"] = f"{stem}_rho.png"
     for task in summary.tasks:
@@ -437,6 +741,8 @@ def write_report(
                 title=f"{task}: mean gates over {count} seed(s), rho 0.5",
             )
             plots[f"dam_{task}"] = name
+        if plot_gate_trajectories(jobs, task, out / f"{stem}_gates_{task}.png"):
+            plots[f"gates_{task}"] = f"{stem}_gates_{task}.png"
     cells = {m: {t: summary.cell(m, t) for t in summary.tasks} for m in summary.methods}
     averages = {m: summary.average(m) for m in summary.methods}
     baselines = [m for m in summary.methods if m != "diffora"]
@@ -471,8 +777,11 @@ def write_report(
         "averages": averages,
         "paired_differences": paired,
         "cost": cost,
-        "targets": targets(summary, cost),
+        "targets": report_targets(summary, cost),
+        "excluded_tasks": excluded_tasks(summary),
+        "budget_comparison": budget_comparison(summary),
         "search_diagnostics": search_diagnostics(jobs),
+        "selection_stability": selection_stability(summary),
         "plots": plots,
         "jobs": [{"job": j["job"], "complete": j["complete"], "environment": j["environment"]} for j in jobs],
         "searches": [{"job": j["job"], **record} for j in jobs for record in j.get("searches", {}).values()],
@@ -569,16 +878,11 @@ def render_markdown(
             rows.append(row + [text])
         return rows
 
-    goals = targets(summary, cost)
-    if goals:
-        lines += ["## Targets", ""]
-        verdict = {True: "met", False: "**not met**", None: "–"}
-        lines += _table(
-            ["target", "measured", "verdict"], [[g["target"], g["detail"], verdict[g["met"]]] for g in goals]
-        )
+    lines += _targets_section(summary, cost)
     lines += ["## Main results", ""]
     lines += _table(
-        ["method", *tasks, "average", "trainable params"], method_rows((LABELS[m], m) for m in MAIN_ROWS)
+        ["method", *tasks, "average", "trainable params"],
+        method_rows((summary.label(m), m) for m in summary.main_rows),
     )
     lines += ["## Every metric", ""]
     metric_header = ["method"] + [f"{t} {m}" for t in tasks for m in _metric_names(cells, t)]
@@ -601,17 +905,19 @@ def render_markdown(
 
         def paired_rows(names: Iterable[str]) -> list[list[str]]:
             return [
-                [LABELS.get(b, b)]
+                [summary.label(b)]
                 + [_fmt(paired[b][t], signed=True) for t in tasks]
                 + [_fmt(paired[b]["average"], signed=True)]
                 for b in names
             ]
 
-        lines += _table(["baseline", *tasks, "average"], paired_rows(b for b in MAIN_ROWS if b in paired))
-        others = [b for b in paired if b not in MAIN_ROWS]
+        main = summary.main_rows
+        lines += _table(["baseline", *tasks, "average"], paired_rows(b for b in main if b in paired))
+        others = [b for b in paired if b not in main]
         if others:
             lines += ["DiffoRA (rho 0.5, defaults) minus each ablation variant, paired the same way:", ""]
             lines += _table(["variant", *tasks, "average"], paired_rows(others))
+    lines += _budget_section(summary)
     lines += [
         "## Ablations",
         "",
@@ -626,51 +932,7 @@ def render_markdown(
             continue
         lines += [f"### {title}", ""]
         lines += _table(["variant", *tasks, "average", "trainable params"], method_rows(present))
-    lines += [
-        "## Time and memory",
-        "",
-        f"Seconds per run, averaged over tasks and seeds; peak memory is the maximum over runs "
-        f"({jobs[0]['runs'][next(iter(jobs[0]['runs']))]['memory']['kind'] if jobs[0]['runs'] else ''}). "
-        "The search fraction is search / (search + fine-tune + evaluation).",
-        "",
-    ]
-    rows = []
-    for method in summary.methods:
-        runs = [r for r in summary.runs if r["method"] == method]
-        mean = {
-            k: statistics.fmean(r["seconds"][k] for r in runs)
-            for k in ("search", "finetune", "evaluate", "total")
-        }
-        search_memory = max((r["memory"].get("search_mib") or 0.0) for r in runs)
-        rows.append(
-            [
-                method,
-                f"{mean['search']:.1f}",
-                f"{mean['finetune']:.1f}",
-                f"{mean['evaluate']:.1f}",
-                f"{mean['total']:.1f}",
-                f"{statistics.fmean(r['search_fraction'] for r in runs):.2f}",
-                f"{statistics.fmean(r['finetune_steps'] for r in runs):.0f}",
-                f"{search_memory:.0f}" if search_memory else "–",
-                f"{max(r['memory']['finetune_mib'] for r in runs):.0f}",
-                f"{max(r['memory']['evaluate_mib'] for r in runs):.0f}",
-            ]
-        )
-    lines += _table(
-        [
-            "method",
-            "search s",
-            "fine-tune s",
-            "eval s",
-            "total s",
-            "search fraction",
-            "fine-tune steps",
-            "search peak MiB",
-            "fine-tune peak MiB",
-            "eval peak MiB",
-        ],
-        rows,
-    )
+    lines += _time_section(summary, jobs)
     searches = [(j["task"], record) for j in jobs for record in j.get("searches", {}).values()]
     if searches:
         rows = []
@@ -694,33 +956,7 @@ def render_markdown(
             "",
         ]
         lines += _table(["search", "runs", "steps", "seconds", "perturbation s", "peak MiB"], rows)
-    diagnostics = search_diagnostics(jobs)
-    if diagnostics:
-        lines += [
-            "## How decided the searches were",
-            "",
-            "Main search (sigmoid, first order) per task: optimiser steps, of which gate steps (after the "
-            "weight warm-up), the range of the final gates over all seeds, the mean spread (max - min) per "
-            "search, and the stability of the rho-0.5 selection over seeds (mean pairwise Jaccard index; two "
-            "uniform random selections would give the value in the last column).",
-            "",
-        ]
-        lines += _table(
-            ["task", "searches", "steps", "gate steps", "gate range", "spread", "Jaccard", "random J"],
-            [
-                [
-                    d["task"],
-                    str(d["searches"]),
-                    f"{d['steps']:.0f}",
-                    f"{d['gate_steps']:.0f}",
-                    f"{d['gate_min']:.3f}-{d['gate_max']:.3f}",
-                    f"{d['gate_spread']:.4f}",
-                    "–" if d["selection_jaccard"] is None else f"{d['selection_jaccard']:.2f}",
-                    f"{d['random_jaccard']:.2f}",
-                ]
-                for d in diagnostics
-            ],
-        )
+    lines += _diagnostics_section(summary, jobs)
     if cost:
         lines += [
             "## Per-step cost",
@@ -781,3 +1017,139 @@ def _metric_names(cells: dict, task: str) -> list[str]:
         if metrics:
             return list(metrics)
     return []
+
+
+def _targets_section(summary: Summary, cost: dict[str, Any] | None) -> list[str]:
+    """The targets with their verdicts; at one parameter budget also the tasks left out of the averages."""
+    goals = report_targets(summary, cost)
+    if not goals:
+        return []
+    lines = ["## Targets", ""]
+    if summary.budget_design:
+        lines += [
+            "Computed from the numbers below: paired differences per seed (x 100, same data and seed), "
+            "averaged over the tasks that learn, with the paired standard error (SE) over seeds. A task "
+            f"learns when LoRA-all's mean score is more than {100 * LEARNS_MARGIN:.0f} points above chance "
+            "(correlation 0 for cola and stsb, the dev majority class for sst2, mrpc and rte).",
+            "",
+        ]
+        excluded = excluded_tasks(summary)
+        lines += [f"- `{t}` {reason}; left out of the target averages." for t, reason in excluded.items()]
+        lines += [""] if excluded else []
+    verdict = {True: "met", False: "**not met**", None: "not yet measured"}
+    rows = [[g["target"], g["detail"], verdict[g["met"]]] for g in goals]
+    return lines + _table(["target", "measured", "verdict"], rows)
+
+
+def _budget_section(summary: Summary) -> list[str]:
+    """DiffoRA minus each selection baseline at the same parameter budget, with paired standard errors."""
+    comparison = budget_comparison(summary)
+    if not comparison:
+        return []
+    tasks, learning = summary.tasks, target_tasks(summary)
+    lines = [
+        "## Selection at the same parameter budget",
+        "",
+        f"DiffoRA ({_params(summary.mean_params('diffora', 'adapter_parameters'))} adapter parameters on "
+        "average) minus each baseline: per seed the difference of the main metric (x 100, same data and "
+        "seed), then `mean ± paired standard error (n seeds)`. Positive: DiffoRA is better. The average "
+        f"averages the tasks that learn ({', '.join(learning) or 'none'}) per seed first.",
+        "",
+    ]
+    rows = [
+        [summary.label(baseline)]
+        + [_fmt_se(entry["paired"][t]) for t in tasks]
+        + [_fmt_se(entry["paired"]["average"]), _params(entry["adapter_parameters"])]
+        for baseline, entry in comparison.items()
+    ]
+    average = "average" if learning == tasks else f"average ({', '.join(learning)})"
+    return lines + _table(["baseline", *tasks, average, "baseline adapter params"], rows)
+
+
+def _time_section(summary: Summary, jobs: list[dict[str, Any]]) -> list[str]:
+    """Per method: mean search and fine-tune steps, wall seconds per phase and peak memory."""
+    first = jobs[0]["runs"]
+    kind = first[next(iter(first))]["memory"]["kind"] if first else ""
+    lines = [
+        "## Time and memory",
+        "",
+        f"Steps and seconds per run, averaged over tasks and seeds; peak memory is the maximum over runs "
+        f"({kind}). Search steps are those of the search the run starts from (0 without one); the search "
+        "fraction is search / (search + fine-tune + evaluation).",
+        "",
+    ]
+    header = ["method", "search steps", "fine-tune steps", "search s", "fine-tune s", "eval s", "total s"]
+    header += ["search fraction", "search peak MiB", "fine-tune peak MiB", "eval peak MiB"]
+    rows = [
+        _time_row(method, [r for r in summary.runs if r["method"] == method]) for method in summary.methods
+    ]
+    return lines + _table(header, rows)
+
+
+def _time_row(method: str, runs: list[dict[str, Any]]) -> list[str]:
+    """One row of the time table: the means over the method's runs."""
+    seconds = [
+        statistics.fmean(r["seconds"][k] for r in runs) for k in ("search", "finetune", "evaluate", "total")
+    ]
+    search_memory = max((r["memory"].get("search_mib") or 0.0) for r in runs)
+    return [
+        method,
+        f"{statistics.fmean(r['config'].get('search_steps', 0) for r in runs):.0f}",
+        f"{statistics.fmean(r['finetune_steps'] for r in runs):.0f}",
+        *(f"{value:.1f}" for value in seconds),
+        f"{statistics.fmean(r['search_fraction'] for r in runs):.2f}",
+        f"{search_memory:.0f}" if search_memory else "–",
+        f"{max(r['memory']['finetune_mib'] for r in runs):.0f}",
+        f"{max(r['memory']['evaluate_mib'] for r in runs):.0f}",
+    ]
+
+
+def _diagnostics_section(summary: Summary, jobs: list[dict[str, Any]]) -> list[str]:
+    """How decided the main searches were, and how stable each method's selection is over seeds."""
+    diagnostics = search_diagnostics(jobs)
+    lines = []
+    if diagnostics:
+        lines += [
+            "## How decided the searches were",
+            "",
+            "Main search (sigmoid, first order) per task: optimiser steps, of which gate steps (after the "
+            "weight warm-up), the range of the final gates over all seeds, their mean std and spread (max - "
+            "min) per search, the stability of the rho-0.5 gate selection over seeds (mean pairwise Jaccard "
+            "index; two uniform random selections would give `random J`), and the Spearman rank correlation "
+            "with the perturbation check of the gates and of the LoRA update norms (mean over seeds).",
+            "",
+        ]
+        header = ["task", "searches", "steps", "gate steps", "gate range", "gate std", "spread", "Jaccard"]
+        header += ["random J", "rho(gate, pert.)", "rho(norm, pert.)"]
+        lines += _table(header, [_diagnostics_row(d) for d in diagnostics])
+    stability = selection_stability(summary)
+    if stability:
+        methods = [m for m in STABILITY_METHODS if any(m in row["jaccard"] for row in stability)]
+        lines += [
+            "Selection stability over seeds: mean pairwise Jaccard index of each method's selected modules "
+            "(the last column: about what two random selections of DiffoRA's size would give).",
+            "",
+        ]
+        rows = [
+            [row["task"], *(_number(row["jaccard"].get(m)) for m in methods), _number(row["random_expected"])]
+            for row in stability
+        ]
+        lines += _table(["task", *methods, "two random"], rows)
+    return lines
+
+
+def _diagnostics_row(d: dict[str, Any]) -> list[str]:
+    """One row of the search-diagnostics table."""
+    return [
+        d["task"],
+        str(d["searches"]),
+        f"{d['steps']:.0f}",
+        f"{d['gate_steps']:.0f}",
+        f"{d['gate_min']:.3f}-{d['gate_max']:.3f}",
+        f"{d['gate_std']:.4f}",
+        f"{d['gate_spread']:.4f}",
+        _number(d["selection_jaccard"]),
+        _number(d["random_jaccard"]),
+        _number(d["spearman_gate_perturbation"]),
+        _number(d["spearman_norm_perturbation"]),
+    ]

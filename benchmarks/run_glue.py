@@ -38,6 +38,7 @@ if (REPO_ROOT / "src" / "diffora").is_dir():  # benchmark this checkout, whateve
     sys.path.insert(0, str(REPO_ROOT / "src"))
 
 from cost import PeakMemory, cpu_name, measure_cost  # noqa: E402
+from methods import SELECTION_METHODS  # noqa: E402
 
 DEFAULT_DATA_DIR = os.environ.get("DIFFORA_DATA_DIR") or str(REPO_ROOT.parent / "shared" / "data" / "glue")
 TASKS = ("cola", "sst2", "mrpc", "stsb", "rte")
@@ -50,6 +51,7 @@ MAIN_METHODS = (
     "random",
     "diffora",
 )
+PRESETS = {"mlp": "mlp", "attention": "attention"}
 DATA_SEED = 0  # one subsample per task, shared by every method and seed
 
 
@@ -75,8 +77,9 @@ VARIANTS: dict[str, Variant] = {
     "diffora_per_layer": Variant(selection="per_layer"),
     "diffora_second_order": Variant(search="second"),
     "diffora_perturbation": Variant(ranking="perturbation"),
+    "diffora_magnitude": Variant(ranking="magnitude"),
 }
-ABLATIONS = (*(name for name in VARIANTS if name != "diffora"), "lora_equal_steps")
+ABLATIONS = (*(name for name in VARIANTS if name != "diffora"), "lora_equal_steps", *PRESETS, "loradrop")
 ALL_METHODS = MAIN_METHODS + ABLATIONS
 SEARCHES = {"main": {}, "softmax": {"relaxation": "softmax"}, "second": {"order": "second"}}
 NEEDS_MAIN_SEARCH = {"random", "lora_matched"}
@@ -109,6 +112,11 @@ class Profile:
     adalora_target_r: int = 8
     adalora_tinit: float = 0.1
     adalora_tfinal: float = 0.2
+    # None: selections keep round(rho * N) modules (the paper's count). A fraction: every selector fills the
+    # same adapter-parameter budget, this fraction of LoRA-all's on the candidates (S3Delta's rule).
+    budget_fraction: float | None = None
+    max_grad_norm: float = 1.0  # the transformers Trainer's default, for every method and the search
+    search: dict[str, Any] = dataclasses.field(default_factory=dict)  # SearchConfig overrides
 
     def for_task(self, task: str) -> dict[str, Any]:
         """The flat settings of one task: what a job runs with and what its fingerprint covers."""
@@ -141,6 +149,25 @@ PROFILES = {
         perturbation_batches=2,
         workers=2,
         cost_repeats=5,
+    ),
+    # A 2-core CPU where every task can learn: whole training sets (SST-2: a seeded 8,000-example subsample),
+    # whole dev sets, max length 128, the package's defaults (3 epochs, lr 5e-4, batch 32). Every selector
+    # fills half of LoRA-all's adapter parameters; AdaLoRA is budget matched (6 -> 4). The main table of one
+    # (task, seed) is about an hour of CPU: resumable, run over several sessions.
+    "cpu": Profile(
+        name="cpu",
+        seeds=[0, 1, 2],
+        max_train={"cola": None, "sst2": 8000, "mrpc": None, "stsb": None, "rte": None},
+        max_eval=None,
+        epochs=_per_task(3.0),
+        lr=_per_task(5e-4),
+        full_lr=_per_task(2e-5),
+        perturbation_batches=8,
+        workers=1,
+        cost_repeats=5,
+        adalora_init_r=6,
+        adalora_target_r=4,
+        budget_fraction=0.5,
     ),
     # A GPU: whole training sets and dev sets, epochs in the range LoRA/AdaLoRA papers use on GLUE.
     "full": Profile(
@@ -256,6 +283,10 @@ class Job:
             "subsample_seed": DATA_SEED,
         }
         self.names = [c.name for c in self.bench.candidates]
+        from diffora.baselines import lora_parameter_count, module_dims
+
+        dims = module_dims(self.bench.model, self.names)  # before any search wraps the model with LoRA
+        self.costs = [lora_parameter_count(dims, [name], self.settings["rank"]) for name in self.names]
         self.device = self.bench.device
         self.searches: dict[str, dict[str, Any]] = {}
         self.outcomes: dict[str, Any] = {}
@@ -324,6 +355,25 @@ class Job:
             ),
         )
 
+    def module_costs(self) -> list[int]:
+        """Adapter parameters of each candidate at the profile's rank (A and B)."""
+        return list(self.costs)
+
+    def budget(self) -> int | None:
+        """The adapter-parameter budget every selector fills, or None (rho counts modules)."""
+        fraction = self.settings["budget_fraction"]
+        return None if fraction is None else int(fraction * sum(self.module_costs()))
+
+    def select(self, scores: list[float]) -> list[Any]:
+        """The candidates kept under the budget, best `scores` first."""
+        from diffora.selection import budget_select
+
+        kept = budget_select(scores, self.module_costs(), self.budget())
+        return [self.bench.candidates[i] for i in kept]
+
+    def budget_record(self) -> dict[str, Any]:
+        return {"budget": self.budget(), "budget_fraction": self.settings["budget_fraction"]}
+
     def search(self, kind: str) -> dict[str, Any]:
         """Run (once per job) one of the searches; returns its DAM, weights and record.
 
@@ -337,7 +387,14 @@ class Job:
 
         s = self.settings
         search_config = SearchConfig(
-            epochs=s["search_epochs"], batch_size=s["batch_size"], seed=self.seed, **SEARCHES[kind]
+            **{
+                "epochs": s["search_epochs"],
+                "batch_size": s["batch_size"],
+                "seed": self.seed,
+                "max_grad_norm": s["max_grad_norm"],
+                **s["search"],
+                **SEARCHES[kind],
+            }
         )
         finetune_config = FinetuneConfig(rho=s["rho"], seed=self.seed)
         self.bench.model = self.bench.fresh_model(self.seed)
@@ -362,6 +419,8 @@ class Job:
             "gates": outcome.dam.gates,
             "perturbation": None,
             "perturbation_seconds": None,
+            "update_norms": outcome.dam.update_norms,
+            "history": [{"step": h["step"], "gates": h["gates"]} for h in outcome.history],
         }
         previous = self.document["searches"].get(kind)
         if previous and previous.get("candidates") == self.names:  # searched again (resume, wave 2)
@@ -419,7 +478,14 @@ class Job:
         trainable = count_trainable_parameters(model)
         with PeakMemory(self.device) as train_memory:
             fitted = fit(
-                model, train_loader, optimizer, epochs, s["warmup_ratio"], phase=method, after_step=after_step
+                model,
+                train_loader,
+                optimizer,
+                epochs,
+                s["warmup_ratio"],
+                phase=method,
+                after_step=after_step,
+                max_grad_norm=s["max_grad_norm"],
             )
         started = time.perf_counter()
         with PeakMemory(self.device) as eval_memory:
@@ -444,6 +510,91 @@ class Job:
         }
 
     # ------------------------------------------------------------------ methods
+
+    def variant_selection(self, method: str, variant: Variant, dam: Any) -> list[Any]:
+        """The modules a search-based method keeps: by budget where the profile has one, else by rho."""
+        from diffora.selection import random_budget_select
+
+        if method == "random":
+            return [dam.candidates[i] for i in random_budget_select(self.costs, self.budget(), self.seed)]
+        if self.budget() is not None and variant.selection == "global" and variant.rho == 0.5:
+            return self.select(dam.scores(variant.ranking))
+        return dam.discretize(variant.rho, variant.selection, variant.ranking)
+
+    def preset_model(self, fresh: Any, preset: str) -> tuple[Any, list[Any], int]:
+        """LoRA on one module family, at the largest rank whose adapters fit the budget (fresh weights)."""
+        from diffora import baselines
+        from diffora.selection import preset_scores
+
+        chosen = preset_scores([c.type for c in self.bench.candidates], preset)
+        selected = [c for c, keep in zip(self.bench.candidates, chosen, strict=True) if keep]
+        names = [c.name for c in selected]
+        dims = baselines.module_dims(fresh, names)
+        budget = self.budget() or sum(self.module_costs()) // 2
+        per_rank = baselines.lora_parameter_count(dims, names, 1)
+        rank = max(1, budget // per_rank)
+        model = baselines.lora_all_model(
+            fresh, names, self.bench.head_modules, self.adapter, rank, seed=self.seed
+        )
+        return model, selected, rank
+
+    def loradrop_model(self, fresh: Any) -> tuple[Any, list[Any], dict[str, Any]]:
+        """LoRA-drop: LoRA-all trained as many steps as the search (constant lr, as the search's weights),
+        modules ranked by their update norm on search-val inputs, kept under the budget, fine-tuned from the
+        warm-up weights."""
+        import torch
+
+        from diffora import baselines
+        from diffora.finetune import build_finetune_model
+        from diffora.lora import export_adapter_tensors, module_state
+        from diffora.selection import update_norms
+        from diffora.training import fit
+
+        s = self.settings
+        started = time.perf_counter()
+        search_train, search_val = self.search_split()
+        train_loader = self.bench.loader(search_train, s["batch_size"], s["max_length"], True, self.seed)
+        val_loader = self.bench.loader(search_val, s["batch_size"], s["max_length"], True, self.seed + 1)
+        warm_base = self.bench.fresh_model(self.seed)
+        initial_head = module_state(warm_base, self.bench.head_modules)
+        warm = baselines.lora_all_model(
+            warm_base, self.names, self.bench.head_modules, self.adapter, seed=self.seed
+        )
+        optimizer = baselines.adamw(warm, s["lr"], s["weight_decay"])
+        constant = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+        steps = self.search_steps()
+        epochs = baselines.equal_steps_epochs(0, steps, len(train_loader))
+        fit(
+            warm,
+            train_loader,
+            optimizer,
+            epochs,
+            scheduler=constant,
+            phase="loradrop warm-up",
+            max_grad_norm=s["max_grad_norm"],
+        )
+        batches = [b for _, b in zip(range(max(1, s["perturbation_batches"])), val_loader, strict=False)]
+        norms = update_norms(warm, self.names, batches)
+        weights = export_adapter_tensors(warm, self.names, self.bench.head_modules)
+        del warm, warm_base, optimizer
+        selected = self.select(norms)
+        ones = {name: 1.0 for name in self.names}
+        model = build_finetune_model(
+            fresh,
+            selected,
+            ones,
+            self.bench.head_modules,
+            self.adapter,
+            weights,
+            initial_head,
+            "inherit",
+            self.seed,
+        )
+        return (
+            model,
+            selected,
+            {"steps": steps, "seconds": time.perf_counter() - started, "update_norms": norms},
+        )
 
     def run_method(self, method: str) -> dict[str, Any]:
         from diffora import baselines
@@ -491,6 +642,21 @@ class Job:
                 search_steps = self.search_steps()
                 epochs = baselines.equal_steps_epochs(steps, search_steps, len(train_loader))
                 extra.update(added_search_steps=search_steps, budget="fine-tune steps + search steps")
+        elif method in PRESETS:
+            model, selected, rank = self.preset_model(fresh, PRESETS[method])
+            optimizer = baselines.adamw(model, s["lr"], s["weight_decay"])
+            extra.update(rank=rank, selected_modules=[c.name for c in selected], **self.budget_record())
+        elif method == "loradrop":
+            model, selected, warmup = self.loradrop_model(fresh)
+            optimizer = baselines.adamw(model, s["lr"], s["weight_decay"])
+            search_seconds += warmup["seconds"]
+            extra.update(
+                selected_modules=[c.name for c in selected],
+                search_steps=warmup["steps"],
+                warmup_seconds=warmup["seconds"],
+                update_norms=warmup["update_norms"],
+                **self.budget_record(),
+            )
         elif method == "adalora":
             train_loader, _ = self.loaders()
             total = math.ceil(spec_epochs * len(train_loader))
@@ -524,7 +690,7 @@ class Job:
             outcome = self.search(search_kind)
             dam = outcome["dam"]
             gates = {c.name: g for c, g in zip(dam.candidates, dam.gates, strict=True)}
-            if method == "random":
+            if method == "random" and self.budget() is None:  # the paper's convention: rho counts modules
                 model, selected = baselines.random_selection_model(
                     fresh,
                     dam.candidates,
@@ -538,7 +704,7 @@ class Job:
                 )
                 extra.update(rho=s["rho"], sharing="inherit", selection="uniform random (seeded)")
             else:
-                selected = dam.discretize(variant.rho, variant.selection, variant.ranking)
+                selected = self.variant_selection(method, variant, dam)
                 model = build_finetune_model(
                     fresh,
                     selected,
@@ -550,7 +716,11 @@ class Job:
                     variant.sharing,
                     self.seed,
                 )
+                if self.budget() is not None:
+                    extra.update(self.budget_record())
                 extra.update(dataclasses.asdict(variant))
+                if method == "random":
+                    extra.update(ranking="random at the budget (seeded)")
                 if variant.ranking == "perturbation":
                     search_seconds += outcome["record"]["perturbation_seconds"] or 0.0
             model = model.to(self.device)
@@ -648,7 +818,12 @@ def run_job(spec_path: Path) -> int:
 def resolve_methods(requested: list[str]) -> list[str]:
     methods: list[str] = []
     for name in requested:
-        expanded = {"main": MAIN_METHODS, "ablations": ABLATIONS, "all": ALL_METHODS}.get(name, (name,))
+        expanded = {
+            "main": MAIN_METHODS,
+            "selection": SELECTION_METHODS,
+            "ablations": ABLATIONS,
+            "all": ALL_METHODS,
+        }.get(name, (name,))
         for method in expanded:
             if method not in ALL_METHODS:
                 raise SystemExit(
@@ -711,13 +886,17 @@ def run_parent(args: argparse.Namespace) -> int:
                     )
                 path.unlink()
             specs.append(spec)
-    # Wave 1 runs the main methods of every job, wave 2 adds the ablations: stopped early, the main table is
-    # complete first. Within a wave, whole seeds first (the task average needs every task of a seed) and the
-    # slowest tasks first, so that the workers stay busy to the end.
+    # Wave 1 runs the selectors compared at one budget, wave 2 adds the other main methods, wave 3 the
+    # ablations: stopped early, the selection table is complete first. Within a wave, whole seeds first (the
+    # task average needs every task of a seed) and the slowest tasks first, so the workers stay busy.
     slow_first = {task: index for index, task in enumerate(("rte", "mrpc", "sst2", "stsb", "cola"))}
     specs.sort(key=lambda spec: (spec["seed"], slow_first[spec["task"]]))
-    waves = [[m for m in methods if m in MAIN_METHODS], methods]
-    waves = [wave for index, wave in enumerate(waves) if wave and (index == 0 or wave != waves[0])]
+    waves = [
+        [m for m in methods if m in SELECTION_METHODS],
+        [m for m in methods if m in SELECTION_METHODS or m in MAIN_METHODS],
+        methods,
+    ]
+    waves = [wave for index, wave in enumerate(waves) if wave and wave not in waves[:index]]
     failures: list[str] = []
     for number, wave in enumerate(waves, start=1):
         jobs, skipped = [], 0
@@ -873,7 +1052,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--methods",
         nargs="+",
         default=["all"],
-        help=f"main, ablations, all, or names: {', '.join(ALL_METHODS)}",
+        help=f"main, selection, ablations, all, or names: {', '.join(ALL_METHODS)}",
     )
     parser.add_argument("--workers", type=int, default=None, help="concurrent (task, seed) jobs")
     parser.add_argument(

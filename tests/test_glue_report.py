@@ -10,7 +10,17 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from glue_report import Summary, targets, write_report  # noqa: E402
+from glue_report import (  # noqa: E402
+    Summary,
+    budget_targets,
+    excluded_tasks,
+    expected_random_jaccard,
+    mean_jaccard,
+    search_diagnostics,
+    targets,
+    write_report,
+)
+from methods import SELECTION_METHODS  # noqa: E402
 
 SCORES = {  # method -> task -> per-seed scores
     "lora": {"cola": [0.40, 0.42], "rte": [0.60, 0.50]},
@@ -21,8 +31,11 @@ SCORES = {  # method -> task -> per-seed scores
 PARAMS = {"lora": 1000, "diffora": 550, "random": 500, "adalora": 1500}
 
 
-def _run(method: str, task: str, seed: int, score: float) -> dict:
+def _run(
+    method: str, task: str, seed: int, score: float, params: int | None = None, config: dict | None = None
+) -> dict:
     search = 3.0 if method in ("diffora", "random") else 0.0
+    params = PARAMS[method] if params is None else params
     return {
         "method": method,
         "task": task,
@@ -30,13 +43,13 @@ def _run(method: str, task: str, seed: int, score: float) -> dict:
         "score": score,
         "main_metric": "accuracy",
         "metrics": {"accuracy": score},
-        "trainable_parameters": PARAMS[method],
-        "adapter_parameters": PARAMS[method] - 100,
+        "trainable_parameters": params,
+        "adapter_parameters": params - 100,
         "finetune_steps": 10,
         "seconds": {"search": search, "finetune": 10.0, "evaluate": 1.0, "total": 11.0 + search},
         "search_fraction": search / (11.0 + search),
         "memory": {"kind": "test", "finetune_mib": 1.0, "evaluate_mib": 1.0, "search_mib": None},
-        "config": {},
+        "config": config or {},
     }
 
 
@@ -45,41 +58,44 @@ def _jobs() -> list[dict]:
     for task in ("cola", "rte"):
         for seed in (0, 1):
             runs = {m: _run(m, task, seed, SCORES[m][task][seed]) for m in SCORES}
-            jobs.append(
-                {
-                    "job": f"{task}_seed{seed}",
-                    "task": task,
-                    "seed": seed,
-                    "profile": "test",
-                    "complete": True,
-                    "runs": runs,
-                    "searches": {},
-                    "settings": {
-                        "epochs": 1,
-                        "lr": 1e-3,
-                        "full_lr": 1e-5,
-                        "batch_size": 8,
-                        "max_length": 32,
-                        "search_epochs": 1,
-                    },
-                    "data": {
-                        "source": "test",
-                        "train_used": 10,
-                        "train_total": 20,
-                        "eval_used": 5,
-                        "eval_total": 5,
-                        "fingerprint": "x",
-                    },
-                    "environment": {
-                        "versions": {"diffora": "0", "torch": "0", "transformers": "0", "peft": "0"},
-                        "git": {"commit": "abc", "dirty": False},
-                        "cpu": "test cpu",
-                        "gpu": None,
-                        "torch_threads": 1,
-                    },
-                }
-            )
+            jobs.append(_job(task, seed, runs, {}))
     return jobs
+
+
+def _job(task: str, seed: int, runs: dict, searches: dict) -> dict:
+    """A job file of one (task, seed) with the shared settings, data and environment of the tests."""
+    return {
+        "job": f"{task}_seed{seed}",
+        "task": task,
+        "seed": seed,
+        "profile": "test",
+        "complete": True,
+        "runs": runs,
+        "searches": searches,
+        "settings": {
+            "epochs": 1,
+            "lr": 1e-3,
+            "full_lr": 1e-5,
+            "batch_size": 8,
+            "max_length": 32,
+            "search_epochs": 1,
+        },
+        "data": {
+            "source": "test",
+            "train_used": 10,
+            "train_total": 20,
+            "eval_used": 5,
+            "eval_total": 5,
+            "fingerprint": "x",
+        },
+        "environment": {
+            "versions": {"diffora": "0", "torch": "0", "transformers": "0", "peft": "0"},
+            "git": {"commit": "abc", "dirty": False},
+            "cpu": "test cpu",
+            "gpu": None,
+            "torch_threads": 1,
+        },
+    }
 
 
 def test_average_is_per_seed_mean_over_tasks_then_over_seeds() -> None:
@@ -121,3 +137,160 @@ def test_write_report_writes_json_markdown_and_plots(tmp_path: Path) -> None:
     markdown = (tmp_path / "glue_test.md").read_text()
     assert "## Targets" in markdown and "**not met**" in markdown
     assert (tmp_path / "glue_test_params.png").stat().st_size > 0
+
+
+# ------------------------------------------------------------------ the cpu profile: selection at one budget
+
+CPU_METHODS = SELECTION_METHODS
+SELECTORS = ("diffora", "random", "diffora_magnitude", "diffora_perturbation", "loradrop")
+MODULES = [f"layer.{layer}.{kind}" for layer in (0, 1) for kind in ("query", "value", "intermediate.dense")]
+BASE = {"cola": 0.40, "rte": 0.60}  # LoRA-all learns both (rte chance: 0.527)
+METRIC = {"cola": "matthews_correlation", "rte": "accuracy"}
+STABLE = [{0, 1, 2}] * 3
+UNSTABLE = [{0, 1, 2}, {3, 4, 5}, {0, 3, 4}]  # pairwise Jaccard 0, 1/5 and 2/4
+
+
+def _search(seed: int) -> dict:
+    gates = [0.9, 0.8, 0.7, 0.3, 0.2, 0.1 + 0.01 * seed]
+    return {
+        "kind": "main",
+        "config": {"warmup_fraction": 0.25},
+        "steps": 20,
+        "seconds": 5.0,
+        "memory_mib": 1.0,
+        "candidates": MODULES,
+        "layers": [0, 0, 0, 1, 1, 1],
+        "types": ["query", "value", "intermediate.dense"] * 2,
+        "gates": gates,
+        "logits": gates,
+        "perturbation": [6.0, 5.0, 4.0, 3.0, 2.0, 1.0],
+        "perturbation_seconds": 1.0,
+        "update_norms": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+        "history": [{"step": 0, "gates": [0.5] * 6}, {"step": 10, "gates": gates}],
+    }
+
+
+def _cpu_run(method: str, task: str, seed: int, offsets: dict, selections: list[set[int]]) -> dict:
+    """One cpu-profile run: the task's base score, the method's offset and a small per-seed variation."""
+    score = BASE[task] + offsets.get(method, {}).get(task, 0.0) + 0.01 * ((seed + len(method)) % 3)
+    config = {"budget": 500, "budget_fraction": 0.5}
+    if method in SELECTORS:
+        config["selected_modules"] = sorted(MODULES[i] for i in selections[seed])
+        config["search_steps"] = 20
+    lora = method in ("lora", "lora_equal_steps")
+    run = _run(method, task, seed, score, params=1100 if lora else 600, config=None if lora else config)
+    return {**run, "main_metric": METRIC[task], "metrics": {METRIC[task]: score}}
+
+
+def _cpu_jobs(
+    offsets: dict,
+    selections: list[set[int]] = STABLE,
+    seeds: tuple[int, ...] = (0, 1, 2),
+    methods: tuple[str, ...] = CPU_METHODS,
+) -> list[dict]:
+    """Synthetic cpu-profile jobs on cola and rte; `offsets` maps method -> task -> score offset."""
+    return [
+        _job(
+            task,
+            seed,
+            {m: _cpu_run(m, task, seed, offsets, selections) for m in methods},
+            {"main": _search(seed)},
+        )
+        for task in BASE
+        for seed in seeds
+    ]
+
+
+def _by_target(jobs: list[dict]) -> dict[str, dict]:
+    return {row["target"]: row for row in budget_targets(Summary(jobs))}
+
+
+def _find(rows: dict[str, dict], prefix: str, contains: str = "") -> dict:
+    (row,) = [r for name, r in rows.items() if name.startswith(prefix) and contains in name]
+    return row
+
+
+def test_budget_targets_met_when_diffora_is_better_and_stable() -> None:
+    better = {"diffora": {"cola": 0.05, "rte": 0.05}}
+    jobs = _cpu_jobs(better)
+    rows = _by_target(jobs)
+    assert _find(rows, "a.")["met"] is True  # 500 / 1000 adapter parameters, +5 points
+    assert _find(rows, "b.")["met"] is True
+    assert _find(rows, "c.", "every")["met"] is True
+    assert all(_find(rows, "c.", Summary(jobs).label(m))["met"] for m in ("loradrop", "mlp"))
+    assert _find(rows, "d.")["met"] is True and _find(rows, "d.")["value"] == 1.0
+
+
+def test_budget_targets_not_met_when_diffora_is_worse_and_unstable() -> None:
+    worse = {"diffora": {"cola": -0.05, "rte": -0.05}}
+    rows = _by_target(_cpu_jobs(worse, UNSTABLE))
+    for prefix in ("a.", "b.", "d."):
+        assert _find(rows, prefix)["met"] is False, prefix
+    assert _find(rows, "c.", "every")["met"] is False
+    assert "loses" in _find(rows, "c.", "LoRA-drop")["detail"]
+
+
+def test_matching_within_two_standard_errors_meets_the_cheap_selector_target() -> None:
+    close = {"diffora": {"cola": -0.001, "rte": -0.001}}  # below, but within the per-seed noise
+    row = _find(_by_target(_cpu_jobs(close)), "c.", "LoRA-drop")
+    assert row["met"] is True and "matches" in row["detail"]
+
+
+def test_budget_targets_not_yet_measured_without_seeds_or_baselines() -> None:
+    methods = tuple(m for m in CPU_METHODS if m != "lora_equal_steps")
+    rows = _by_target(_cpu_jobs({}, seeds=(0,), methods=methods))
+    assert _find(rows, "a.")["met"] is None  # no lora_equal_steps
+    assert _find(rows, "b.")["met"] is None  # one seed: no standard error
+    assert _find(rows, "d.")["met"] is None  # one seed: no pair
+
+
+def test_jaccard_of_selections_over_seeds() -> None:
+    assert mean_jaccard([{"a", "b"}, {"a", "c"}]) == pytest.approx(1 / 3)
+    assert mean_jaccard([{"a"}]) is None
+    summary = Summary(_cpu_jobs({}, UNSTABLE))
+    assert summary.selection_jaccard("diffora", "cola") == pytest.approx((0 + 1 / 5 + 2 / 4) / 3)
+    assert summary.selection_jaccard("mlp", "cola") is None  # no selected_modules recorded
+    assert summary.random_jaccard("cola") == pytest.approx(expected_random_jaccard(3, 6)) == 1 / 3
+
+
+def test_task_where_lora_does_not_learn_is_left_out_of_the_targets() -> None:
+    # rte: LoRA-all's mean 0.53, chance 0.527; DiffoRA far below LoRA equal steps there, above it on cola
+    offsets = {
+        "lora": {"rte": -0.08},
+        "diffora": {"cola": 0.05, "rte": -0.20},
+    }
+    jobs = _cpu_jobs(offsets)
+    summary = Summary(jobs)
+    assert list(excluded_tasks(summary)) == ["rte"]
+    assert "does not learn" in excluded_tasks(summary)["rte"]
+    assert summary.paired("diffora", "lora_equal_steps")["average"]["mean"] < 0  # with rte
+    assert _find(_by_target(jobs), "a.")["met"] is True  # cola only
+
+
+def test_chance_of_a_correlation_metric_is_zero() -> None:
+    jobs = _cpu_jobs({"lora": {"cola": -0.395}})  # mean MCC 0.015
+    assert "cola" in excluded_tasks(Summary(jobs))
+
+
+def test_search_diagnostics_rank_correlations_and_gate_spread() -> None:
+    (cola, _) = search_diagnostics(_cpu_jobs({}))
+    assert cola["spearman_gate_perturbation"] == pytest.approx(1.0)
+    assert cola["spearman_norm_perturbation"] == pytest.approx(-1.0)
+    assert cola["gate_min"] == pytest.approx(0.1) and cola["gate_max"] == pytest.approx(0.9)
+    assert cola["gate_std"] > 0.3
+
+
+def test_write_report_for_the_cpu_profile(tmp_path: Path) -> None:
+    runs_dir = tmp_path / "runs" / "cpu"
+    runs_dir.mkdir(parents=True)
+    for job in _cpu_jobs({"diffora": {"cola": 0.05, "rte": 0.05}}):
+        (runs_dir / f"{job['job']}.json").write_text(json.dumps(job))
+    write_report(tmp_path, "cpu", runs_dir, None, {"command": "test"})
+    document = json.loads((tmp_path / "glue_cpu.json").read_text())
+    assert document["budget_comparison"]["random"]["paired"]["average"]["se"] is not None
+    assert document["targets"][0]["target"].startswith("a.")
+    markdown = (tmp_path / "glue_cpu.md").read_text()
+    assert "## Selection at the same parameter budget" in markdown
+    assert "Random selection (same budget)" in markdown and "LoRA-drop" in markdown
+    assert "rho(gate, pert.)" in markdown and "two random" in markdown
+    assert (tmp_path / "glue_cpu_gates_cola.png").stat().st_size > 0

@@ -23,6 +23,7 @@ SHARED_FIELDS = (
     "mixed_precision",
     "gradient_accumulation_steps",
     "gradient_checkpointing",
+    "max_grad_norm",
 )
 SCALARS = {"int": int, "float": float, "str": str}
 

@@ -14,7 +14,7 @@ from diffora.errors import DifforaError
 RELAXATIONS = ("sigmoid", "softmax")
 SELECTIONS = ("global", "per_layer")
 SHARING = ("inherit", "inherit_fold", "reinit")
-RANKINGS = ("gate", "perturbation")
+RANKINGS = ("gate", "perturbation", "magnitude")
 ORDERS = ("first", "second")
 PROBLEM_TYPES = ("classification", "regression")
 MIXED_PRECISIONS = ("no", "bf16", "fp16")
@@ -67,6 +67,7 @@ def _validate_scaling(config: Any) -> None:
         config.gradient_accumulation_steps >= 1,
         f"--gradient-accumulation-steps must be at least 1, got {config.gradient_accumulation_steps}",
     )
+    _require(config.max_grad_norm >= 0, f"--max-grad-norm must be >= 0 (0: off), got {config.max_grad_norm}")
 
 
 def _scaling_options() -> dict[str, Any]:
@@ -83,6 +84,11 @@ def _scaling_options() -> dict[str, Any]:
         ),
         "gradient_checkpointing": option(
             False, "Recompute activations in the backward pass to save memory (non-reentrant)."
+        ),
+        "max_grad_norm": option(
+            1.0,
+            "Clip the global gradient norm of the weights to this value before each step (the "
+            "transformers Trainer's default); 0 turns clipping off.",
         ),
     }
 
@@ -254,6 +260,7 @@ class SearchConfig:
     mixed_precision: str = _scaling_options()["mixed_precision"]
     gradient_accumulation_steps: int = _scaling_options()["gradient_accumulation_steps"]
     gradient_checkpointing: bool = _scaling_options()["gradient_checkpointing"]
+    max_grad_norm: float = _scaling_options()["max_grad_norm"]
 
     def __post_init__(self) -> None:
         _require_choice("--relaxation", self.relaxation, RELAXATIONS)
@@ -285,8 +292,9 @@ class FinetuneConfig:
     )
     ranking: str = option(
         "gate",
-        "Rank candidates by 'gate' value or by a 'perturbation' check (the rise in "
-        "search-val loss when a module is dropped).",
+        "Rank candidates by 'gate' value, by a 'perturbation' check (the rise in "
+        "search-val loss when a module is dropped) or by 'magnitude' (the size of each module's "
+        "search-stage LoRA update on search-val inputs, gates ignored: LoRA-drop's score).",
     )
     sharing: str = option(
         "inherit",
@@ -302,6 +310,7 @@ class FinetuneConfig:
     mixed_precision: str = _scaling_options()["mixed_precision"]
     gradient_accumulation_steps: int = _scaling_options()["gradient_accumulation_steps"]
     gradient_checkpointing: bool = _scaling_options()["gradient_checkpointing"]
+    max_grad_norm: float = _scaling_options()["max_grad_norm"]
 
     def __post_init__(self) -> None:
         _require(0 < self.rho <= 1, f"--rho must lie in (0, 1], got {self.rho}; 0.5 keeps half the modules")

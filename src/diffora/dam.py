@@ -68,6 +68,7 @@ class DAM:
     temperature: float
     config: dict[str, Any] = field(default_factory=dict)
     perturbation_scores: list[float] | None = None
+    update_norms: list[float] | None = None  # the 'magnitude' ranking
     info: dict[str, Any] = field(default_factory=dict)  # model, task, fingerprint, versions, timings
 
     def __post_init__(self) -> None:
@@ -75,11 +76,18 @@ class DAM:
             raise DifforaError("dam.json is inconsistent: candidates, logits and gates differ in length")
 
     def scores(self, ranking: str = "gate") -> list[float]:
-        """The values candidates are ranked by: gate values, or the perturbation check's loss rises."""
+        """The values candidates are ranked by: gates, the perturbation check's loss rises or update norms."""
         if ranking not in RANKINGS:
             raise DifforaError(f"--ranking must be one of {', '.join(RANKINGS)}, got {ranking!r}")
         if ranking == "gate":
             return list(self.gates)
+        if ranking == "magnitude":
+            if self.update_norms is None:
+                raise DifforaError(
+                    "this dam.json has no update norms (written by an older diffora); search again or "
+                    "use --ranking gate"
+                )
+            return list(self.update_norms)
         if self.perturbation_scores is None:
             raise DifforaError(
                 "this search has no perturbation scores; search again with "
@@ -109,6 +117,8 @@ class DAM:
             }
             if self.perturbation_scores is not None:
                 row["perturbation"] = self.perturbation_scores[index]
+            if self.update_norms is not None:
+                row["update_norm"] = self.update_norms[index]
             rows.append(row)
         return {
             "format_version": DAM_FORMAT_VERSION,
@@ -139,6 +149,7 @@ class DAM:
             document = json.loads(path.read_text(encoding="utf-8"))
             rows = document["candidates"]
             has_perturbation = all("perturbation" in row for row in rows) and rows
+            has_norms = all("update_norm" in row for row in rows) and rows
             return cls(
                 candidates=[Candidate(r["name"], int(r["layer"]), r["type"]) for r in rows],
                 logits=[float(r["logit"]) for r in rows],
@@ -148,6 +159,7 @@ class DAM:
                 config=document.get("config", {}),
                 info=document.get("info", {}),
                 perturbation_scores=[float(r["perturbation"]) for r in rows] if has_perturbation else None,
+                update_norms=[float(r["update_norm"]) for r in rows] if has_norms else None,
             )
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
             raise DifforaError(

@@ -363,6 +363,7 @@ def _finetune_on(
         resume=Checkpointer(out, "finetune").latest() if out is not None else None,
         accelerator=make_accelerator(config.mixed_precision, config.gradient_accumulation_steps),
         gradient_checkpointing=config.gradient_checkpointing,
+        max_grad_norm=config.max_grad_norm,
     )
     timings["finetune"] = fitted.seconds
     started = time.perf_counter()

@@ -34,6 +34,7 @@ from diffora.errors import DifforaError
 from diffora.gates import DAMGates
 from diffora.io import JsonlLog
 from diffora.lora import export_adapter_tensors, module_state, wrap_with_lora
+from diffora.selection import update_norms
 from diffora.training import check_finite, resumable_batches, to_device
 
 
@@ -50,6 +51,7 @@ class SearchOutcome:
     peft_model: PeftModel | None = None
 
 
+NORM_BATCHES = 4  # search-val batches the update norms ('magnitude' ranking) are measured on
 Batches = dict[str, torch.Tensor] | Sequence[dict[str, torch.Tensor]]
 
 
@@ -146,6 +148,8 @@ class BilevelSearch:
             losses.append(loss.detach())
         loss = losses[0] if len(losses) == 1 else torch.stack(losses).mean()
         all_reduce_mean(self.accelerator, [w.grad for w in self.weights if w.grad is not None])
+        if self.config.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.weights, self.config.max_grad_norm)
         self.weight_optimizer.step()
         self.weight_optimizer.zero_grad(set_to_none=True)
         return loss.item()
@@ -319,6 +323,9 @@ def search_dam(
     )
     final_gates = gates.gates().detach().cpu().tolist()
     gates.detach()
+    count = max(perturbation_batches, NORM_BATCHES)
+    norm_batches = [batch for _, batch in zip(range(count), val_loader, strict=False)]
+    norms = update_norms(peft_model, [c.name for c in candidates], norm_batches)
     dam = DAM(
         candidates=list(candidates),
         logits=gates.logits.detach().cpu().tolist(),
@@ -326,6 +333,7 @@ def search_dam(
         relaxation=config.relaxation,
         temperature=config.temperature,
         perturbation_scores=scores,
+        update_norms=norms,
     )
     weights = export_adapter_tensors(peft_model, [c.name for c in candidates], head_modules)
     return SearchOutcome(

@@ -94,6 +94,7 @@ def fit(
     resume: TrainingState | None = None,
     accelerator: Accelerator | None = None,
     gradient_checkpointing: bool = False,
+    max_grad_norm: float = 1.0,
 ) -> FitResult:
     """Train `model` for `epochs` passes over `loader` with linear warm-up and decay.
 
@@ -104,7 +105,8 @@ def fit(
     with mixed precision) and each process trains on its shard of `loader`. A step is one optimiser step
     over `accelerator.gradient_accumulation_steps` micro-batches (`accelerator.backward` divides each loss
     by that number; `no_sync` skips the all-reduce on all but the last), so the global batch is
-    batch size x processes x accumulation steps. Checkpoints hold the unwrapped model.
+    batch size x processes x accumulation steps. Checkpoints hold the unwrapped model. The gradient norm is
+    clipped to `max_grad_norm` (0: no clipping) before each step, as the transformers Trainer does.
     """
     accelerator = accelerator or make_accelerator()
     accumulation = accelerator.gradient_accumulation_steps
@@ -146,6 +148,8 @@ def fit(
                 check_finite(loss, phase, step, checkpointer)
                 accelerator.backward(loss)
             losses.append(loss.detach())
+        if max_grad_norm > 0:
+            accelerator.clip_grad_norm_(trained.parameters(), max_grad_norm)
         prepared_optimizer.step()
         scheduler.step()
         if after_step is not None:

@@ -1,0 +1,125 @@
+"""Selections under a trainable-parameter budget, and the search-free scores they can rank by.
+
+Modules differ in size (an FFN projection of MiniLM costs 2.5x an attention one), so methods are compared at
+the same number of adapter parameters, not the same number of modules. The rule is S3Delta's: walk the
+candidates in descending score (ties: earlier candidate first) and keep each one that still fits the budget.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import nn
+
+from diffora.errors import DifforaError
+
+PRESETS = {
+    # module types (the DAM's column names) a preset keeps; see diffora.candidates for how types are named
+    "mlp": ("intermediate.dense", "output.dense", "mlp", "fc", "up_proj", "down_proj", "gate_proj", "c_fc"),
+    "attention": ("query", "key", "value", "attention.output.dense", "q_proj", "k_proj", "v_proj", "o_proj"),
+}
+
+
+def budget_select(scores: Sequence[float], costs: Sequence[int], budget: int) -> list[int]:
+    """Indices (ascending) kept by walking `scores` from best to worst and keeping what fits in `budget`.
+
+    At least one module is kept (the best that fits; the cheapest if none does).
+
+    >>> budget_select([0.9, 0.1, 0.5], [10, 10, 30], 40)
+    [0, 2]
+    >>> budget_select([0.9, 0.1, 0.5], [10, 10, 30], 25)
+    [0, 1]
+    """
+    if len(scores) != len(costs):
+        raise DifforaError(f"{len(scores)} scores for {len(costs)} modules")
+    if budget <= 0:
+        raise DifforaError(f"the parameter budget must be positive, got {budget}")
+    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+    kept, used = [], 0
+    for index in order:
+        if used + costs[index] <= budget:
+            kept.append(index)
+            used += costs[index]
+    if not kept:
+        kept = [min(range(len(costs)), key=lambda i: (costs[i], i))]
+    return sorted(kept)
+
+
+def random_budget_select(costs: Sequence[int], budget: int, seed: int) -> list[int]:
+    """A seeded random selection filling the same budget: random scores through `budget_select`.
+
+    >>> sum([10, 10, 30][i] for i in random_budget_select([10, 10, 30], 20, seed=0)) <= 20
+    True
+    """
+    generator = random.Random(seed)
+    return budget_select([generator.random() for _ in costs], costs, budget)
+
+
+def preset_scores(types: Sequence[str], preset: str) -> list[float]:
+    """1 for module types in `preset` ('mlp' or 'attention'), 0 otherwise: ranks a preset's modules first.
+
+    >>> preset_scores(["query", "intermediate.dense"], "mlp")
+    [0.0, 1.0]
+    """
+    if preset not in PRESETS:
+        raise DifforaError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+    wanted = PRESETS[preset]
+    return [
+        1.0 if any(t == w or t.endswith(w) for w in wanted) and _not_attention_out(t, preset) else 0.0
+        for t in types
+    ]
+
+
+def _not_attention_out(module_type: str, preset: str) -> bool:
+    """MiniLM/BERT names the attention output `attention.output.dense`, the FFN output `output.dense`."""
+    return not (preset == "mlp" and "attention" in module_type)
+
+
+def update_norms(
+    peft_model: nn.Module, names: Sequence[str], batches: Iterable[dict[str, torch.Tensor]]
+) -> list[float]:
+    """Each LoRA module's update size on real inputs: the RMS over the (non-padding) tokens of ||s B A x||.
+
+    LoRA-drop's importance score (Zhou et al., 2024). Gates hooked into the model are ignored: the hook that
+    measures runs on `lora_B` before any gate multiplies its output only if it is registered first, so call
+    this with the gates detached.
+    """
+    from diffora.gates import lora_b_layer
+
+    totals = [0.0] * len(names)
+    counts = [0] * len(names)
+    current: dict[str, torch.Tensor | None] = {"mask": None}
+    handles = []
+    for index, name in enumerate(names):
+        module = peft_model.base_model.model.get_submodule(name)
+        scale = float(module.scaling["default"])
+
+        def hook(_module: nn.Module, _inputs: object, output: torch.Tensor, i: int = index, s: float = scale):
+            squared = (s * output.detach().float()).pow(2).sum(dim=-1)  # per token
+            mask = current["mask"]
+            if mask is not None and mask.shape == squared.shape:
+                squared = squared * mask
+                counts[i] += int(mask.sum())
+            else:
+                counts[i] += squared.numel()
+            totals[i] += float(squared.sum())
+
+        handles.append(lora_b_layer(peft_model, name).register_forward_hook(hook))
+    device = next(peft_model.parameters()).device
+    was_training = peft_model.training
+    peft_model.eval()
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                batch = {key: value.to(device) for key, value in batch.items()}
+                mask = batch.get("attention_mask")
+                current["mask"] = None if mask is None else mask.float()
+                peft_model(**batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+        peft_model.train(was_training)
+    return [math.sqrt(total / count) if count else 0.0 for total, count in zip(totals, counts, strict=True)]
