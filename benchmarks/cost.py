@@ -144,11 +144,11 @@ def measure_one(
     import torch
 
     from diffora.baselines import adamw, lora_all_model, random_selection
+    from diffora.bilevel import BilevelSearch
     from diffora.config import AdapterConfig, DataConfig, SearchConfig
     from diffora.gates import DAMGates
     from diffora.lora import wrap_with_lora
     from diffora.pipeline import open_workbench
-    from diffora.search import BilevelSearch
     from diffora.training import to_device
 
     adapter = AdapterConfig(rank=rank)

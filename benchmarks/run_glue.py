@@ -60,10 +60,11 @@ class Variant:
     """A DiffoRA fine-tune from one of the job's searches."""
 
     search: str = "main"  # main (sigmoid, first order), softmax, second
-    rho: float = 0.5
+    rho: float | str = 0.5  # or "auto": the size the search's own validation curve supports
     selection: str = "global"
     ranking: str = "gate"
     sharing: str = "inherit"
+    budget: str | None = None  # a --budget value ("0.25x", "auto"): overrides the profile's budget
 
 
 VARIANTS: dict[str, Variant] = {
@@ -78,6 +79,10 @@ VARIANTS: dict[str, Variant] = {
     "diffora_second_order": Variant(search="second"),
     "diffora_perturbation": Variant(ranking="perturbation"),
     "diffora_magnitude": Variant(ranking="magnitude"),
+    # the budget issue's evidence: the automatic size and a budget sweep, from the main search
+    "diffora_rho_auto": Variant(rho="auto"),
+    "diffora_budget0.25x": Variant(budget="0.25x"),
+    "diffora_budget0.75x": Variant(budget="0.75x"),
 }
 ABLATIONS = (*(name for name in VARIANTS if name != "diffora"), "lora_equal_steps", *PRESETS, "loradrop")
 ALL_METHODS = MAIN_METHODS + ABLATIONS
@@ -283,7 +288,7 @@ class Job:
             "subsample_seed": DATA_SEED,
         }
         self.names = [c.name for c in self.bench.candidates]
-        from diffora.baselines import lora_parameter_count, module_dims
+        from diffora.selection import lora_parameter_count, module_dims
 
         dims = module_dims(self.bench.model, self.names)  # before any search wraps the model with LoRA
         self.costs = [lora_parameter_count(dims, [name], self.settings["rank"]) for name in self.names]
@@ -420,6 +425,7 @@ class Job:
             "perturbation": None,
             "perturbation_seconds": None,
             "update_norms": outcome.dam.update_norms,
+            "size_curve": outcome.dam.size_curve,
             "history": [{"step": h["step"], "gates": h["gates"]} for h in outcome.history],
         }
         previous = self.document["searches"].get(kind)
@@ -448,8 +454,8 @@ class Job:
         """Perturbation scores of the finished search model (timed apart from the search itself)."""
         import torch
 
+        from diffora.bilevel import perturbation_scores
         from diffora.gates import DAMGates
-        from diffora.search import perturbation_scores
 
         started = time.perf_counter()
         _, search_val = self.search_split()
@@ -517,6 +523,8 @@ class Job:
 
         if method == "random":
             return [dam.candidates[i] for i in random_budget_select(self.costs, self.budget(), self.seed)]
+        if variant.budget is not None or variant.rho == "auto":
+            return dam.discretize(variant.rho, variant.selection, variant.ranking, variant.budget)
         if self.budget() is not None and variant.selection == "global" and variant.rho == 0.5:
             return self.select(dam.scores(variant.ranking))
         return dam.discretize(variant.rho, variant.selection, variant.ranking)
@@ -524,14 +532,14 @@ class Job:
     def preset_model(self, fresh: Any, preset: str) -> tuple[Any, list[Any], int]:
         """LoRA on one module family, at the largest rank whose adapters fit the budget (fresh weights)."""
         from diffora import baselines
-        from diffora.selection import preset_scores
+        from diffora.selection import lora_parameter_count, module_dims, preset_scores
 
         chosen = preset_scores([c.type for c in self.bench.candidates], preset)
         selected = [c for c, keep in zip(self.bench.candidates, chosen, strict=True) if keep]
         names = [c.name for c in selected]
-        dims = baselines.module_dims(fresh, names)
+        dims = module_dims(fresh, names)
         budget = self.budget() or sum(self.module_costs()) // 2
-        per_rank = baselines.lora_parameter_count(dims, names, 1)
+        per_rank = lora_parameter_count(dims, names, 1)
         rank = max(1, budget // per_rank)
         model = baselines.lora_all_model(
             fresh, names, self.bench.head_modules, self.adapter, rank, seed=self.seed
@@ -545,10 +553,10 @@ class Job:
         import torch
 
         from diffora import baselines
-        from diffora.finetune import build_finetune_model
         from diffora.lora import export_adapter_tensors, module_state
         from diffora.selection import update_norms
         from diffora.training import fit
+        from diffora.weight_sharing import build_finetune_model
 
         s = self.settings
         started = time.perf_counter()
@@ -598,7 +606,8 @@ class Job:
 
     def run_method(self, method: str) -> dict[str, Any]:
         from diffora import baselines
-        from diffora.finetune import build_finetune_model
+        from diffora.selection import lora_parameter_count, module_dims
+        from diffora.weight_sharing import build_finetune_model
 
         s = self.settings
         spec_epochs = s["epochs"]
@@ -617,12 +626,12 @@ class Job:
             if method == "lora_matched":
                 outcome = self.search("main")
                 kept = [c.name for c in outcome["dam"].discretize(s["rho"])]
-                dims = baselines.module_dims(fresh, self.names)
-                target = baselines.lora_parameter_count(dims, kept, s["rank"])
+                dims = module_dims(fresh, self.names)
+                target = lora_parameter_count(dims, kept, s["rank"])
                 rank = baselines.matched_rank(dims, self.names, target)
                 extra.update(
                     matched_target=target,
-                    matched_count=baselines.lora_parameter_count(dims, self.names, rank),
+                    matched_count=lora_parameter_count(dims, self.names, rank),
                     rank_source="DiffoRA's adapters at rho (main search)",
                 )
             model = baselines.lora_all_model(

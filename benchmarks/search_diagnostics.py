@@ -55,13 +55,12 @@ def run_one(args: argparse.Namespace, name: str, overrides: dict[str, Any], seed
     import torch
     from scipy.stats import spearmanr
 
-    from diffora.baselines import lora_parameter_count, module_dims
+    from diffora.bilevel import perturbation_scores
     from diffora.config import AdapterConfig, DataConfig, FinetuneConfig, SearchConfig
     from diffora.data import split_for_search
     from diffora.gates import DAMGates, lora_a_layer, lora_b_layer
     from diffora.pipeline import _search_on, open_workbench
-    from diffora.search import perturbation_scores
-    from diffora.selection import budget_select
+    from diffora.selection import budget_select, lora_parameter_count, module_dims
 
     data_config = DataConfig(
         task=args.task, data_dir=args.data_dir, max_train_samples=args.max_train, max_length=args.max_length

@@ -45,12 +45,12 @@ from typing import Any
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from diffora.bilevel import BilevelSearch
 from diffora.candidates import find_candidates
 from diffora.config import AdapterConfig, SearchConfig
 from diffora.distributed import enable_gradient_checkpointing, make_accelerator
 from diffora.gates import DAMGates
 from diffora.lora import wrap_with_lora
-from diffora.search import BilevelSearch
 from diffora.training import fit
 
 RESULTS = Path(__file__).resolve().parent / "results"

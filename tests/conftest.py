@@ -147,3 +147,18 @@ def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     LlamaForSequenceClassification(config).save_pretrained(folder)
     tiny_tokenizer().save_pretrained(folder)
     return folder
+
+
+def gated_lora_model(model, candidates, rank: int = 4):
+    """LoRA (rank `rank`) on every candidate with non-zero B, and sigmoid gates (logit 0.3) hooked in."""
+    from diffora.config import AdapterConfig
+    from diffora.gates import DAMGates, lora_b_layer
+    from diffora.lora import wrap_with_lora
+
+    peft_model = wrap_with_lora(model, [c.name for c in candidates], ["classifier"], AdapterConfig(rank=rank))
+    with torch.no_grad():
+        for candidate in candidates:
+            lora_b_layer(peft_model, candidate.name).weight.normal_(0, 0.3)
+    gates = DAMGates(candidates, initial_logit=0.3)
+    gates.attach(peft_model)
+    return peft_model, gates

@@ -18,15 +18,14 @@ from diffora.baselines import (
     equal_steps_epochs,
     full_finetune_model,
     lora_all_model,
-    lora_parameter_count,
     loraplus_optimizer,
     matched_rank,
-    module_dims,
     random_selection,
 )
 from diffora.candidates import find_candidates
 from diffora.config import AdapterConfig
 from diffora.models import count_trainable_parameters
+from diffora.selection import lora_parameter_count, module_dims
 from diffora.training import fit
 
 HIDDEN, INTERMEDIATE, LAYERS = 32, 48, 2

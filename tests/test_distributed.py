@@ -16,18 +16,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import random_batch, tiny_bert_config
+from conftest import gated_lora_model, random_batch, tiny_bert_config
 from safetensors.torch import load_file
 from transformers import BertForSequenceClassification
 
+from diffora.bilevel import BilevelSearch, search_dam
 from diffora.candidates import find_candidates
 from diffora.cli import main
 from diffora.config import AdapterConfig, FinetuneConfig, SearchConfig
 from diffora.distributed import make_accelerator
 from diffora.errors import DifforaError
-from diffora.gates import DAMGates, lora_b_layer
 from diffora.lora import wrap_with_lora
-from diffora.search import BilevelSearch, search_dam
 from diffora.training import fit
 
 # 48 training rows: a 24/24 search split and 6 fine-tuning steps of global batch 8; 16 evaluation rows.
@@ -151,12 +150,7 @@ def test_fit_accumulating_two_batches_of_4_matches_one_batch_of_8() -> None:
 
 def _search(accumulation: int) -> BilevelSearch:
     model, candidates = _tiny_model()
-    peft_model = wrap_with_lora(model, [c.name for c in candidates], ["classifier"], AdapterConfig(rank=4))
-    with torch.no_grad():
-        for candidate in candidates:
-            lora_b_layer(peft_model, candidate.name).weight.normal_(0, 0.3)
-    gates = DAMGates(candidates, initial_logit=0.3)
-    gates.attach(peft_model)
+    peft_model, gates = gated_lora_model(model, candidates)
     config = SearchConfig(gradient_accumulation_steps=accumulation, lr=1e-2, gate_lr=0.05)
     search = BilevelSearch(peft_model, gates, config, rho=0.5)
     search.weight_optimizer = torch.optim.SGD(search.weights, lr=0.5)  # SGD: sensitive to gradient scale
@@ -222,11 +216,21 @@ def test_scaling_options_are_validated(options: dict, message: str) -> None:
             config_class(**options)
 
 
+def test_fp16_search_is_refused_in_one_line_recommending_bf16(capsys) -> None:
+    with pytest.raises(DifforaError, match="fp16 is refused for the search.*use bf16"):
+        SearchConfig(mixed_precision="fp16")
+    assert main(["search", "--output-dir", "unused", "--mixed-precision", "fp16"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("diffora: error: --mixed-precision fp16 is refused for the search")
+    assert error.count("\n") == 1
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 is valid where CUDA is")
 def test_fp16_without_cuda_is_one_clear_error_line(capsys) -> None:
     with pytest.raises(DifforaError, match="fp16 needs a CUDA GPU"):
         FinetuneConfig(mixed_precision="fp16")
-    assert main(["search", "--output-dir", "unused", "--mixed-precision", "fp16"]) == 2
+    finetune = ["finetune", "--dam", "unused/dam.json", "--output-dir", "x"]
+    assert main([*finetune, "--mixed-precision", "fp16"]) == 2
     error = capsys.readouterr().err
     assert (
         error.startswith("diffora: error: --mixed-precision fp16 needs a CUDA GPU") and error.count("\n") == 1

@@ -7,12 +7,12 @@ import torch
 from conftest import random_batch, tiny_bert_config
 from transformers import BertForSequenceClassification
 
+from diffora.bilevel import search_dam
 from diffora.candidates import find_candidates
 from diffora.config import AdapterConfig, SearchConfig
-from diffora.finetune import build_finetune_model
 from diffora.gates import DAMGates, lora_a_layer, lora_b_layer
 from diffora.lora import head_layer
-from diffora.search import search_dam
+from diffora.weight_sharing import build_finetune_model
 
 ADAPTER = AdapterConfig(rank=4)
 TRAIN = [random_batch(seed=s) for s in range(4)]

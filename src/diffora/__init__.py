@@ -1,26 +1,49 @@
-"""DiffoRA: learn which modules of a transformer deserve a LoRA adapter, then fine-tune them with PEFT."""
+"""DiffoRA: learn which modules of a transformer deserve a LoRA adapter, then fine-tune them with PEFT.
+
+The public names load lazily (PEP 562), so `import diffora` and `diffora --help` do not import torch,
+transformers or PEFT until a name that needs them is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-from diffora.candidates import Candidate, find_candidates  # noqa: E402
-from diffora.config import AdapterConfig, DataConfig, FinetuneConfig, SearchConfig  # noqa: E402
-from diffora.dam import DAM  # noqa: E402
-from diffora.errors import DifforaError  # noqa: E402
-from diffora.pipeline import RunResult, SearchOutcome, evaluate_adapter, finetune, run, search  # noqa: E402
+# public name -> the module that defines it
+_EXPORTS = {
+    "AdapterConfig": "diffora.config",
+    "DataConfig": "diffora.config",
+    "FinetuneConfig": "diffora.config",
+    "SearchConfig": "diffora.config",
+    "Candidate": "diffora.candidates",
+    "find_candidates": "diffora.candidates",
+    "DAM": "diffora.dam",
+    "DifforaError": "diffora.errors",
+    "DAMGates": "diffora.gates",
+    "BilevelSearch": "diffora.bilevel",
+    "search_dam": "diffora.bilevel",
+    "build_finetune_model": "diffora.weight_sharing",
+    "budget_select": "diffora.selection",
+    "update_norms": "diffora.selection",
+    "RunResult": "diffora.pipeline",
+    "SearchOutcome": "diffora.bilevel",
+    "evaluate_adapter": "diffora.pipeline",
+    "finetune": "diffora.pipeline",
+    "run": "diffora.pipeline",
+    "search": "diffora.pipeline",
+}
+__all__ = sorted(_EXPORTS)
 
-__all__ = [
-    "AdapterConfig",
-    "Candidate",
-    "DAM",
-    "DataConfig",
-    "DifforaError",
-    "FinetuneConfig",
-    "RunResult",
-    "SearchConfig",
-    "SearchOutcome",
-    "evaluate_adapter",
-    "find_candidates",
-    "finetune",
-    "run",
-    "search",
-]
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'diffora' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

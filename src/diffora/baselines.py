@@ -19,15 +19,15 @@ import torch
 from peft import AdaLoraConfig, PeftModel, get_peft_model
 from peft.optimizers import create_loraplus_optimizer
 from torch import nn
-from transformers.pytorch_utils import Conv1D
 
 from diffora.candidates import Candidate
 from diffora.config import AdapterConfig
 from diffora.dam import select_indices
 from diffora.errors import DifforaError
-from diffora.finetune import build_finetune_model
 from diffora.lora import wrap_with_lora
+from diffora.selection import lora_parameter_count
 from diffora.training import StepCallback
+from diffora.weight_sharing import build_finetune_model
 
 LORAPLUS_RATIO = 16.0
 ADALORA_INIT_R = 12
@@ -35,29 +35,6 @@ ADALORA_TARGET_R = 8
 
 
 # ------------------------------------------------------------------------------------------ sizes
-
-
-def module_dims(model: nn.Module, names: Sequence[str]) -> dict[str, tuple[int, int]]:
-    """(d_in, d_out) of each named projection (nn.Linear or GPT-2 Conv1D) of a plain model."""
-    dims: dict[str, tuple[int, int]] = {}
-    for name in names:
-        module = model.get_submodule(name)
-        if isinstance(module, nn.Linear):
-            dims[name] = (module.in_features, module.out_features)
-        elif isinstance(module, Conv1D):
-            dims[name] = (module.weight.shape[0], module.weight.shape[1])
-        else:
-            raise DifforaError(f"{name} is a {type(module).__name__}, not a linear projection")
-    return dims
-
-
-def lora_parameter_count(dims: dict[str, tuple[int, int]], names: Sequence[str], rank: int) -> int:
-    """Parameters of rank-`rank` LoRA adapters on `names`: r * (d_in + d_out) each (A and B, no bias).
-
-    >>> lora_parameter_count({"q": (4, 6)}, ["q"], 2)
-    20
-    """
-    return sum(rank * (dims[name][0] + dims[name][1]) for name in names)
 
 
 def matched_rank(dims: dict[str, tuple[int, int]], names: Sequence[str], target: int) -> int:

@@ -197,11 +197,11 @@ def dispatch(args: argparse.Namespace) -> None:
     )
     if args.command == "search":
         outcome = pipeline.search(**configs)
-        kept = outcome.dam.discretize(configs["finetune_config"].rho, configs["finetune_config"].selection)
+        kept = pipeline.select_modules(outcome.dam, configs["finetune_config"])
         print(
             f"searched {len(outcome.dam.candidates)} candidates in {outcome.seconds:.1f} s; "
-            f"{len(kept)} kept at "
-            f"rho={configs['finetune_config'].rho} | artifacts in {args.output_dir}"
+            f"{len(kept)} kept at {pipeline.selection_label(configs['finetune_config'])} "
+            f"| artifacts in {args.output_dir}"
         )
         return
     result = pipeline.run(**configs)

@@ -61,6 +61,18 @@ def check_mixed_precision(value: str) -> None:
         )
 
 
+def _parse_rho(value: float | str) -> float | str:
+    """A rho in (0, 1] or 'auto'."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        rho = float(value)
+    except (TypeError, ValueError):
+        rho = float("nan")
+    _require(0 < rho <= 1, f"--rho must lie in (0, 1] or be auto, got {value}; 0.5 keeps half the modules")
+    return rho
+
+
 def _validate_scaling(config: Any) -> None:
     check_mixed_precision(config.mixed_precision)
     _require(
@@ -272,6 +284,11 @@ class SearchConfig:
         _require(self.budget_weight >= 0, f"--budget-weight must be >= 0, got {self.budget_weight}")
         _require(self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}")
         _require(self.log_every >= 1, f"--log-every must be at least 1, got {self.log_every}")
+        _require(
+            self.mixed_precision != "fp16",
+            "--mixed-precision fp16 is refused for the search: its gate and weight steps run without loss "
+            "scaling, so small gradients would underflow to zero; use bf16",
+        )
         _validate_scaling(self)
         _require(
             self.order == "first" or self.gradient_accumulation_steps == 1,
@@ -284,8 +301,15 @@ class SearchConfig:
 class FinetuneConfig:
     """Stages 2 and 3: discretise the DAM and fine-tune the kept adapters."""
 
-    rho: float = option(
-        0.5, "Sample rate: the fraction of candidate modules that keep an adapter, in (0, 1]."
+    rho: float | str = option(
+        0.5,
+        "Sample rate: the fraction of candidate modules that keep an adapter, in (0, 1], or 'auto' (the "
+        "smallest top-k whose search-val loss is within one standard error of the best k; no dev data).",
+    )
+    budget: str | None = option(
+        None,
+        "Instead of --rho: the most adapter parameters to keep, as a count (150000, 150k), a fraction of "
+        "LoRA-all on the candidates (0.5x) or 'auto'. Modules are kept in score order while they fit.",
     )
     selection: str = option(
         "global", "'global' (top rho of all candidates) or 'per_layer' (top ceil(rho * M) of each layer)."
@@ -313,7 +337,11 @@ class FinetuneConfig:
     max_grad_norm: float = _scaling_options()["max_grad_norm"]
 
     def __post_init__(self) -> None:
-        _require(0 < self.rho <= 1, f"--rho must lie in (0, 1], got {self.rho}; 0.5 keeps half the modules")
+        self.rho = _parse_rho(self.rho)
+        if self.budget is not None:
+            from diffora.selection import parse_budget  # raises one line on a malformed budget
+
+            self.budget = parse_budget(self.budget)
         _require_choice("--selection", self.selection, SELECTIONS)
         _require_choice("--ranking", self.ranking, RANKINGS)
         _require_choice("--sharing", self.sharing, SHARING)

@@ -13,6 +13,7 @@ from diffora.candidates import Candidate
 from diffora.config import RANKINGS, SELECTIONS
 from diffora.errors import DifforaError
 from diffora.io import atomic_write_json
+from diffora.selection import budget_parameters, budget_select, choose_size, parse_budget
 
 DAM_FORMAT_VERSION = 1
 
@@ -57,7 +58,7 @@ def select_indices(
 class DAM:
     """Result of a search: every candidate with its gate logit and value, ready to discretise.
 
-    >>> dam = diffora.search(data_config, adapter_config, search_config)   # doctest: +SKIP
+    >>> dam = diffora.bilevel(data_config, adapter_config, search_config)   # doctest: +SKIP
     >>> kept = dam.discretize(rho=0.5)                                     # doctest: +SKIP
     """
 
@@ -69,6 +70,10 @@ class DAM:
     config: dict[str, Any] = field(default_factory=dict)
     perturbation_scores: list[float] | None = None
     update_norms: list[float] | None = None  # the 'magnitude' ranking
+    parameters: list[int] | None = None  # LoRA parameters each candidate costs at the search's rank
+    # search-val loss of the relaxed model restricted to the top-k modules, for --rho auto / --budget auto:
+    # {"ranking": str, "sizes": [k...], "parameters": [...], "batch_losses": [[...] per size], "seconds": s}
+    size_curve: dict[str, Any] | None = None
     info: dict[str, Any] = field(default_factory=dict)  # model, task, fingerprint, versions, timings
 
     def __post_init__(self) -> None:
@@ -96,15 +101,89 @@ class DAM:
         return list(self.perturbation_scores)
 
     def discretize(
-        self, rho: float = 0.5, selection: str = "global", ranking: str = "gate"
+        self,
+        rho: float | str = 0.5,
+        selection: str = "global",
+        ranking: str = "gate",
+        budget: str | int | None = None,
     ) -> list[Candidate]:
-        """The candidates that keep an adapter at sample rate `rho`, in module order."""
-        indices = select_indices(self.candidates, self.scores(ranking), rho, selection)
-        return [self.candidates[i] for i in indices]
+        """The candidates that keep an adapter, in module order.
 
-    def to_json(self, rho: float, selection: str = "global", ranking: str = "gate") -> dict[str, Any]:
-        """The dam.json document, with the selection at `rho` marked."""
-        kept = set(select_indices(self.candidates, self.scores(ranking), rho, selection))
+        `rho`: the fraction of modules (the paper's sample rate), or 'auto' (the size the search's own
+        validation curve supports). `budget` (overrides rho): the most adapter parameters, as a count
+        (150000, '150k'), a fraction of LoRA-all ('0.5x') or 'auto'.
+        """
+        return [self.candidates[i] for i in self.kept_indices(rho, selection, ranking, budget)]
+
+    def kept_indices(
+        self,
+        rho: float | str = 0.5,
+        selection: str = "global",
+        ranking: str = "gate",
+        budget: str | int | None = None,
+    ) -> list[int]:
+        """Indices (in candidate order) of the modules `discretize` keeps."""
+        scores = self.scores(ranking)
+        if budget is None and rho != "auto":
+            return select_indices(self.candidates, scores, float(rho), selection)
+        if budget is None or parse_budget(str(budget)) == "auto":
+            return self._auto_indices(scores, ranking, selection, by_budget=budget is not None)
+        limit = budget_parameters(parse_budget(str(budget)), sum(self._parameters()))
+        if selection == "global":
+            return budget_select(scores, self._parameters(), limit)
+        return self._per_layer_budget(scores, limit)
+
+    def _parameters(self) -> list[int]:
+        if self.parameters is None:
+            raise DifforaError(
+                "this dam.json has no parameter counts (written by an older diffora); search again to "
+                "select by --budget"
+            )
+        return self.parameters
+
+    def _per_layer_budget(self, scores: Sequence[float], limit: int) -> list[int]:
+        """Each layer row gets the budget's share of its LoRA-all parameters, filled by `budget_select`."""
+        costs, total = self._parameters(), sum(self._parameters())
+        rows: dict[int, list[int]] = {}
+        for index, candidate in enumerate(self.candidates):
+            rows.setdefault(candidate.layer, []).append(index)
+        kept: list[int] = []
+        for row in rows.values():
+            row_budget = int(limit * sum(costs[i] for i in row) / total)
+            if row_budget >= min(costs[i] for i in row):
+                picked = budget_select([scores[i] for i in row], [costs[i] for i in row], row_budget)
+                kept += [row[j] for j in picked]
+        return sorted(kept) or budget_select(scores, costs, limit)
+
+    def _auto_indices(
+        self, scores: Sequence[float], ranking: str, selection: str, by_budget: bool
+    ) -> list[int]:
+        """The top-k modules, k chosen by the one-standard-error rule on the search's size curve."""
+        flag = "--budget auto" if by_budget else "--rho auto"
+        if selection != "global":
+            raise DifforaError(f"{flag} chooses a global top-k; use --selection global")
+        curve = self.size_curve
+        if curve is None:
+            raise DifforaError(
+                f"this dam.json has no size curve; search again with this diffora to use {flag}"
+            )
+        if curve["ranking"] != ranking:
+            raise DifforaError(
+                f"the size curve was measured for --ranking {curve['ranking']}; use that ranking with {flag} "
+                "or search again"
+            )
+        k = curve["sizes"][choose_size(curve["batch_losses"])]
+        return sorted(_ranked(range(len(self.candidates)), scores)[:k])
+
+    def to_json(
+        self,
+        rho: float | str,
+        selection: str = "global",
+        ranking: str = "gate",
+        budget: str | int | None = None,
+    ) -> dict[str, Any]:
+        """The dam.json document, with the selection (at `rho` or `budget`) marked."""
+        kept = set(self.kept_indices(rho, selection, ranking, budget))
         rows = []
         for index, candidate in enumerate(self.candidates):
             row = {
@@ -119,6 +198,8 @@ class DAM:
                 row["perturbation"] = self.perturbation_scores[index]
             if self.update_norms is not None:
                 row["update_norm"] = self.update_norms[index]
+            if self.parameters is not None:
+                row["parameters"] = self.parameters[index]
             rows.append(row)
         return {
             "format_version": DAM_FORMAT_VERSION,
@@ -130,14 +211,25 @@ class DAM:
             "seed": self.config.get("search", {}).get("seed"),
             "num_candidates": len(self.candidates),
             "num_selected": len(kept),
+            "budget": None if budget is None else parse_budget(str(budget)),
+            "selected_parameters": sum(self.parameters[i] for i in kept) if self.parameters else None,
+            "lora_all_parameters": sum(self.parameters) if self.parameters else None,
+            "size_curve": self.size_curve,
             "config": self.config,
             "info": self.info,
             "candidates": rows,
         }
 
-    def save(self, path: str | Path, rho: float, selection: str = "global", ranking: str = "gate") -> None:
+    def save(
+        self,
+        path: str | Path,
+        rho: float | str,
+        selection: str = "global",
+        ranking: str = "gate",
+        budget: str | int | None = None,
+    ) -> None:
         """Write dam.json atomically."""
-        atomic_write_json(path, self.to_json(rho, selection, ranking))
+        atomic_write_json(path, self.to_json(rho, selection, ranking, budget))
 
     @classmethod
     def load(cls, path: str | Path) -> DAM:
@@ -150,6 +242,7 @@ class DAM:
             rows = document["candidates"]
             has_perturbation = all("perturbation" in row for row in rows) and rows
             has_norms = all("update_norm" in row for row in rows) and rows
+            has_parameters = all("parameters" in row for row in rows) and rows
             return cls(
                 candidates=[Candidate(r["name"], int(r["layer"]), r["type"]) for r in rows],
                 logits=[float(r["logit"]) for r in rows],
@@ -160,6 +253,8 @@ class DAM:
                 info=document.get("info", {}),
                 perturbation_scores=[float(r["perturbation"]) for r in rows] if has_perturbation else None,
                 update_norms=[float(r["update_norm"]) for r in rows] if has_norms else None,
+                parameters=[int(r["parameters"]) for r in rows] if has_parameters else None,
+                size_curve=document.get("size_curve"),
             )
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
             raise DifforaError(

@@ -26,6 +26,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 import diffora
+from diffora.bilevel import SearchOutcome, search_dam
 from diffora.candidates import Candidate, find_candidates
 from diffora.checkpoint import CHECKPOINT_DIR, Checkpointer
 from diffora.config import CAUSAL_TASK, AdapterConfig, DataConfig, FinetuneConfig, SearchConfig, to_dict
@@ -33,7 +34,6 @@ from diffora.dam import DAM
 from diffora.data import TaskData, load_task_data, make_dataloader, split_for_search
 from diffora.distributed import is_main_process, make_accelerator, wait_for_everyone
 from diffora.errors import DifforaError
-from diffora.finetune import build_finetune_model
 from diffora.io import JsonlLog, atomic_path, atomic_write_json
 from diffora.models import (
     count_trainable_parameters,
@@ -42,9 +42,10 @@ from diffora.models import (
     load_tokenizer,
     resolve_model_path,
 )
-from diffora.plots import plot_dam, plot_gate_history
-from diffora.search import SearchOutcome, search_dam
+from diffora.plots import plot_dam, plot_gate_history, plot_size_curve
+from diffora.selection import budget_parameters, candidate_parameters, choose_size
 from diffora.training import evaluate, fit, pick_device
+from diffora.weight_sharing import build_finetune_model
 
 DAM_FILE = "dam.json"
 SEARCH_WEIGHTS_FILE = "search_weights.safetensors"
@@ -204,18 +205,50 @@ def write_search_artifacts(outcome: SearchOutcome, output_dir: Path, finetune_co
     """
     dam = outcome.dam
     save_tensors(outcome.initial_head, output_dir / INITIAL_HEAD_FILE)
-    dam.save(output_dir / DAM_FILE, finetune_config.rho, finetune_config.selection, finetune_config.ranking)
-    kept = set(dam.discretize(finetune_config.rho, finetune_config.selection, finetune_config.ranking))
+    _write_selection(dam, finetune_config, output_dir, dam.info.get("task", ""))
+    if outcome.history:
+        plot_gate_history(dam.candidates, outcome.history, output_dir / "gates.png")
+    save_tensors(outcome.weights, output_dir / SEARCH_WEIGHTS_FILE)
+
+
+def selection_label(config: FinetuneConfig) -> str:
+    """How the selection was sized, for titles and logs: 'rho=0.5', 'rho=auto' or 'budget=150000'."""
+    return f"budget={config.budget}" if config.budget is not None else f"rho={config.rho}"
+
+
+def select_modules(dam: DAM, config: FinetuneConfig) -> list[Candidate]:
+    """The candidates `config` keeps from `dam` (rho, auto or budget; global or per layer)."""
+    return dam.discretize(config.rho, config.selection, config.ranking, config.budget)
+
+
+def check_budget(bench: Workbench, adapter: AdapterConfig, config: FinetuneConfig) -> None:
+    """Refuse a budget above LoRA-all on the candidates in one line, before any training."""
+    if config.budget not in (None, "auto"):
+        names = [c.name for c in bench.candidates]
+        budget_parameters(config.budget, sum(candidate_parameters(bench.model, names, adapter.rank)))
+
+
+def _kept_parameters(dam: DAM, selected: list[Candidate]) -> int | None:
+    if dam.parameters is None:
+        return None
+    kept = set(selected)
+    return sum(p for c, p in zip(dam.candidates, dam.parameters, strict=True) if c in kept)
+
+
+def _write_selection(dam: DAM, config: FinetuneConfig, out: Path, task: str) -> None:
+    """dam.json with this selection marked, dam.png and, with a size curve, selection.png."""
+    dam.save(out / DAM_FILE, config.rho, config.selection, config.ranking, config.budget)
+    kept = set(select_modules(dam, config))
     plot_dam(
         dam.candidates,
         dam.gates,
         [c in kept for c in dam.candidates],
-        output_dir / "dam.png",
-        title=f"DiffoRA gates, {dam.info.get('task', '')} rho={finetune_config.rho}",
+        out / "dam.png",
+        title=f"DiffoRA gates, {task} {selection_label(config)}",
     )
-    if outcome.history:
-        plot_gate_history(dam.candidates, outcome.history, output_dir / "gates.png")
-    save_tensors(outcome.weights, output_dir / SEARCH_WEIGHTS_FILE)
+    if dam.size_curve is not None:
+        chosen = dam.size_curve["sizes"][choose_size(dam.size_curve["batch_losses"])]
+        plot_size_curve(dam.size_curve, chosen, len(kept), out / "selection.png")
 
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
@@ -241,6 +274,7 @@ def search(
     finetune_config = finetune_config or FinetuneConfig()
     out = prepare_output_dir(output_dir, overwrite, resume) if output_dir is not None else None
     bench = open_workbench(data_config, adapter, search_config.seed)
+    check_budget(bench, adapter, finetune_config)
     if out is not None:
         start_run_dir(out, _config_document(data_config, adapter, search_config, None), overwrite, resume)
     outcome = _search_on(
@@ -290,11 +324,12 @@ def _search_on(
         val_loader,
         adapter,
         search_config,
-        rho=finetune_config.rho,
+        rho=finetune_config.rho if isinstance(finetune_config.rho, float) else 0.5,
         perturbation_batches=perturbation_batches,
         log=log,
         checkpointer=Checkpointer(out, "search", checkpoint_every) if out is not None else None,
         resume=Checkpointer(out, "search").latest() if out is not None else None,
+        size_ranking=finetune_config.ranking,
     )
     outcome.dam.config = _config_document(data_config, adapter, search_config, finetune_config)
     outcome.dam.info = {
@@ -331,7 +366,7 @@ def _finetune_on(
     timings: dict[str, float],
     checkpoint_every: int = 0,
 ) -> RunResult:
-    selected = dam.discretize(config.rho, config.selection, config.ranking)
+    selected = select_modules(dam, config)
     gates = {c.name: g for c, g in zip(dam.candidates, dam.gates, strict=True)}
     model = build_finetune_model(
         base_model,
@@ -379,6 +414,8 @@ def _finetune_on(
         "selected_modules": len(selected),
         "candidate_modules": len(dam.candidates),
         "rho": config.rho,
+        "budget": config.budget,
+        "lora_parameters_kept": _kept_parameters(dam, selected),
         "selection": config.selection,
         "ranking": config.ranking,
         "sharing": config.sharing,
@@ -405,15 +442,7 @@ def write_finetune_artifacts(
     """The PEFT adapter, dam.json with this selection, dam.png and metrics.json."""
     dam.config = {**dam.config, "finetune": to_dict(config)}
     save_adapter(model, out)
-    dam.save(out / DAM_FILE, config.rho, config.selection, config.ranking)
-    kept = set(dam.discretize(config.rho, config.selection, config.ranking))
-    plot_dam(
-        dam.candidates,
-        dam.gates,
-        [c in kept for c in dam.candidates],
-        out / "dam.png",
-        title=f"DiffoRA gates, {metrics['task']} rho={config.rho}",
-    )
+    _write_selection(dam, config, out, metrics["task"])
     atomic_write_json(out / METRICS_FILE, metrics)
 
 
@@ -450,6 +479,7 @@ def run(
     finetune_config = finetune_config or FinetuneConfig()
     out = prepare_output_dir(output_dir, overwrite, resume) if output_dir is not None else None
     bench = open_workbench(data_config, adapter, search_config.seed)
+    check_budget(bench, adapter, finetune_config)
     if out is not None:
         config = _config_document(data_config, adapter, search_config, finetune_config)
         start_run_dir(out, config, overwrite, resume)
@@ -522,7 +552,7 @@ def finetune(
             "--output-dir must differ from the search's folder, which keeps the search for other rhos"
         )
     data_config, adapter = _configs_from_dam(dam, data_dir)
-    dam.scores(finetune_config.ranking)  # fails early if perturbation scores are missing
+    select_modules(dam, finetune_config)  # fails early: missing scores, curve or parameters, a bad budget
     out = prepare_output_dir(output_dir, overwrite) if output_dir is not None else None
     bench = open_workbench(data_config, adapter, dam.config.get("search", {}).get("seed", 0))
     if out is not None:

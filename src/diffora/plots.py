@@ -94,6 +94,26 @@ def plot_gate_history(candidates: Sequence[Candidate], history: Sequence[dict], 
     _save(figure, path)
 
 
+def plot_size_curve(curve: dict, chosen: int, kept: int, path: str | Path) -> None:
+    """Search-val loss (mean and per-batch spread) and adapter parameters against the selection size k."""
+    sizes = curve["sizes"]
+    losses = np.array(curve["batch_losses"])
+    errors = losses.std(axis=1, ddof=1) / np.sqrt(losses.shape[1]) if losses.shape[1] > 1 else None
+    figure, axes = plt.subplots(figsize=(7, 4))
+    axes.errorbar(sizes, losses.mean(axis=1), yerr=errors, marker="o", capsize=3, label="search-val loss")
+    axes.axvline(chosen, color="tab:red", linestyle="--", label=f"auto: k={chosen}")
+    if kept != chosen:
+        axes.axvline(kept, color="tab:green", linestyle=":", label=f"kept: k={kept}")
+    axes.set_xlabel(f"modules kept (top k by {curve.get('ranking', 'gate')})")
+    axes.set_ylabel("search-val loss")
+    twin = axes.twinx()
+    twin.plot(sizes, curve["parameters"], color="tab:gray", alpha=0.6, label="adapter parameters")
+    twin.set_ylabel("adapter parameters")
+    axes.legend(fontsize=8, loc="upper right")
+    axes.set_title("Selection size: the relaxed model restricted to the top k (one-SE rule)")
+    _save(figure, path)
+
+
 def short_labels(names: Sequence[str]) -> list[str]:
     """For each dotted name the shortest suffix of at least two parts that no other name ends with.
 

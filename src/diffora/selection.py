@@ -123,3 +123,118 @@ def update_norms(
             handle.remove()
         peft_model.train(was_training)
     return [math.sqrt(total / count) if count else 0.0 for total, count in zip(totals, counts, strict=True)]
+
+
+# ------------------------------------------------------------------------------ budgets and automatic size
+
+
+def parse_budget(text: str) -> str:
+    """Normalise --budget: a count ('150000', '150k', '1.2m'), a fraction of LoRA-all ('0.5x') or 'auto'.
+
+    >>> parse_budget(" 150K "), parse_budget("0.5x"), parse_budget("AUTO")
+    ('150000', '0.5x', 'auto')
+    """
+    value = str(text).strip().lower().replace("_", "").replace(",", "")
+    if value == "auto":
+        return value
+    try:
+        if value.endswith("x"):
+            fraction = float(value[:-1])
+            valid = 0 < fraction <= 1
+            normalised = f"{fraction:g}x"
+        else:
+            factor = {"k": 1_000, "m": 1_000_000}.get(value[-1:], 1)
+            number = float(value[:-1] if factor > 1 else value)
+            valid = number >= 1 and number == int(number)
+            normalised = str(int(number * factor)) if valid else value
+    except ValueError:
+        valid = False
+    if not valid:
+        raise DifforaError(
+            f"--budget must be a parameter count (150000, 150k), a fraction of LoRA-all in (0, 1] (0.5x) "
+            f"or auto, got {text!r}"
+        )
+    return normalised
+
+
+def budget_parameters(budget: str, total: int) -> int:
+    """The parameter count of a parsed budget ('150000' or '0.5x') given LoRA-all's `total` on the candidates.
+
+    >>> budget_parameters("0.5x", 1000), budget_parameters("300", 1000)
+    (500, 300)
+    """
+    count = int(float(budget[:-1]) * total) if budget.endswith("x") else int(budget)
+    if count > total:
+        raise DifforaError(
+            f"--budget {budget} is above LoRA-all on every candidate ({total:,} parameters); "
+            "use a smaller budget, or plain LoRA"
+        )
+    return count
+
+
+def module_dims(model: nn.Module, names: Sequence[str]) -> dict[str, tuple[int, int]]:
+    """(d_in, d_out) of each named projection (nn.Linear or GPT-2 Conv1D) of a plain model."""
+    from transformers.pytorch_utils import Conv1D
+
+    dims: dict[str, tuple[int, int]] = {}
+    for name in names:
+        module = model.get_submodule(name)
+        if isinstance(module, nn.Linear):
+            dims[name] = (module.in_features, module.out_features)
+        elif isinstance(module, Conv1D):
+            dims[name] = (module.weight.shape[0], module.weight.shape[1])
+        else:
+            raise DifforaError(f"{name} is a {type(module).__name__}, not a linear projection")
+    return dims
+
+
+def lora_parameter_count(dims: dict[str, tuple[int, int]], names: Sequence[str], rank: int) -> int:
+    """Parameters of rank-`rank` LoRA adapters on `names`: r * (d_in + d_out) each (A and B, no bias).
+
+    >>> lora_parameter_count({"q": (4, 6)}, ["q"], 2)
+    20
+    """
+    return sum(rank * (dims[name][0] + dims[name][1]) for name in names)
+
+
+def candidate_parameters(model: nn.Module, names: Sequence[str], rank: int) -> list[int]:
+    """The LoRA parameters each candidate of a plain (unwrapped) model costs at `rank`."""
+    dims = module_dims(model, names)
+    return [lora_parameter_count(dims, [name], rank) for name in names]
+
+
+def size_grid(count: int, points: int) -> list[int]:
+    """Selection sizes k to measure: every k up to `points` candidates, else `points` sizes spread to `count`.
+
+    >>> size_grid(5, 12), size_grid(36, 6)
+    ([1, 2, 3, 4, 5], [6, 12, 18, 24, 30, 36])
+    """
+    if count <= points:
+        return list(range(1, count + 1))
+    return sorted({max(1, round(count * i / points)) for i in range(1, points + 1)})
+
+
+def choose_size(batch_losses: Sequence[Sequence[float]]) -> int:
+    """The one-standard-error rule: the first (smallest) size whose loss is within one SE of the best.
+
+    `batch_losses[j]` holds the per-batch search-val losses of the j-th size (ascending sizes, the same
+    batches for every size). The SE is that of the paired per-batch difference to the best size.
+
+    >>> choose_size([[3.0, 3.2], [2.0, 2.1], [1.99, 2.12], [1.5, 1.6]])
+    3
+    >>> choose_size([[2.0, 2.3], [2.1, 2.0], [1.9, 2.3]])  # noisy: the smallest size is as good
+    0
+    """
+    means = [sum(losses) / len(losses) for losses in batch_losses]
+    best = min(range(len(means)), key=lambda j: (means[j], j))
+    for j, losses in enumerate(batch_losses):
+        differences = [a - b for a, b in zip(losses, batch_losses[best], strict=True)]
+        mean = sum(differences) / len(differences)
+        if len(differences) > 1:
+            variance = sum((d - mean) ** 2 for d in differences) / (len(differences) - 1)
+            error = math.sqrt(variance / len(differences))
+        else:
+            error = 0.0
+        if mean <= error:
+            return j
+    return best

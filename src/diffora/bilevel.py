@@ -34,7 +34,7 @@ from diffora.errors import DifforaError
 from diffora.gates import DAMGates
 from diffora.io import JsonlLog
 from diffora.lora import export_adapter_tensors, module_state, wrap_with_lora
-from diffora.selection import update_norms
+from diffora.selection import candidate_parameters, size_grid, update_norms
 from diffora.training import check_finite, resumable_batches, to_device
 
 
@@ -51,7 +51,8 @@ class SearchOutcome:
     peft_model: PeftModel | None = None
 
 
-NORM_BATCHES = 4  # search-val batches the update norms ('magnitude' ranking) are measured on
+NORM_BATCHES = 4  # search-val batches for the update norms ('magnitude') and the size curve (--rho auto)
+SIZE_POINTS = 12  # selection sizes on the size curve: every k for up to 12 candidates, else 12 spread
 Batches = dict[str, torch.Tensor] | Sequence[dict[str, torch.Tensor]]
 
 
@@ -284,6 +285,42 @@ def perturbation_scores(
     return scores
 
 
+@torch.no_grad()
+def size_curve(
+    model: nn.Module,
+    gates: DAMGates,
+    scores: Sequence[float],
+    parameters: Sequence[int],
+    batches: Sequence[dict[str, torch.Tensor]],
+    points: int = SIZE_POINTS,
+) -> dict:
+    """Search-val loss per batch of the relaxed model restricted to the top-k modules, for a grid of k.
+
+    Forward passes only, on the search's own weights: the evidence --rho auto chooses k from.
+    """
+    started = time.perf_counter()
+    device = next(model.parameters()).device
+    batches = [to_device(batch, device) for batch in batches]
+    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+    sizes = size_grid(len(scores), points)
+    was_training = model.training
+    model.eval()
+    losses = []
+    for k in sizes:
+        mask = torch.zeros(len(scores))
+        mask[order[:k]] = 1.0
+        gates.mask = mask
+        losses.append([model(**batch).loss.item() for batch in batches])
+    gates.mask = None
+    model.train(was_training)
+    return {
+        "sizes": sizes,
+        "parameters": [sum(parameters[i] for i in order[:k]) for k in sizes],
+        "batch_losses": losses,
+        "seconds": time.perf_counter() - started,
+    }
+
+
 def search_dam(
     model: nn.Module,
     candidates: Sequence[Candidate],
@@ -298,14 +335,17 @@ def search_dam(
     checkpointer: Checkpointer | None = None,
     resume: TrainingState | None = None,
     accelerator: Accelerator | None = None,
+    size_ranking: str | None = "gate",
 ) -> SearchOutcome:
     """Search the DAM of `model` (a plain transformers model; it is wrapped with LoRA in place).
 
     The returned outcome holds the PEFT search model too, so fine-tuning can reuse the loaded base model.
-    `accelerator` defaults to one made from the config's precision and accumulation options.
+    `accelerator` defaults to one made from the config's precision and accumulation options. With
+    `size_ranking`, the DAM also gets the size curve of that ranking (for --rho auto / --budget auto).
     """
     started = time.perf_counter()
     initial_head = module_state(model, head_modules)
+    parameters = candidate_parameters(model, [c.name for c in candidates], adapter.rank)
     torch.manual_seed(config.seed)  # LoRA A initialisation
     peft_model = wrap_with_lora(model, [c.name for c in candidates], head_modules, adapter)
     gates = DAMGates(candidates, config.relaxation, config.temperature).to(
@@ -324,8 +364,8 @@ def search_dam(
     final_gates = gates.gates().detach().cpu().tolist()
     gates.detach()
     count = max(perturbation_batches, NORM_BATCHES)
-    norm_batches = [batch for _, batch in zip(range(count), val_loader, strict=False)]
-    norms = update_norms(peft_model, [c.name for c in candidates], norm_batches)
+    val_batches = [batch for _, batch in zip(range(count), val_loader, strict=False)]
+    norms = update_norms(peft_model, [c.name for c in candidates], val_batches)
     dam = DAM(
         candidates=list(candidates),
         logits=gates.logits.detach().cpu().tolist(),
@@ -334,7 +374,13 @@ def search_dam(
         temperature=config.temperature,
         perturbation_scores=scores,
         update_norms=norms,
+        parameters=parameters,
     )
+    if size_ranking is not None:
+        gates.attach(peft_model)
+        dam.size_curve = size_curve(peft_model, gates, dam.scores(size_ranking), parameters, val_batches)
+        dam.size_curve["ranking"] = size_ranking
+        gates.detach()
     weights = export_adapter_tensors(peft_model, [c.name for c in candidates], head_modules)
     return SearchOutcome(
         dam=dam,

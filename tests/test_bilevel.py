@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import random_batch, tiny_bert_config
+from conftest import gated_lora_model, random_batch, tiny_bert_config
 from torch.func import functional_call
 from transformers import BertForSequenceClassification
 
+from diffora.bilevel import BilevelSearch, search_dam
 from diffora.candidates import find_candidates
 from diffora.config import AdapterConfig, SearchConfig
-from diffora.gates import DAMGates, lora_b_layer
+from diffora.gates import DAMGates
 from diffora.io import JsonlLog
 from diffora.lora import wrap_with_lora
-from diffora.search import BilevelSearch, search_dam
 
 TRAIN = [random_batch(seed=s) for s in range(4)]
 VAL = [random_batch(seed=100 + s) for s in range(2)]
@@ -70,12 +70,7 @@ def test_gate_logits_are_never_in_the_weight_optimiser() -> None:
 
 def _prepared(order: str, unrolled_lr: float):
     model, candidates = _model()
-    peft_model = wrap_with_lora(model, [c.name for c in candidates], ["classifier"], AdapterConfig(rank=4))
-    with torch.no_grad():
-        for candidate in candidates:
-            lora_b_layer(peft_model, candidate.name).weight.normal_(0, 0.3)
-    gates = DAMGates(candidates, initial_logit=0.3)
-    gates.attach(peft_model)
+    peft_model, gates = gated_lora_model(model, candidates)
     config = SearchConfig(order=order, unrolled_lr=unrolled_lr, lr=0.1)
     return peft_model, gates, BilevelSearch(peft_model, gates, config, rho=0.5)
 
