@@ -126,24 +126,31 @@ def random_batch(
     }
 
 
-@pytest.fixture(scope="session")
-def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A saved tiny random LLaMA (sequence classification) with a small word-level tokenizer."""
-    from transformers import LlamaConfig, LlamaForSequenceClassification
+def tiny_llama_config(**overrides):
+    """A 2-layer LLaMA with grouped-query attention (2 heads, 1 key/value head), hidden size 32."""
+    from transformers import LlamaConfig
 
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=64,
+    values = dict(
         hidden_size=32,
         num_hidden_layers=2,
         num_attention_heads=2,
         num_key_value_heads=1,
         intermediate_size=48,
-        max_position_embeddings=64,
+        max_position_embeddings=128,
         pad_token_id=0,
-        num_labels=2,
     )
+    values.update(overrides)
+    return LlamaConfig(**values)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A saved tiny random LLaMA (sequence classification) with a small word-level tokenizer."""
+    from transformers import LlamaForSequenceClassification
+
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    torch.manual_seed(0)
+    config = tiny_llama_config(vocab_size=64, max_position_embeddings=64, num_labels=2)
     LlamaForSequenceClassification(config).save_pretrained(folder)
     tiny_tokenizer().save_pretrained(folder)
     return folder

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SHARED_GLUE
+from conftest import SHARED_GLUE, tiny_llama_config
 from peft import PeftModel
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 from torch import nn
@@ -17,7 +17,6 @@ from transformers import (
     AutoModelForCausalLM,
     GPT2Config,
     GPT2LMHeadModel,
-    LlamaConfig,
     LlamaForCausalLM,
     PreTrainedTokenizerFast,
 )
@@ -77,18 +76,7 @@ VOCAB = len(word_tokenizer())
 def tiny_causal_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("tiny-llama-lm")
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        intermediate_size=48,
-        max_position_embeddings=128,
-        pad_token_id=0,
-        bos_token_id=2,
-        eos_token_id=3,
-    )
+    config = tiny_llama_config(vocab_size=VOCAB, bos_token_id=2, eos_token_id=3)
     config._attn_implementation = "eager"
     LlamaForCausalLM(config).save_pretrained(folder)
     word_tokenizer().save_pretrained(folder)

@@ -33,6 +33,10 @@ _EXPORTS = {
     "finetune": "diffora.pipeline",
     "run": "diffora.pipeline",
     "search": "diffora.pipeline",
+    "DiffoRASearchTrainer": "diffora.trainer",
+    "prepare_search_model": "diffora.trainer",
+    "lora_config_for": "diffora.trainer",
+    "inherit_search_weights": "diffora.trainer",
 }
 __all__ = sorted(_EXPORTS)
 

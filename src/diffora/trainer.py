@@ -1,0 +1,295 @@
+"""The DiffoRA search inside a `transformers.Trainer` (or anything built on it), and the hand-over to PEFT.
+
+    search_model = prepare_search_model(model, lora_config=base)            # LoRA on every candidate
+    trainer = DiffoRASearchTrainer(model=search_model, args=..., train_dataset=train,
+                                   search_eval_dataset=search_val, data_collator=...)
+    trainer.train()                                                          # weights + gates
+    dam = trainer.dam(); kept = dam.discretize(budget="0.5x")
+    peft_model = get_peft_model(fresh_base, lora_config_for(dam, kept, base))
+    inherit_search_weights(peft_model, trainer.search_weights(), [c.name for c in kept], trainer.head_modules)
+    # ... then fine-tune `peft_model` with your own Trainer / TRL SFTTrainer and save_pretrained it.
+
+Each optimiser step of the search (after a warm-up in which only the weights train) first updates the gate
+logits on a search-val batch with the weights fixed, then lets the Trainer update the weights with the gates
+fixed: the first-order bi-level search of `diffora.bilevel`. The gate logits live outside the model and the
+Trainer's optimiser, with their own Adam.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import itertools
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+import transformers
+from peft import LoraConfig, PeftModel, get_peft_model
+from peft.tuners.lora import LoraLayer
+from peft.utils import ModulesToSaveWrapper
+from torch import nn
+
+from diffora.bilevel import NORM_BATCHES, size_curve
+from diffora.candidates import Candidate, _locate, find_block_stack, find_candidates
+from diffora.config import AdapterConfig, SearchConfig
+from diffora.dam import DAM
+from diffora.errors import DifforaError
+from diffora.gates import DAMGates, lora_a_layer, lora_b_layer
+from diffora.lora import ADAPTER_NAME, export_adapter_tensors, import_adapter_tensors, peft_task_type
+from diffora.lora import lora_config as diffora_lora_config
+from diffora.models import find_head_modules
+from diffora.selection import update_norms
+from diffora.training import cycle
+
+GATES_FILE = "diffora_gates.pt"  # gate logits + their optimiser, next to the Trainer's optimizer.pt
+
+
+def prepare_search_model(
+    model: nn.Module,
+    candidates: Sequence[Candidate] | None = None,
+    lora_config: LoraConfig | None = None,
+    head_modules: Sequence[str] | None = None,
+) -> PeftModel:
+    """Wrap a plain transformers model with PEFT LoRA on every candidate (explicit full names).
+
+    `candidates` default to `find_candidates`; `head_modules` (trained in full) default to the task head of
+    a classifier and to none for a causal LM. `lora_config` gives r, alpha, dropout ...; its target_modules
+    are replaced and the head modules added to its modules_to_save.
+    """
+    if head_modules is None:
+        head_modules = [] if peft_task_type(model) == "CAUSAL_LM" else find_head_modules(model)
+    heads = list(head_modules)
+    if candidates is None:
+        candidates = find_candidates(model, head_modules=heads)
+    names = [c.name for c in candidates]
+    if lora_config is None:
+        config = diffora_lora_config(names, heads, AdapterConfig(), peft_task_type(model))
+    else:
+        saved = list(lora_config.modules_to_save or [])
+        saved += [head for head in heads if head not in saved]
+        config = dataclasses.replace(
+            copy.deepcopy(lora_config), target_modules=names, modules_to_save=saved or None
+        )
+    return get_peft_model(model, config)
+
+
+def lora_candidates(peft_model: PeftModel) -> list[Candidate]:
+    """The modules of `peft_model` that carry a LoRA adapter, as DAM candidates in module order."""
+    inner = peft_model.base_model.model
+    stack = find_block_stack(inner)
+    return [
+        Candidate(name, *_locate(name, stack))
+        for name, module in inner.named_modules()
+        if isinstance(module, LoraLayer) and ADAPTER_NAME in module.lora_A
+    ]
+
+
+def trained_heads(peft_model: PeftModel) -> list[str]:
+    """The modules PEFT trains in full (its modules_to_save wrappers), e.g. ['classifier']."""
+    return [
+        name
+        for name, module in peft_model.base_model.model.named_modules()
+        if isinstance(module, ModulesToSaveWrapper)
+    ]
+
+
+class DiffoRASearchTrainer(transformers.Trainer):
+    """A Trainer that runs the DiffoRA search: its weight steps plus a gate step per optimiser step.
+
+    `model` must be a PEFT LoRA model on the candidates (see `prepare_search_model`). `search_eval_dataset`
+    is the search-val split, batched by the Trainer's collator. Of `diffora_config` only the gate options
+    apply (relaxation, temperature, gate_lr, gate_weight_decay, warmup_fraction, budget_weight); the Trainer's
+    arguments govern everything else. `rho` is the target mean gate of the budget penalty.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        search_eval_dataset: Any = None,
+        diffora_config: SearchConfig | None = None,
+        rho: float = 0.5,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        if not isinstance(self.model, PeftModel) or not lora_candidates(self.model):
+            raise DifforaError(
+                "DiffoRASearchTrainer needs a PEFT LoRA model on the candidate modules; "
+                "wrap the model with diffora.trainer.prepare_search_model first"
+            )
+        if search_eval_dataset is None:
+            raise DifforaError("DiffoRASearchTrainer needs search_eval_dataset (the search-val split)")
+        self.diffora_config = diffora_config or SearchConfig()
+        if self.diffora_config.order != "first":
+            raise DifforaError("DiffoRASearchTrainer runs the first-order search; use order='first'")
+        self.search_eval_dataset = search_eval_dataset
+        self.rho = rho
+        self.candidates = lora_candidates(self.model)
+        self.head_modules = trained_heads(self.model)
+        device = next(p.device for p in self.model.parameters() if p.requires_grad)
+        config = self.diffora_config
+        self.gates = DAMGates(self.candidates, config.relaxation, config.temperature).to(device)
+        self.gates.attach(self.model)
+        self.gate_optimizer = torch.optim.Adam(
+            [self.gates.logits], lr=config.gate_lr, betas=(0.5, 0.999), weight_decay=config.gate_weight_decay
+        )
+        self.gate_history: list[dict[str, float]] = []
+        self._last_gate_step = -1
+        self._search_batches: Iterator[dict[str, Any]] | None = None
+
+    @property
+    def warmup_steps(self) -> int:
+        """Optimiser steps before the first gate step (B = 0 at the start gives the gates no gradient)."""
+        return int(self.diffora_config.warmup_fraction * self.state.max_steps)
+
+    def training_step(
+        self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None
+    ) -> torch.Tensor:
+        """A gate step on the first micro-batch of each optimiser step after warm-up, then the weight step."""
+        step = self.state.global_step
+        if step >= self.warmup_steps and step != self._last_gate_step:
+            self._last_gate_step = step
+            self.gate_step()
+        self.gates.logits.requires_grad_(False)  # the weight step sees the gates as constants
+        try:
+            return super().training_step(model, inputs, num_items_in_batch)
+        finally:
+            self.gates.logits.requires_grad_(True)
+
+    def gate_step(self) -> float:
+        """One Adam step of the gate logits on the next search-val batch (weights fixed); returns the loss."""
+        batch = self._prepare_inputs(next(self._search_stream()))
+        self.model.train()
+        with self.autocast_smart_context_manager():
+            loss = self.compute_loss(self.model, dict(batch))
+            if self.diffora_config.budget_weight > 0:
+                penalty = (self.gates.gates().mean() - self.rho) ** 2
+                loss = loss + self.diffora_config.budget_weight * penalty
+        (gradient,) = torch.autograd.grad(loss, [self.gates.logits])
+        if self.accelerator.num_processes > 1:
+            gradient = self.accelerator.reduce(gradient, reduction="mean")
+        if not torch.isfinite(gradient).all():
+            raise DifforaError(
+                f"search (gate step): the gate gradient became NaN or infinite at step "
+                f"{self.state.global_step}; lower gate_lr"
+            )
+        self.gates.logits.grad = gradient
+        self.gate_optimizer.step()
+        self.gate_optimizer.zero_grad(set_to_none=True)
+        self._record(loss.item())
+        return loss.item()
+
+    def _record(self, loss: float) -> None:
+        mean_gate = self.gates.gates().mean().item()
+        step = self.state.global_step
+        self.gate_history.append({"step": step, "gate_loss": loss, "mean_gate": mean_gate})
+        if step % max(1, int(self.state.logging_steps or 1)) == 0:
+            self.log({"diffora_gate_loss": loss, "diffora_mean_gate": mean_gate})
+
+    def _search_stream(self) -> Iterator[dict[str, Any]]:
+        if self._search_batches is None:
+            if hasattr(self, "_get_dataloader"):  # shuffled, training batch size
+                loader = self._get_dataloader(
+                    self.search_eval_dataset,
+                    "search-val",
+                    self._train_batch_size,
+                    sampler_fn=self._get_train_sampler,
+                    is_training=True,
+                )
+            else:
+                loader = self.get_eval_dataloader(self.search_eval_dataset)
+            self._search_batches = cycle(loader)
+        return self._search_batches
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        """The Trainer's checkpoint files plus the gate logits, their optimiser and the gate history."""
+        super()._save_optimizer_and_scheduler(output_dir)
+        if self.args.should_save:
+            state = {
+                "logits": self.gates.logits.detach().cpu(),
+                "optimizer": self.gate_optimizer.state_dict(),
+                "history": self.gate_history,
+            }
+            torch.save(state, os.path.join(output_dir, GATES_FILE))
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        """Resume the gates too (the search-val stream restarts from its beginning)."""
+        super()._load_optimizer_and_scheduler(checkpoint)
+        path = os.path.join(checkpoint, GATES_FILE) if checkpoint else None
+        if path and os.path.isfile(path):
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            with torch.no_grad():
+                self.gates.logits.copy_(state["logits"])
+            self.gate_optimizer.load_state_dict(state["optimizer"])
+            self.gate_history = list(state["history"])
+
+    def dam(self, norm_batches: int = NORM_BATCHES, size_ranking: str | None = "gate") -> DAM:
+        """The searched DAM: logits, gates, update norms and parameter counts (+ a size curve for 'auto')."""
+        names = [c.name for c in self.candidates]
+        batches = [
+            self._prepare_inputs(batch)
+            for batch in itertools.islice(self.get_eval_dataloader(self.search_eval_dataset), norm_batches)
+        ]
+        self.gates.detach()
+        try:
+            norms = update_norms(self.model, names, batches)
+        finally:
+            self.gates.attach(self.model)
+        parameters = [
+            lora_a_layer(self.model, n).weight.numel() + lora_b_layer(self.model, n).weight.numel()
+            for n in names
+        ]
+        dam = DAM(
+            candidates=list(self.candidates),
+            logits=self.gates.logits.detach().cpu().tolist(),
+            gates=self.gates.gates().detach().cpu().tolist(),
+            relaxation=self.diffora_config.relaxation,
+            temperature=self.diffora_config.temperature,
+            config={"search": dataclasses.asdict(self.diffora_config)},
+            update_norms=norms,
+            parameters=parameters,
+            info={"trainer": type(self).__name__, "steps": self.state.global_step},
+        )
+        if size_ranking is not None:
+            dam.size_curve = size_curve(self.model, self.gates, dam.scores(size_ranking), parameters, batches)
+            dam.size_curve["ranking"] = size_ranking
+        return dam
+
+    def search_weights(self) -> dict[str, torch.Tensor]:
+        """CPU copies of every candidate's LoRA A/B and of the head: what the fine-tune inherits."""
+        return export_adapter_tensors(self.model, [c.name for c in self.candidates], self.head_modules)
+
+
+def lora_config_for(dam: DAM, kept: Sequence[Candidate], base: LoraConfig) -> LoraConfig:
+    """A copy of `base` (r, alpha, dropout, rslora, DoRA, bias, modules_to_save, task type ...) whose
+    target_modules are exactly the kept modules' full names."""
+    known = {c.name for c in dam.candidates}
+    names = [c.name for c in kept]
+    unknown = [name for name in names if name not in known]
+    if unknown or not names:
+        raise DifforaError(f"keep at least one module, all DAM candidates; not candidates: {unknown}")
+    return dataclasses.replace(copy.deepcopy(base), target_modules=names)
+
+
+def inherit_search_weights(
+    peft_model: PeftModel,
+    search_weights: Mapping[str, torch.Tensor],
+    kept_names: Sequence[str | Candidate],
+    head_modules: Sequence[str] = (),
+) -> None:
+    """Copy the search's LoRA A/B of the kept modules (and the head) into a PEFT model on those modules.
+
+    Start from these only with the search's rank and scaling (same r, lora_alpha, use_rslora) to continue the
+    search model restricted to the kept modules.
+    """
+    names = [getattr(name, "name", name) for name in kept_names]
+    for name in names:
+        for part, layer in (("A", lora_a_layer(peft_model, name)), ("B", lora_b_layer(peft_model, name))):
+            saved = search_weights[f"{name}.lora_{part}.weight"]
+            if saved.shape != layer.weight.shape:
+                raise DifforaError(
+                    f"{name}.lora_{part} is {tuple(layer.weight.shape)} here but {tuple(saved.shape)} in the "
+                    "search: build the fine-tune LoraConfig with the search's rank r"
+                )
+    import_adapter_tensors(peft_model, dict(search_weights), names, head_modules)

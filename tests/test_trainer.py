@@ -1,0 +1,192 @@
+"""The DiffoRA search inside a transformers Trainer, and the hand-over to a standard PEFT fine-tune."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO_ROOT, random_batch, tiny_llama_config
+from peft import LoraConfig, PeftModel, get_peft_model
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+    TrainerCallback,
+    TrainingArguments,
+)
+
+from diffora.config import SearchConfig
+from diffora.dam import DAM
+from diffora.errors import DifforaError
+from diffora.gates import lora_a_layer, lora_b_layer
+from diffora.lora import export_adapter_tensors, head_layer
+from diffora.trainer import (
+    GATES_FILE,
+    DiffoRASearchTrainer,
+    inherit_search_weights,
+    lora_candidates,
+    lora_config_for,
+    prepare_search_model,
+    trained_heads,
+)
+
+sys.path.insert(0, str(REPO_ROOT / "examples"))
+import sft_search  # noqa: E402
+import trainer_search  # noqa: E402
+
+
+def _rows(count: int, seed: int) -> list[dict[str, torch.Tensor]]:
+    batch = random_batch(batch_size=count, length=6, seed=seed)
+    return [{key: value[i] for key, value in batch.items()} for i in range(count)]
+
+
+class LogitSnapshots(TrainerCallback):
+    """The gate logits after every optimiser step."""
+
+    def __init__(self) -> None:
+        self.trainer: DiffoRASearchTrainer | None = None
+        self.logits: list[torch.Tensor] = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.logits.append(self.trainer.gates.logits.detach().clone())
+
+
+def _search_trainer(model_dir: Path, out: Path, max_steps: int, accumulation: int = 1, **extra):
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+    args = TrainingArguments(
+        output_dir=str(out),
+        max_steps=max_steps,
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=accumulation,
+        learning_rate=1e-2,
+        report_to="none",
+        disable_tqdm=True,
+        **{"save_strategy": "no", **extra},
+    )
+    return DiffoRASearchTrainer(
+        model=prepare_search_model(model, lora_config=LoraConfig(r=4, lora_alpha=8, task_type="SEQ_CLS")),
+        args=args,
+        train_dataset=_rows(16, 0),
+        search_eval_dataset=_rows(8, 1),
+        diffora_config=SearchConfig(warmup_fraction=0.4, gate_lr=0.1),
+    )
+
+
+def test_gates_move_after_warmup_only_with_their_own_optimizer(tiny_bert_dir, tmp_path) -> None:
+    trainer = _search_trainer(tiny_bert_dir, tmp_path, max_steps=5, accumulation=2)
+    snapshots = LogitSnapshots()
+    snapshots.trainer = trainer
+    trainer.add_callback(snapshots)
+    trainer.train()
+    assert trainer.warmup_steps == 2
+    assert [record["step"] for record in trainer.gate_history] == [2, 3, 4]  # one per optimiser step
+    for step, logits in enumerate(snapshots.logits):
+        before = snapshots.logits[step - 1] if step else torch.zeros_like(logits)
+        assert torch.equal(logits, before) == (step < trainer.warmup_steps)
+    trained = [p for group in trainer.optimizer.param_groups for p in group["params"]]
+    assert trained and all(p is not trainer.gates.logits for p in trained)
+    assert all(p is not trainer.gates.logits for p in trainer.model.parameters())
+    assert trainer.gates.logits.grad is None  # the weight steps leave the gates alone
+    dam = trainer.dam()
+    assert dam.update_norms and all(n > 0 for n in dam.update_norms)
+    assert dam.discretize(budget="auto") and dam.parameters[0] == 4 * (32 + 32)
+
+
+def test_gate_state_is_checkpointed_and_resumed(tiny_bert_dir, tmp_path) -> None:
+    trainer = _search_trainer(tiny_bert_dir, tmp_path, max_steps=3, save_strategy="steps", save_steps=3)
+    trainer.train()
+    checkpoint = tmp_path / "checkpoint-3"
+    assert (checkpoint / GATES_FILE).is_file()
+    resumed = _search_trainer(tiny_bert_dir, tmp_path, max_steps=3)
+    resumed.create_optimizer_and_scheduler(num_training_steps=3)
+    resumed._load_optimizer_and_scheduler(str(checkpoint))  # what train(resume_from_checkpoint=...) calls
+    assert torch.equal(resumed.gates.logits, trainer.gates.logits)
+    assert resumed.gate_history == trainer.gate_history
+
+
+def test_lora_config_for_and_inherit_search_weights(tiny_bert_dir, tmp_path) -> None:
+    base = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.1, use_rslora=True, bias="none", task_type="SEQ_CLS")
+    search = prepare_search_model(
+        AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir), lora_config=base
+    )
+    candidates, heads = lora_candidates(search), trained_heads(search)
+    assert heads == ["classifier"] and len(candidates) == 12
+    with torch.no_grad():
+        for candidate in candidates:
+            lora_b_layer(search, candidate.name).weight.normal_()
+    weights = export_adapter_tensors(search, [c.name for c in candidates], heads)
+    dam = DAM(candidates, [0.0] * 12, [0.5] * 12, "sigmoid", 1.0)
+    kept = candidates[::3]
+    config = lora_config_for(dam, kept, base)
+    assert set(config.target_modules) == {c.name for c in kept}
+    for field in ("r", "lora_alpha", "lora_dropout", "use_rslora", "use_dora", "bias", "task_type"):
+        assert getattr(config, field) == getattr(base, field)
+    assert base.target_modules is None  # the base is left as it was
+    model = get_peft_model(AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir), config)
+    inherit_search_weights(model, weights, kept, heads)
+    for candidate in kept:
+        for part, layer in (("A", lora_a_layer), ("B", lora_b_layer)):
+            expected = weights[f"{candidate.name}.lora_{part}.weight"]
+            assert torch.equal(layer(model, candidate.name).weight, expected)
+    assert torch.equal(head_layer(model, "classifier").weight, weights["classifier.weight"])
+    wider = get_peft_model(
+        AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir),
+        lora_config_for(dam, kept, LoraConfig(r=2, task_type="SEQ_CLS")),
+    )
+    with pytest.raises(DifforaError, match="rank"):
+        inherit_search_weights(wider, weights, kept, heads)
+    with pytest.raises(DifforaError, match="PEFT LoRA model"):
+        DiffoRASearchTrainer(
+            model=AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir),
+            args=TrainingArguments(output_dir=str(tmp_path), report_to="none"),
+            search_eval_dataset=[],
+        )
+
+
+def _check_run(result: dict, base_model) -> None:
+    history = result["gate_history"]
+    assert result["warmup_steps"] > 0
+    assert [r["step"] for r in history] == list(range(result["warmup_steps"], result["search_steps"]))
+    assert any(abs(g - 0.5) > 1e-4 for g in result["gates"])  # the gates moved from sigmoid(0)
+    assert result["inherited"] and 0 < len(result["kept"]) < len(result["candidates"])
+    reloaded = PeftModel.from_pretrained(base_model, result["adapter_dir"])
+    assert set(reloaded.peft_config["default"].target_modules) == set(result["kept"])
+    assert DAM.load(result["dam_path"]).update_norms is not None
+
+
+def test_trainer_example_end_to_end(tiny_bert_dir, tmp_path) -> None:
+    argv = ["--model", str(tiny_bert_dir), "--max-steps", "6", "--output-dir", str(tmp_path)]
+    result = trainer_search.main([*argv, "--gradient-accumulation-steps", "2"])
+    assert "eval_accuracy" in result["metrics"]
+    _check_run(result, AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir))
+
+
+@pytest.fixture(scope="module")
+def tiny_causal_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random LLaMA causal LM with a word-level tokenizer over the example's texts."""
+    folder = tmp_path_factory.mktemp("tiny-llama-sft")
+    words = sorted({w for text in sft_search.TEXTS for w in re.findall(r"\w+|[^\w\s]+", text.lower())})
+    vocab = {token: i for i, token in enumerate(["<pad>", "<unk>", "<s>", "</s>", *words])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.normalizer = normalizers.Lowercase()
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+    ).save_pretrained(folder)
+    torch.manual_seed(0)
+    config = tiny_llama_config(vocab_size=len(vocab), bos_token_id=2, eos_token_id=3)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    return folder
+
+
+def test_sft_example_end_to_end(tiny_causal_llama_dir, tmp_path) -> None:
+    pytest.importorskip("trl", reason="TRL is not installed (pip install trl)")
+    argv = ["--model", str(tiny_causal_llama_dir), "--max-steps", "6", "--output-dir", str(tmp_path)]
+    result = sft_search.main([*argv, "--gradient-accumulation-steps", "2"])
+    assert result["search_trainer"].head_modules == []
+    _check_run(result, AutoModelForCausalLM.from_pretrained(tiny_causal_llama_dir))
