@@ -161,6 +161,7 @@ def markdown(document: dict[str, Any]) -> str:
         "",
         f"Command: `{document.get('command', '')}`",
         "",
+        *([document["note"], ""] if document.get("note") else []),
         "Spearman: rank correlation, over the candidates, of each ranking with the module's value (the rise",
         "of the search-val loss when it is dropped from the trained relaxed model). Jaccard: mean pairwise",
         "overlap over seeds of the modules kept under half of LoRA-all's parameters (random picks: ~0.33).",

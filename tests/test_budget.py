@@ -82,7 +82,7 @@ def test_budget_run_matches_peft_count_and_auto_finetune_reuses_the_search(
     assert lora == dam["selected_parameters"]
     assert json.loads((out / "metrics.json").read_text())["lora_parameters_kept"] == lora
     curve = dam["size_curve"]
-    assert curve["ranking"] == "gate" and len(curve["sizes"]) == len(curve["batch_losses"])
+    assert curve["ranking"] == "magnitude" and len(curve["sizes"]) == len(curve["batch_losses"])
     assert (out / "selection.png").is_file()
     tuned = tmp_path / "auto"
     finetune = ["finetune", "--dam", str(out / "dam.json"), "--epochs", "1", "--batch-size", "8"]

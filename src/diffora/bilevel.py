@@ -52,6 +52,7 @@ class SearchOutcome:
 
 
 NORM_BATCHES = 4  # search-val batches for the update norms ('magnitude') and the size curve (--rho auto)
+NORM_BATCH_SIZE = 32
 SIZE_POINTS = 12  # selection sizes on the size curve: every k for up to 12 candidates, else 12 spread
 Batches = dict[str, torch.Tensor] | Sequence[dict[str, torch.Tensor]]
 
@@ -285,6 +286,19 @@ def perturbation_scores(
     return scores
 
 
+def measurement_batches(loader: DataLoader, count: int) -> list[dict[str, torch.Tensor]]:
+    """The first `count` batches of NORM_BATCH_SIZE examples of `loader`'s dataset, in order, unshuffled.
+
+    Independent of the batch size, shuffling and number of processes of the search, so the update norms and
+    the size curve are the same on every process and with any launch.
+    """
+    if isinstance(loader, DataLoader):  # any other iterable of batches is used as it is
+        loader = DataLoader(
+            loader.dataset, batch_size=NORM_BATCH_SIZE, shuffle=False, collate_fn=loader.collate_fn
+        )
+    return [batch for _, batch in zip(range(count), loader, strict=False)]
+
+
 @torch.no_grad()
 def size_curve(
     model: nn.Module,
@@ -363,8 +377,7 @@ def search_dam(
     )
     final_gates = gates.gates().detach().cpu().tolist()
     gates.detach()
-    count = max(perturbation_batches, NORM_BATCHES)
-    val_batches = [batch for _, batch in zip(range(count), val_loader, strict=False)]
+    val_batches = measurement_batches(val_loader, max(perturbation_batches, NORM_BATCHES))
     norms = update_norms(peft_model, [c.name for c in candidates], val_batches)
     dam = DAM(
         candidates=list(candidates),

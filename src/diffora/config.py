@@ -315,10 +315,12 @@ class FinetuneConfig:
         "global", "'global' (top rho of all candidates) or 'per_layer' (top ceil(rho * M) of each layer)."
     )
     ranking: str = option(
-        "gate",
+        "magnitude",
         "Rank candidates by 'gate' value, by a 'perturbation' check (the rise in "
         "search-val loss when a module is dropped) or by 'magnitude' (the size of each module's "
-        "search-stage LoRA update on search-val inputs, gates ignored: LoRA-drop's score).",
+        "search-stage LoRA update on search-val inputs, gates ignored: LoRA-drop's score). Default "
+        "magnitude: on CoLA it predicts each module's value (loss rise when dropped) with rank "
+        "correlation 0.55 against 0.11 for the gates (README, 'Why the gates hardly decide').",
     )
     sharing: str = option(
         "inherit",
