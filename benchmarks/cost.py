@@ -142,8 +142,8 @@ def measure_one(
 ) -> dict[str, Any]:
     """One measurement in this process: median step seconds and the peak memory while stepping."""
     import torch
+    from baselines import adamw, lora_all_model, random_selection
 
-    from diffora.baselines import adamw, lora_all_model, random_selection
     from diffora.bilevel import BilevelSearch
     from diffora.config import AdapterConfig, DataConfig, SearchConfig
     from diffora.gates import DAMGates

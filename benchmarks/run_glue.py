@@ -388,7 +388,7 @@ class Job:
             return self.outcomes[kind]
         perturbation = kind == VARIANTS["diffora_perturbation"].search and "diffora_perturbation" in self.todo
         from diffora.config import FinetuneConfig, SearchConfig
-        from diffora.pipeline import _search_on
+        from diffora.pipeline import search_on
 
         s = self.settings
         search_config = SearchConfig(
@@ -405,7 +405,7 @@ class Job:
         self.bench.model = self.bench.fresh_model(self.seed)
         self.log(f"search '{kind}' ({search_config.relaxation}, {search_config.order} order) ...")
         with PeakMemory(self.device) as memory:
-            outcome = _search_on(
+            outcome = search_on(
                 self.bench, self.data_config, self.adapter, search_config, finetune_config, 0, None
             )
         record = {
@@ -475,7 +475,8 @@ class Job:
         self, method: str, model: Any, optimizer: Any, epochs: float, after_step: Any = None
     ) -> dict[str, Any]:
         """fit with the shared schedule, then evaluate on the dev set; times and peak memory of both."""
-        from diffora.baselines import adapter_parameter_count
+        from baselines import adapter_parameter_count
+
         from diffora.models import count_trainable_parameters
         from diffora.training import evaluate, fit
 
@@ -531,7 +532,8 @@ class Job:
 
     def preset_model(self, fresh: Any, preset: str) -> tuple[Any, list[Any], int]:
         """LoRA on one module family, at the largest rank whose adapters fit the budget (fresh weights)."""
-        from diffora import baselines
+        import baselines
+
         from diffora.selection import lora_parameter_count, module_dims, preset_scores
 
         chosen = preset_scores([c.type for c in self.bench.candidates], preset)
@@ -550,9 +552,9 @@ class Job:
         """LoRA-drop: LoRA-all trained as many steps as the search (constant lr, as the search's weights),
         modules ranked by their update norm on search-val inputs, kept under the budget, fine-tuned from the
         warm-up weights."""
+        import baselines
         import torch
 
-        from diffora import baselines
         from diffora.lora import export_adapter_tensors, module_state
         from diffora.selection import update_norms
         from diffora.training import fit
@@ -605,7 +607,8 @@ class Job:
         )
 
     def run_method(self, method: str) -> dict[str, Any]:
-        from diffora import baselines
+        import baselines
+
         from diffora.selection import lora_parameter_count, module_dims
         from diffora.weight_sharing import build_finetune_model
 

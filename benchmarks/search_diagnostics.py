@@ -58,8 +58,9 @@ def run_one(args: argparse.Namespace, name: str, overrides: dict[str, Any], seed
     from diffora.bilevel import perturbation_scores
     from diffora.config import AdapterConfig, DataConfig, FinetuneConfig, SearchConfig
     from diffora.data import split_for_search
-    from diffora.gates import DAMGates, lora_a_layer, lora_b_layer
-    from diffora.pipeline import _search_on, open_workbench
+    from diffora.gates import DAMGates
+    from diffora.lora import lora_a_layer, lora_b_layer
+    from diffora.pipeline import open_workbench, search_on
     from diffora.selection import budget_select, lora_parameter_count, module_dims
 
     data_config = DataConfig(
@@ -69,7 +70,7 @@ def run_one(args: argparse.Namespace, name: str, overrides: dict[str, Any], seed
     bench = open_workbench(data_config, adapter, seed)
     dims = module_dims(bench.model, [c.name for c in bench.candidates])
     search_config = SearchConfig(**{"epochs": args.search_epochs, "seed": seed, **overrides})
-    outcome = _search_on(bench, data_config, adapter, search_config, FinetuneConfig(), 0, None)
+    outcome = search_on(bench, data_config, adapter, search_config, FinetuneConfig(), 0, None)
     model = outcome.peft_model
     _, search_val = split_for_search(
         bench.data.train, data_config.search_fraction, seed, stratify=not bench.data.spec.is_regression

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from diffora.gates import lora_b_layer
+from diffora.lora import lora_b_layer
 
 
 def parse_args(

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification
 
-from diffora.baselines import (
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+from baselines import (  # noqa: E402
     adalora_effective_parameters,
     adalora_model,
     adalora_rank_budget,
@@ -22,6 +26,7 @@ from diffora.baselines import (
     matched_rank,
     random_selection,
 )
+
 from diffora.candidates import find_candidates
 from diffora.config import AdapterConfig
 from diffora.models import count_trainable_parameters

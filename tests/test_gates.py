@@ -11,8 +11,8 @@ from transformers import BertForSequenceClassification
 
 from diffora.candidates import find_candidates
 from diffora.config import AdapterConfig
-from diffora.gates import DAMGates, lora_b_layer, relaxed_gates
-from diffora.lora import wrap_with_lora
+from diffora.gates import DAMGates, relaxed_gates
+from diffora.lora import lora_b_layer, wrap_with_lora
 
 
 def test_sigmoid_gates_are_independent_sigmoids_of_logits_over_tau() -> None:

@@ -157,3 +157,28 @@ def test_no_unpickling_and_no_remote_code_by_default() -> None:
     from diffora.config import AdapterConfig
 
     assert AdapterConfig().trust_remote_code is False
+
+
+def test_a_pickle_that_would_run_code_is_refused_in_one_line(
+    tiny_bert_dir, tiny_glue_dir, tmp_path, capsys
+) -> None:
+    """pytorch_model.bin is read with weights_only=True: the payload never runs, and one line says so."""
+    import os
+    import shutil
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_bert_dir, model_dir)
+    (model_dir / "model.safetensors").unlink()
+    marker = tmp_path / "payload-ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"bert.embeddings.word_embeddings.weight": Payload()}, model_dir / "pytorch_model.bin")
+    out = tmp_path / "out"
+    args = ["run", "--task", "rte", "--data-dir", str(tiny_glue_dir), "--model", str(model_dir)]
+    assert main([*args, "--output-dir", str(out), *FAST]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("diffora: error: refusing to load") and len(error.splitlines()) == 1, error
+    assert not marker.exists() and not out.exists()

@@ -13,8 +13,7 @@ from diffora.candidates import Candidate, find_candidates
 from diffora.config import AdapterConfig
 from diffora.dam import DAM
 from diffora.errors import DifforaError
-from diffora.gates import lora_a_layer, lora_b_layer
-from diffora.lora import wrap_with_lora
+from diffora.lora import lora_a_layer, lora_b_layer, wrap_with_lora
 from diffora.selection import budget_select, preset_scores, random_budget_select, update_norms
 from diffora.training import fit
 

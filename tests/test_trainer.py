@@ -23,8 +23,7 @@ from transformers import (
 from diffora.config import SearchConfig
 from diffora.dam import DAM
 from diffora.errors import DifforaError
-from diffora.gates import lora_a_layer, lora_b_layer
-from diffora.lora import export_adapter_tensors, head_layer
+from diffora.lora import export_adapter_tensors, head_layer, lora_a_layer, lora_b_layer
 from diffora.trainer import (
     GATES_FILE,
     DiffoRASearchTrainer,

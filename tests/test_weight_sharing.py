@@ -10,8 +10,8 @@ from transformers import BertForSequenceClassification
 from diffora.bilevel import search_dam
 from diffora.candidates import find_candidates
 from diffora.config import AdapterConfig, SearchConfig
-from diffora.gates import DAMGates, lora_a_layer, lora_b_layer
-from diffora.lora import head_layer
+from diffora.gates import DAMGates
+from diffora.lora import head_layer, lora_a_layer, lora_b_layer
 from diffora.weight_sharing import build_finetune_model
 
 ADAPTER = AdapterConfig(rank=4)

@@ -23,9 +23,9 @@ from diffora.config import AdapterConfig, DataConfig
 from diffora.data import subsample
 from diffora.errors import DifforaError
 from diffora.instruct import IGNORE_INDEX, load_instruct_data, make_instruct_loader, read_instruct_file
-from diffora.models import load_causal_lm, load_tokenizer, resolve_model_path
-from diffora.pipeline import Workbench
+from diffora.models import load_causal_lm, load_tokenizer, refusing_unsafe_pickles, resolve_model_path
 from diffora.training import pick_device, to_device
+from diffora.workbench import Workbench
 
 
 @dataclass
@@ -129,5 +129,6 @@ def evaluate_causal_adapter(
     )
     tokenizer = load_tokenizer(base_path)
     base = load_causal_lm(base_path, tokenizer)
-    peft_model = PeftModel.from_pretrained(base, str(adapter_dir)).to(pick_device())
+    with refusing_unsafe_pickles(str(adapter_dir)):
+        peft_model = PeftModel.from_pretrained(base, str(adapter_dir)).to(pick_device())
     return causal_scores(peft_model, tokenizer, eval_examples, eval_sets, data_config, batch_size)

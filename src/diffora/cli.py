@@ -26,6 +26,11 @@ SHARED_FIELDS = (
     "max_grad_norm",
 )
 SCALARS = {"int": int, "float": float, "str": str}
+# titles of the help sections that options tagged `group=...` in config.py are listed under
+OPTION_GROUPS = {
+    "custom": "Your own data files (--task custom)",
+    "causal": "Decoder LLMs (--task causal): instruction data and commonsense evaluation",
+}
 
 
 def _flag(config_class: type, name: str) -> str:
@@ -36,12 +41,17 @@ def add_config_arguments(
     parser: argparse.ArgumentParser, config_class: type, skip: Sequence[str] = ()
 ) -> None:
     """One flag per dataclass field, with the field's help text; unset flags keep the dataclass default."""
-    group = parser.add_argument_group(
+    main_group = parser.add_argument_group(
         config_class.__doc__.strip().splitlines()[0] if config_class.__doc__ else ""
     )
+    groups = {None: main_group}
     for item in dataclasses.fields(config_class):
         if item.name in skip:
             continue
+        tag = item.metadata.get("group")
+        if tag not in groups:
+            groups[tag] = parser.add_argument_group(OPTION_GROUPS[tag])
+        group = groups[tag]
         kind = str(item.type).replace(" ", "")
         dest = f"{config_class.__name__}.{item.name}"
         help_text = item.metadata.get("help", "")

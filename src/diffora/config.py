@@ -128,13 +128,22 @@ class DataConfig:
         "Folder in the GLUE TSV layout (<dir>/RTE/train.tsv ...); defaults to "
         "$DIFFORA_DATA_DIR, else the Hugging Face hub (needs network).",
     )
-    train_file: str | None = option(None, "Custom training file (.csv, .tsv, .json or .jsonl).")
-    eval_file: str | None = option(None, "Custom evaluation file (.csv, .tsv, .json or .jsonl).")
-    text_fields: list[str] = option(
-        [], "Custom data: one or two text columns, e.g. --text-fields premise hypothesis.", nargs="+"
+    train_file: str | None = option(
+        None, "Custom training file (.csv, .tsv, .json or .jsonl).", group="custom"
     )
-    label_field: str = option("label", "Custom data: the label column.")
-    problem_type: str = option("classification", "Custom data: 'classification' or 'regression'.")
+    eval_file: str | None = option(
+        None, "Custom evaluation file (.csv, .tsv, .json or .jsonl).", group="custom"
+    )
+    text_fields: list[str] = option(
+        [],
+        "Custom data: one or two text columns, e.g. --text-fields premise hypothesis.",
+        nargs="+",
+        group="custom",
+    )
+    label_field: str = option("label", "Custom data: the label column.", group="custom")
+    problem_type: str = option(
+        "classification", "Custom data: 'classification' or 'regression'.", group="custom"
+    )
     max_train_samples: int | None = option(
         None, "Use at most this many training examples (seeded subsample)."
     )
@@ -143,38 +152,48 @@ class DataConfig:
     search_fraction: float = option(
         0.2, "Fraction of the training data held out as the search-val split (stratified for classification)."
     )
-    instruction_field: str = option("instruction", "Causal: the instruction (prompt) column.")
+    instruction_field: str = option("instruction", "Causal: the instruction (prompt) column.", group="causal")
     input_field: str = option(
-        "input", "Causal: the optional context column (rows without it get the no-input prompt)."
+        "input",
+        "Causal: the optional context column (rows without it get the no-input prompt).",
+        group="causal",
     )
     answer_field: str = option(
-        "output", "Causal: the response column; the loss is on its tokens (+ eos) only."
+        "output", "Causal: the response column; the loss is on its tokens (+ eos) only.", group="causal"
     )
     prompt_template: str = option(
         "alpaca",
         "Causal: 'alpaca' (the LLM-Adapters instruction template) or 'none' (instruction and input "
         "joined by a newline).",
+        group="causal",
     )
     eval_tasks: list[str] = option(
         [],
         "Causal: commonsense tasks to evaluate on (boolq piqa social_i_qa winogrande ARC-Easy "
         "ARC-Challenge openbookqa hellaswag), read from --commonsense-dir/<task>/test.json.",
         nargs="+",
+        group="causal",
     )
     commonsense_dir: str | None = option(
-        None, "Causal: folder of the LLM-Adapters commonsense sets; defaults to $DIFFORA_COMMONSENSE_DIR."
+        None,
+        "Causal: folder of the LLM-Adapters commonsense sets; defaults to $DIFFORA_COMMONSENSE_DIR.",
+        group="causal",
     )
     eval_mode: str = option(
         "loglik",
         "Causal: 'loglik' (pick the candidate answer of highest summed log-probability), 'generate' "
         "(greedy decoding + LLM-Adapters answer extraction) or 'both'.",
+        group="causal",
     )
     answer_prefix: str = option(
         "the correct answer is ",
         "Causal, loglik: response text before each scored candidate (LLM-Adapters outputs read "
         "'the correct answer is true').",
+        group="causal",
     )
-    max_new_tokens: int = option(32, "Causal, generate: the most tokens generated per answer.")
+    max_new_tokens: int = option(
+        32, "Causal, generate: the most tokens generated per answer.", group="causal"
+    )
 
     def __post_init__(self) -> None:
         self.task = self.task.lower().replace("-", "")

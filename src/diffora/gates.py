@@ -14,6 +14,7 @@ from torch.utils.hooks import RemovableHandle
 
 from diffora.candidates import Candidate
 from diffora.config import RELAXATIONS
+from diffora.lora import lora_b_layer
 
 
 def relaxed_gates(
@@ -34,16 +35,6 @@ def relaxed_gates(
         row = (layer_ids == layer).nonzero(as_tuple=True)[0]
         gates = gates.index_put((row,), row.numel() * torch.softmax(logits[row] / temperature, dim=0))
     return gates
-
-
-def lora_b_layer(peft_model: nn.Module, name: str, adapter_name: str = "default") -> nn.Module:
-    """The PEFT `lora_B` linear layer of the candidate module `name` (a full name in the base model)."""
-    return peft_model.base_model.model.get_submodule(name).lora_B[adapter_name]
-
-
-def lora_a_layer(peft_model: nn.Module, name: str, adapter_name: str = "default") -> nn.Module:
-    """The PEFT `lora_A` linear layer of the candidate module `name`."""
-    return peft_model.base_model.model.get_submodule(name).lora_A[adapter_name]
 
 
 class DAMGates(nn.Module):

@@ -10,9 +10,18 @@ from torch import nn
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from diffora.config import AdapterConfig
-from diffora.gates import lora_a_layer, lora_b_layer
 
 ADAPTER_NAME = "default"
+
+
+def lora_b_layer(peft_model: nn.Module, name: str, adapter_name: str = "default") -> nn.Module:
+    """The PEFT `lora_B` linear layer of the candidate module `name` (a full name in the base model)."""
+    return peft_model.base_model.model.get_submodule(name).lora_B[adapter_name]
+
+
+def lora_a_layer(peft_model: nn.Module, name: str, adapter_name: str = "default") -> nn.Module:
+    """The PEFT `lora_A` linear layer of the candidate module `name`."""
+    return peft_model.base_model.model.get_submodule(name).lora_A[adapter_name]
 
 
 def lora_config(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import pickle
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -50,6 +52,22 @@ def _check_loadable(model_path: str, trust_remote_code: bool) -> None:
         raise DifforaError(f"cannot load model '{model_path}': {first_line}; pass {hint}") from error
 
 
+@contextmanager
+def refusing_unsafe_pickles(model_path: str):
+    """Turn torch's refusal of a pickled checkpoint that is not plain weights into one DifforaError line.
+
+    transformers reads `pytorch_model.bin` with `torch.load(weights_only=True)`: a pickle that would run
+    code is never executed; this only makes the refusal readable.
+    """
+    try:
+        yield
+    except pickle.UnpicklingError as error:
+        raise DifforaError(
+            f"refusing to load {model_path}: its pickled weights hold more than tensors (weights-only "
+            "loading failed, nothing was executed); use a checkpoint in safetensors format"
+        ) from error
+
+
 def load_tokenizer(model_path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """The model's tokenizer, with a pad token set for decoder models."""
     _check_loadable(model_path, trust_remote_code)
@@ -68,13 +86,14 @@ def load_classifier(
     _check_loadable(model_path, trust_remote_code)
     torch.manual_seed(seed)  # the new head's initialisation
     problem_type = "regression" if spec.is_regression else "single_label_classification"
-    model = AutoModelForSequenceClassification.from_pretrained(
-        model_path,
-        num_labels=spec.num_labels,
-        problem_type=problem_type,
-        trust_remote_code=trust_remote_code,
-        ignore_mismatched_sizes=True,
-    )  # a checkpoint with another head size gets a fresh head
+    with refusing_unsafe_pickles(model_path):
+        model = AutoModelForSequenceClassification.from_pretrained(
+            model_path,
+            num_labels=spec.num_labels,
+            problem_type=problem_type,
+            trust_remote_code=trust_remote_code,
+            ignore_mismatched_sizes=True,
+        )  # a checkpoint with another head size gets a fresh head
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model
@@ -86,7 +105,8 @@ def load_causal_lm(
     """A decoder language model with its pretrained LM head (no new head: nothing trains in full)."""
     _check_loadable(model_path, trust_remote_code)
     try:
-        model = AutoModelForCausalLM.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+        with refusing_unsafe_pickles(model_path):
+            model = AutoModelForCausalLM.from_pretrained(model_path, trust_remote_code=trust_remote_code)
     except ValueError as error:  # e.g. an encoder-only architecture without a causal LM class
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise DifforaError(

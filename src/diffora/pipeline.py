@@ -23,7 +23,6 @@ import transformers
 from peft import PeftModel
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import PreTrainedTokenizerBase
 
 import diffora
 from diffora.bilevel import SearchOutcome, search_dam
@@ -31,7 +30,7 @@ from diffora.candidates import Candidate, find_candidates
 from diffora.checkpoint import CHECKPOINT_DIR, Checkpointer
 from diffora.config import CAUSAL_TASK, AdapterConfig, DataConfig, FinetuneConfig, SearchConfig, to_dict
 from diffora.dam import DAM
-from diffora.data import TaskData, load_task_data, make_dataloader, split_for_search
+from diffora.data import load_task_data, make_dataloader, split_for_search
 from diffora.distributed import is_main_process, make_accelerator, wait_for_everyone
 from diffora.errors import DifforaError
 from diffora.io import JsonlLog, atomic_path, atomic_write_json
@@ -40,12 +39,14 @@ from diffora.models import (
     find_head_modules,
     load_classifier,
     load_tokenizer,
+    refusing_unsafe_pickles,
     resolve_model_path,
 )
 from diffora.plots import plot_dam, plot_gate_history, plot_size_curve
 from diffora.selection import budget_parameters, candidate_parameters, choose_size
 from diffora.training import evaluate, fit, pick_device
 from diffora.weight_sharing import build_finetune_model
+from diffora.workbench import Workbench
 
 DAM_FILE = "dam.json"
 SEARCH_WEIGHTS_FILE = "search_weights.safetensors"
@@ -125,37 +126,10 @@ def start_run_dir(path: Path, config: dict[str, Any], overwrite: bool, resume: b
     wait_for_everyone()
 
 
-@dataclass
-class Workbench:
-    """Everything a stage needs: the task's data, the tokenizer, the model, its candidates and head."""
-
-    data: TaskData
-    tokenizer: PreTrainedTokenizerBase
-    model: nn.Module
-    model_path: str
-    candidates: list[Candidate]
-    head_modules: list[str]
-    device: torch.device
-    adapter: AdapterConfig
-
-    def fresh_model(self, seed: int = 0) -> nn.Module:
-        """A new copy of the pretrained model with a head initialised from `seed`, on the run's device."""
-        return load_classifier(
-            self.model_path, self.data.spec, self.tokenizer, self.adapter.trust_remote_code, seed=seed
-        ).to(self.device)
-
-    def loader(self, examples: list, batch_size: int, max_length: int, shuffle: bool, seed: int):
-        return make_dataloader(examples, self.tokenizer, batch_size, max_length, shuffle=shuffle, seed=seed)
-
-    def evaluate(self, model: nn.Module, batch_size: int, max_length: int) -> dict[str, float]:
-        """The task's metrics of `model` on the evaluation split."""
-        return evaluate(model, self.loader(self.data.eval, batch_size, max_length, False, 0), self.data.spec)
-
-
 def open_workbench(data_config: DataConfig, adapter: AdapterConfig, seed: int) -> Workbench:
     """Load and validate data, tokenizer and model; find the candidates. Fails before anything is written."""
     if data_config.task == CAUSAL_TASK:
-        from diffora.causal import open_causal_workbench  # imports this module
+        from diffora.causal import open_causal_workbench  # lazily: decoder support loads only when used
 
         return open_causal_workbench(data_config, adapter, seed)
     data = load_task_data(data_config, seed=seed)
@@ -277,7 +251,7 @@ def search(
     check_budget(bench, adapter, finetune_config)
     if out is not None:
         start_run_dir(out, _config_document(data_config, adapter, search_config, None), overwrite, resume)
-    outcome = _search_on(
+    outcome = search_on(
         bench,
         data_config,
         adapter,
@@ -293,7 +267,7 @@ def search(
     return outcome
 
 
-def _search_on(
+def search_on(
     bench: Workbench,
     data_config: DataConfig,
     adapter: AdapterConfig,
@@ -499,7 +473,7 @@ def run(
                 {"search": float(dam.info.get("search_seconds", 0.0))},
                 checkpoint_every,
             )
-    outcome = _search_on(
+    outcome = search_on(
         bench,
         data_config,
         adapter,
@@ -610,7 +584,8 @@ def evaluate_adapter(
     base_path = resolve_model_path(base_path)
     tokenizer = load_tokenizer(base_path)
     base = load_classifier(base_path, data.spec, tokenizer)
-    peft_model = PeftModel.from_pretrained(base, str(adapter_dir)).to(pick_device())
+    with refusing_unsafe_pickles(str(adapter_dir)):
+        peft_model = PeftModel.from_pretrained(base, str(adapter_dir)).to(pick_device())
     loader = make_dataloader(data.eval, tokenizer, batch_size, data_config.max_length, shuffle=False, seed=0)
     return evaluate(peft_model, loader, data.spec)
 

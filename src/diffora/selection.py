@@ -87,7 +87,7 @@ def update_norms(
     measures runs on `lora_B` before any gate multiplies its output only if it is registered first, so call
     this with the gates detached.
     """
-    from diffora.gates import lora_b_layer
+    from diffora.lora import lora_b_layer
 
     totals = [0.0] * len(names)
     counts = [0] * len(names)

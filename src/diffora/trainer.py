@@ -36,8 +36,15 @@ from diffora.candidates import Candidate, _locate, find_block_stack, find_candid
 from diffora.config import AdapterConfig, SearchConfig
 from diffora.dam import DAM
 from diffora.errors import DifforaError
-from diffora.gates import DAMGates, lora_a_layer, lora_b_layer
-from diffora.lora import ADAPTER_NAME, export_adapter_tensors, import_adapter_tensors, peft_task_type
+from diffora.gates import DAMGates
+from diffora.lora import (
+    ADAPTER_NAME,
+    export_adapter_tensors,
+    import_adapter_tensors,
+    lora_a_layer,
+    lora_b_layer,
+    peft_task_type,
+)
 from diffora.lora import lora_config as diffora_lora_config
 from diffora.models import find_head_modules
 from diffora.selection import update_norms

@@ -1,4 +1,4 @@
-"""The benchmark's baselines: full fine-tuning, LoRA (all candidates, any rank), LoRA+, AdaLoRA, random.
+"""Baselines of the GLUE benchmark (not in the library): full FT, LoRA at any rank, LoRA+, AdaLoRA, random.
 
 Every adapter baseline is a plain PEFT model on the same candidate modules DiffoRA searches over, and every
 method trains through `diffora.training.fit` (AdamW, linear warm-up and decay), so that only the choice of

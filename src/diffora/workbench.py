@@ -1,0 +1,42 @@
+"""The workbench: a task's data, the tokenizer, the loaded model, its candidates and head, and the device."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from diffora.candidates import Candidate
+from diffora.config import AdapterConfig
+from diffora.data import TaskData, make_dataloader
+from diffora.models import load_classifier
+from diffora.training import evaluate
+
+
+@dataclass
+class Workbench:
+    """Everything a stage needs: the task's data, the tokenizer, the model, its candidates and head."""
+
+    data: TaskData
+    tokenizer: PreTrainedTokenizerBase
+    model: nn.Module
+    model_path: str
+    candidates: list[Candidate]
+    head_modules: list[str]
+    device: torch.device
+    adapter: AdapterConfig
+
+    def fresh_model(self, seed: int = 0) -> nn.Module:
+        """A new copy of the pretrained model with a head initialised from `seed`, on the run's device."""
+        return load_classifier(
+            self.model_path, self.data.spec, self.tokenizer, self.adapter.trust_remote_code, seed=seed
+        ).to(self.device)
+
+    def loader(self, examples: list, batch_size: int, max_length: int, shuffle: bool, seed: int):
+        return make_dataloader(examples, self.tokenizer, batch_size, max_length, shuffle=shuffle, seed=seed)
+
+    def evaluate(self, model: nn.Module, batch_size: int, max_length: int) -> dict[str, float]:
+        """The task's metrics of `model` on the evaluation split."""
+        return evaluate(model, self.loader(self.data.eval, batch_size, max_length, False, 0), self.data.spec)
