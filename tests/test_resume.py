@@ -119,3 +119,35 @@ def test_resume_refuses_a_different_run_and_a_finished_one(
     assert "holds a different run (changed: adapter.rank)" in capsys.readouterr().err
     assert main([*_args(tiny_bert_dir, tiny_glue_dir, out), "--resume", "--overwrite"]) == 2
     assert "contradict" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_checkpoints_names_the_resume_command_and_resume_matches(
+    number, uninterrupted, tiny_bert_dir, tiny_glue_dir, tmp_path
+) -> None:
+    """No periodic checkpoints (--checkpoint-every 0): the one the stop writes is what --resume continues."""
+    out = tmp_path / "out"
+    args = [*_args(tiny_bert_dir, tiny_glue_dir, out), "--checkpoint-every", "0"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "diffora.cli", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    log, deadline = out / "train_log.jsonl", time.monotonic() + 120
+    while not (log.is_file() and log.read_text().count("\n") >= 3):  # a few search steps are done
+        assert process.poll() is None and time.monotonic() < deadline, "the run ended before the signal"
+        time.sleep(0.005)
+    process.send_signal(number)
+    stderr = process.communicate(timeout=120)[1]
+    assert process.returncode == 130, stderr[-2000:]
+    error = [line for line in stderr.splitlines() if line.startswith("diffora:")]  # besides progress bars
+    assert len(error) == 1 and error[0].startswith("diffora: interrupted: ") and "Traceback" not in stderr
+    assert f"continue with: diffora {' '.join(args)} --resume" in error[0]
+    assert not (out / "metrics.json").exists() and list((out / "checkpoints").glob("*-0*"))
+    assert main([*args, "--resume"]) == 0
+    rows, tensors, metrics = _result(out)
+    reference_rows, reference_tensors, reference_metrics = uninterrupted
+    assert rows == reference_rows and metrics == reference_metrics
+    assert all(torch.equal(tensors[key], reference_tensors[key]) for key in reference_tensors)

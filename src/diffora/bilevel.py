@@ -32,6 +32,7 @@ from diffora.dam import DAM
 from diffora.distributed import all_reduce_mean, enable_gradient_checkpointing, make_accelerator, shard_loader
 from diffora.errors import DifforaError
 from diffora.gates import DAMGates
+from diffora.interrupt import Interrupted, stop_requested
 from diffora.io import JsonlLog
 from diffora.lora import export_adapter_tensors, module_state, wrap_with_lora
 from diffora.selection import candidate_parameters, size_grid, update_norms
@@ -256,8 +257,12 @@ class BilevelSearch:
                     log.write(**record)
                 mean_gate = sum(record["gates"]) / len(record["gates"])
                 progress.set_postfix(loss=f"{train_loss:.4f}", mean_gate=f"{mean_gate:.3f}")
-            if checkpointer is not None and checkpointer.due(step + 1, total_steps):
+            stopping = stop_requested()
+            if checkpointer is not None and (stopping or checkpointer.due(step + 1, total_steps)):
                 checkpointer.save(step + 1, modules, optimizers, consumed, {"history": history})
+            if stopping:
+                saved = checkpointer.last_saved if checkpointer is not None else None
+                raise Interrupted("search", step + 1, saved)
         return history, total_steps
 
 

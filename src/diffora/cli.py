@@ -11,6 +11,7 @@ from typing import Any
 
 from diffora.config import AdapterConfig, DataConfig, FinetuneConfig, SearchConfig
 from diffora.errors import DifforaError
+from diffora.interrupt import Interrupted, stop_on_signals
 
 # Fields whose flag differs from the field name, per config class; fields shared by both stages are set once.
 RENAMED = {
@@ -218,6 +219,20 @@ def dispatch(args: argparse.Namespace) -> None:
     _print_result(result.metrics, args.output_dir)
 
 
+INTERRUPTED = 130  # the exit status of a graceful stop on SIGTERM / SIGINT
+
+
+def _resume_hint(stop: Interrupted, argv: Sequence[str] | None) -> str:
+    """One line: where the run stopped, its checkpoint and the exact command that continues it."""
+    words = [word for word in (sys.argv[1:] if argv is None else list(argv)) if word != "--overwrite"]
+    if stop.checkpoint is None:
+        return f"{stop} (no --output-dir, so nothing to resume from)"
+    if words and words[0] == "finetune":  # no --resume there: the search it starts from is kept
+        return f"{stop}; diffora finetune cannot resume: run it again with --overwrite"
+    command = " ".join(["diffora", *words, *([] if "--resume" in words else ["--resume"])])
+    return f"{stop}; checkpoint {stop.checkpoint}; continue with: {command}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `diffora` command; user errors print one line and return 2."""
     args = build_parser().parse_args(argv)
@@ -226,7 +241,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise DifforaError("--perturbation-batches must be >= 0")
         if getattr(args, "checkpoint_every", 0) < 0:
             raise DifforaError("--checkpoint-every must be >= 0 (0: only at the end of each phase)")
-        dispatch(args)
+        with stop_on_signals():
+            dispatch(args)
+    except Interrupted as stop:
+        print(f"diffora: interrupted: {_resume_hint(stop, argv)}", file=sys.stderr)
+        return INTERRUPTED
     except DifforaError as error:
         print(f"diffora: error: {error}", file=sys.stderr)
         return 2

@@ -27,6 +27,7 @@ from diffora.distributed import (
     shard_loader,
 )
 from diffora.errors import DifforaError
+from diffora.interrupt import Interrupted, stop_requested
 from diffora.io import JsonlLog
 from diffora.metrics import compute_metrics
 from diffora.tasks import TaskSpec
@@ -164,7 +165,8 @@ def fit(
             progress.set_postfix(loss=f"{running:.4f}")
             if log is not None:
                 log.write(phase=phase, step=step, loss=running, lr=scheduler.get_last_lr()[0])
-        if checkpointer is not None and checkpointer.due(step + 1, total_steps):
+        stopping = stop_requested()
+        if checkpointer is not None and (stopping or checkpointer.due(step + 1, total_steps)):
             checkpointer.save(
                 step + 1,
                 {"model": model},
@@ -172,6 +174,8 @@ def fit(
                 {"train": (step + 1) * accumulation},
                 {"loss": running},
             )
+        if stopping:
+            raise Interrupted(phase, step + 1, checkpointer.last_saved if checkpointer is not None else None)
     return FitResult(steps=total_steps, final_loss=running, seconds=time.perf_counter() - started)
 
 
