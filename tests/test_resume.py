@@ -121,13 +121,8 @@ def test_resume_refuses_a_different_run_and_a_finished_one(
     assert "contradict" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGINT])
-def test_a_stop_signal_checkpoints_names_the_resume_command_and_resume_matches(
-    number, uninterrupted, tiny_bert_dir, tiny_glue_dir, tmp_path
-) -> None:
-    """No periodic checkpoints (--checkpoint-every 0): the one the stop writes is what --resume continues."""
-    out = tmp_path / "out"
-    args = [*_args(tiny_bert_dir, tiny_glue_dir, out), "--checkpoint-every", "0"]
+def _stopped_run(args: list[str], out: Path, number: int) -> tuple[subprocess.Popen, str]:
+    """Start `diffora <args>` and send it `number` once a few search steps are logged; (process, stderr)."""
     process = subprocess.Popen(
         [sys.executable, "-m", "diffora.cli", *args],
         stdout=subprocess.DEVNULL,
@@ -140,14 +135,51 @@ def test_a_stop_signal_checkpoints_names_the_resume_command_and_resume_matches(
         assert process.poll() is None and time.monotonic() < deadline, "the run ended before the signal"
         time.sleep(0.005)
     process.send_signal(number)
-    stderr = process.communicate(timeout=120)[1]
+    return process, process.communicate(timeout=120)[1]
+
+
+def _assert_uninterrupted(out: Path, uninterrupted: tuple[list, dict, dict]) -> None:
+    rows, tensors, metrics = _result(out)
+    reference_rows, reference_tensors, reference_metrics = uninterrupted
+    assert rows == reference_rows and metrics == reference_metrics
+    assert all(torch.equal(tensors[key], reference_tensors[key]) for key in reference_tensors)
+
+
+@pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_checkpoints_names_the_resume_command_and_resume_matches(
+    number, uninterrupted, tiny_bert_dir, tiny_glue_dir, tmp_path
+) -> None:
+    """No periodic checkpoints (--checkpoint-every 0): the one the stop writes is what --resume continues."""
+    out = tmp_path / "out"
+    args = [*_args(tiny_bert_dir, tiny_glue_dir, out), "--checkpoint-every", "0"]
+    process, stderr = _stopped_run(args, out, number)
     assert process.returncode == 130, stderr[-2000:]
     error = [line for line in stderr.splitlines() if line.startswith("diffora:")]  # besides progress bars
     assert len(error) == 1 and error[0].startswith("diffora: interrupted: ") and "Traceback" not in stderr
     assert f"continue with: diffora {' '.join(args)} --resume" in error[0]
     assert not (out / "metrics.json").exists() and list((out / "checkpoints").glob("*-0*"))
     assert main([*args, "--resume"]) == 0
-    rows, tensors, metrics = _result(out)
-    reference_rows, reference_tensors, reference_metrics = uninterrupted
-    assert rows == reference_rows and metrics == reference_metrics
-    assert all(torch.equal(tensors[key], reference_tensors[key]) for key in reference_tensors)
+    _assert_uninterrupted(out, uninterrupted)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_a_damaged_newest_checkpoint_is_skipped_with_one_line(
+    damage, uninterrupted, tiny_bert_dir, tiny_glue_dir, tmp_path, capsys
+) -> None:
+    """A truncated or corrupted state fails its recorded size and SHA-256: the one before is used."""
+    out = tmp_path / "out"
+    args = _args(tiny_bert_dir, tiny_glue_dir, out)  # a checkpoint every step, the last two kept
+    process, _ = _stopped_run(args, out, signal.SIGTERM)
+    assert process.returncode == 130
+    newest, older = sorted((out / "checkpoints").glob("*-0*"), reverse=True)[:2]
+    state = newest / "state.safetensors"
+    data = state.read_bytes()
+    state.write_bytes(data[: len(data) // 2] if damage == "truncate" else data[:-1] + bytes([data[-1] ^ 1]))
+    capsys.readouterr()
+    assert main([*args, "--resume"]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("diffora:")]
+    assert (
+        notes == [f"diffora: damaged checkpoint {newest.name} ({notes[0].split('(', 1)[1]}"]
+        and str(older) in notes[0]
+    )
+    _assert_uninterrupted(out, uninterrupted)

@@ -10,8 +10,10 @@ complete. The RNG state saved is the main process's.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,6 +122,7 @@ class Checkpointer:
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         save_file(tensors, str(staging / "state.safetensors"))
+        document["state_bytes"], document["state_sha256"] = _size_and_digest(staging / "state.safetensors")
         (staging / "meta.json").write_text(json.dumps(document))
         shutil.rmtree(final, ignore_errors=True)
         staging.rename(final)
@@ -139,25 +142,60 @@ class Checkpointer:
         )
 
     def latest(self) -> TrainingState | None:
-        """The newest complete checkpoint of this phase, or None."""
+        """The newest intact checkpoint of this phase, or None; damaged newer ones are skipped with one line.
+
+        A checkpoint is intact when its state file has the size and SHA-256 recorded when it was written
+        (a kill during the write never renames it into place; a half-copied folder fails the check).
+        """
         complete = self._complete()
-        if not complete:
-            return None
-        path = self.last_saved = complete[-1]
-        try:
-            document = json.loads((path / "meta.json").read_text())
-            tensors = load_file(str(path / "state.safetensors"))
-        except (OSError, ValueError) as error:
+        problems = []
+        for path in reversed(complete):
+            try:
+                state = _read_checkpoint(path)
+            except (OSError, ValueError, KeyError) as error:
+                problems.append(f"{path.name} ({error})")
+                continue
+            if problems:
+                print(
+                    f"diffora: damaged checkpoint {', '.join(problems)} skipped; resuming from {path}",
+                    file=sys.stderr,
+                )
+            self.last_saved = path
+            return state
+        if problems:
             raise DifforaError(
-                f"checkpoint {path} is unreadable ({error}); delete it to resume from the one before"
-            ) from None
-        return TrainingState(
-            phase=document["phase"],
-            step=int(document["step"]),
-            consumed=document["consumed"],
-            tensors=tensors,
-            meta={**document["meta"], "param_groups": document["param_groups"], "path": str(path)},
-        )
+                f"every checkpoint in {self.folder} is damaged ({'; '.join(problems)}); "
+                "start the run again with --overwrite"
+            )
+        return None
+
+
+def _size_and_digest(path: Path) -> tuple[int, str]:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return path.stat().st_size, digest.hexdigest()
+
+
+def _read_checkpoint(path: Path) -> TrainingState:
+    """Read and verify one checkpoint folder; raises ValueError when it does not match its record."""
+    document = json.loads((path / "meta.json").read_text())
+    state_file = path / "state.safetensors"
+    if "state_sha256" in document:  # written by this version: verify before reading
+        size, digest = _size_and_digest(state_file)
+        if size != document["state_bytes"] or digest != document["state_sha256"]:
+            raise ValueError(
+                f"state file has {size} bytes, {document['state_bytes']} were written, or differs"
+            )
+    tensors = load_file(str(state_file))
+    return TrainingState(
+        phase=document["phase"],
+        step=int(document["step"]),
+        consumed=document["consumed"],
+        tensors=tensors,
+        meta={**document["meta"], "param_groups": document["param_groups"], "path": str(path)},
+    )
 
 
 @torch.no_grad()
