@@ -96,6 +96,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_result(
     # refused without --resume: the folder holds a run
     assert main(_args(tiny_bert_dir, tiny_glue_dir, out)) == 2
     assert main([*_args(tiny_bert_dir, tiny_glue_dir, out), "--resume"]) == 0
+    _assert_uninterrupted(out, uninterrupted)
     rows, tensors, metrics = _result(out)
     reference_rows, reference_tensors, reference_metrics = uninterrupted
     assert rows == reference_rows
@@ -182,4 +183,34 @@ def test_a_damaged_newest_checkpoint_is_skipped_with_one_line(
         notes == [f"diffora: damaged checkpoint {newest.name} ({notes[0].split('(', 1)[1]}"]
         and str(older) in notes[0]
     )
+    _assert_uninterrupted(out, uninterrupted)
+
+
+def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_the_last_checkpoint(
+    uninterrupted, tiny_bert_dir, tiny_glue_dir, tmp_path, monkeypatch, capsys
+) -> None:
+    """ENOSPC injected into the 5th checkpoint write: one line, no staging left, the 4th checkpoint intact."""
+    import errno
+
+    import diffora.checkpoint
+
+    real, calls = diffora.checkpoint.save_file, []
+
+    def filling_disk(tensors, path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 5:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(tensors, path, *args, **kwargs)
+
+    monkeypatch.setattr(diffora.checkpoint, "save_file", filling_disk)
+    out = tmp_path / "out"
+    assert main(_args(tiny_bert_dir, tiny_glue_dir, out)) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith(
+        "diffora: error: could not write checkpoint search-00000005 (No space left on device)"
+    )
+    assert "search-00000004 is intact" in error and error.endswith("--resume")
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["search-00000003", "search-00000004"]
+    monkeypatch.setattr(diffora.checkpoint, "save_file", real)
+    assert main([*_args(tiny_bert_dir, tiny_glue_dir, out), "--resume"]) == 0
     _assert_uninterrupted(out, uninterrupted)

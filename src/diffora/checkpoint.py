@@ -119,11 +119,25 @@ class Checkpointer:
             "meta": dict(meta or {}),
         }
         staging = self.folder / f".{final.name}.tmp"
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        save_file(tensors, str(staging / "state.safetensors"))
-        document["state_bytes"], document["state_sha256"] = _size_and_digest(staging / "state.safetensors")
-        (staging / "meta.json").write_text(json.dumps(document))
+        try:
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+            save_file(tensors, str(staging / "state.safetensors"))
+            document["state_bytes"], document["state_sha256"] = _size_and_digest(
+                staging / "state.safetensors"
+            )
+            (staging / "meta.json").write_text(json.dumps(document))
+        except OSError as error:  # a full disk, a read-only folder: the complete checkpoints stay as they are
+            shutil.rmtree(staging, ignore_errors=True)
+            kept = (
+                f"the last complete checkpoint {self.last_saved} is intact"
+                if self.last_saved
+                else "no complete checkpoint yet"
+            )
+            raise DifforaError(
+                f"could not write checkpoint {final.name} ({error.strerror or error}); {kept}; "
+                "free space or fix the folder, then run the same command with --resume"
+            ) from error
         shutil.rmtree(final, ignore_errors=True)
         staging.rename(final)
         self.last_saved = final
