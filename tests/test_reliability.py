@@ -182,3 +182,52 @@ def test_a_pickle_that_would_run_code_is_refused_in_one_line(
     error = capsys.readouterr().err.strip()
     assert error.startswith("diffora: error: refusing to load") and len(error.splitlines()) == 1, error
     assert not marker.exists() and not out.exists()
+
+
+instruct_record = st.dictionaries(
+    st.sampled_from(["instruction", "input", "output", "answer", "other"]),
+    st.one_of(
+        st.text(max_size=8),
+        st.integers(-2, 3),
+        st.none(),
+        st.booleans(),
+        st.floats(),
+        st.lists(st.integers(), max_size=2),
+        st.sampled_from(["Answer format: true/false", "the correct answer is true", "option1"]),
+    ),
+    max_size=4,
+)
+instruct_files = st.one_of(
+    st.tuples(st.just(".json"), st.lists(instruct_record, max_size=5).flatmap(_jsonish)),
+    st.tuples(
+        st.just(".jsonl"),
+        st.lists(instruct_record, max_size=5).map(lambda rs: "\n".join(json.dumps(r) for r in rs)),
+    ),
+    st.tuples(
+        st.sampled_from([".json", ".jsonl", ".csv"]),
+        st.binary(max_size=40).map(lambda b: b.decode("latin-1")),
+    ),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=instruct_files, kind=st.sampled_from(["instruct", "boolq", "piqa"]))
+def test_malformed_instruction_and_commonsense_files_give_one_line_naming_the_file(
+    case, kind, tmp_path_factory
+) -> None:
+    """Every generated file either loads or fails with one DifforaError line that names the file."""
+    from diffora.commonsense import load_questions
+    from diffora.config import DataConfig
+    from diffora.instruct import read_instruct_file
+
+    suffix, content = case
+    path = tmp_path_factory.mktemp("fuzz-causal") / f"data{suffix}"
+    path.write_bytes(content.encode("utf-8", errors="surrogateescape"))
+    config = DataConfig(task="causal", train_file=str(path))
+    try:
+        rows = read_instruct_file(path, config) if kind == "instruct" else load_questions(path, kind, config)
+    except DifforaError as error:
+        message = str(error)
+        assert "\n" not in message and path.name in message, message
+    else:
+        assert all(isinstance(row, tuple) or hasattr(row, "prompt") for row in rows)
