@@ -231,3 +231,21 @@ def test_malformed_instruction_and_commonsense_files_give_one_line_naming_the_fi
         assert "\n" not in message and path.name in message, message
     else:
         assert all(isinstance(row, tuple) or hasattr(row, "prompt") for row in rows)
+
+
+def test_a_disk_without_room_for_the_run_is_refused_before_training(
+    tiny_bert_dir, tiny_glue_dir, tmp_path, monkeypatch, capsys
+) -> None:
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda _path: usage(10**9, 10**9 - 4096, 4096))
+    out = tmp_path / "out"
+    args = ["run", "--task", "rte", "--data-dir", str(tiny_glue_dir), "--model", str(tiny_bert_dir)]
+    assert main([*args, "--output-dir", str(out), *FAST]) == 2
+    error = capsys.readouterr().err.strip()
+    assert re.fullmatch(r"diffora: error: .* has 0\.0 MiB free, the run needs about [0-9.]+ MiB .*", error), (
+        error
+    )
+    assert not out.exists()

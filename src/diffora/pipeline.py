@@ -202,6 +202,29 @@ def check_budget(bench: Workbench, adapter: AdapterConfig, config: FinetuneConfi
         budget_parameters(config.budget, sum(candidate_parameters(bench.model, names, adapter.rank)))
 
 
+def check_free_space(bench: Workbench, adapter: AdapterConfig, out: Path | None) -> None:
+    """Refuse in one line, before training, a folder whose disk cannot hold the run's files.
+
+    Estimate: the LoRA weights of every candidate and the head, each stored in fp32 with Adam's two moments
+    in each of the `keep` (2) checkpoints of a phase, plus the search weights and the adapter.
+    """
+    if out is None:
+        return
+    names = [c.name for c in bench.candidates]
+    trainable = sum(candidate_parameters(bench.model, names, adapter.rank))
+    trainable += sum(
+        p.numel() for name in bench.head_modules for p in bench.model.get_submodule(name).parameters()
+    )
+    needed = 4 * trainable * (3 * 2 + 2) + 2**20  # checkpoints, search weights + adapter, JSON and plots
+    folder = next(p for p in (out, *out.parents) if p.exists())
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise DifforaError(
+            f"{folder} has {free / 2**20:.1f} MiB free, the run needs about {needed / 2**20:.1f} MiB "
+            "(checkpoints, search weights, adapter); free space or choose another --output-dir"
+        )
+
+
 def _kept_parameters(dam: DAM, selected: list[Candidate]) -> int | None:
     if dam.parameters is None:
         return None
@@ -249,6 +272,7 @@ def search(
     out = prepare_output_dir(output_dir, overwrite, resume) if output_dir is not None else None
     bench = open_workbench(data_config, adapter, search_config.seed)
     check_budget(bench, adapter, finetune_config)
+    check_free_space(bench, adapter, out)
     if out is not None:
         start_run_dir(out, _config_document(data_config, adapter, search_config, None), overwrite, resume)
     outcome = search_on(
@@ -454,6 +478,7 @@ def run(
     out = prepare_output_dir(output_dir, overwrite, resume) if output_dir is not None else None
     bench = open_workbench(data_config, adapter, search_config.seed)
     check_budget(bench, adapter, finetune_config)
+    check_free_space(bench, adapter, out)
     if out is not None:
         config = _config_document(data_config, adapter, search_config, finetune_config)
         start_run_dir(out, config, overwrite, resume)
