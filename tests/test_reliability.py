@@ -151,7 +151,7 @@ def test_checkpoints_are_pruned_only_after_the_new_one_is_complete(tmp_path) -> 
 def test_no_unpickling_and_no_remote_code_by_default() -> None:
     sources = {path.name: path.read_text() for path in SRC.glob("*.py")}
     for name, text in sources.items():
-        assert "pickle" not in text, name
+        assert not re.search(r"pickle\.(load|loads|Unpickler)\b|\bdill\b|joblib\.load", text), name
         for call in re.findall(r"torch\.load\([^)]*\)", text):
             assert "weights_only=True" in call, (name, call)
     from diffora.config import AdapterConfig
