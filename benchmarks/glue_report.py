@@ -853,10 +853,20 @@ def render_markdown(
         for t in tasks
     ]
     lines += _table(header, rows)
+    first = settings[tasks[0]] if tasks else {}
+    budget = first.get("budget_fraction")
     lines += [
         "Shared exceptions: full fine-tuning uses its own learning rate (a LoRA learning rate diverges a "
-        "full model); LoRA+ multiplies the B learning rate by 16; AdaLoRA prunes from rank 12 to 8 with "
-        "tinit/tfinal = 10%/20% of its steps. The parameter-matched LoRA keeps alpha/r at DiffoRA's value.",
+        f"full model); LoRA+ multiplies the B learning rate by {first.get('loraplus_ratio', 16):g}; AdaLoRA "
+        f"prunes from rank {first.get('adalora_init_r', 12)} to {first.get('adalora_target_r', 8)} with "
+        "tinit/tfinal = 10%/20% of its steps. The parameter-matched LoRA keeps alpha/r at DiffoRA's value. "
+        f"Gradient norm clipped at {first.get('max_grad_norm', 'none (older runs)')} for every method."
+        + (
+            f" Every selector fills {budget:g}x of LoRA-all's adapter parameters, modules kept in score "
+            "order while they fit."
+            if budget
+            else ""
+        ),
         "",
     ]
 

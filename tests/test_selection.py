@@ -126,3 +126,18 @@ def test_fit_clips_the_gradient_norm(max_grad_norm: float) -> None:
         assert moved <= max_grad_norm * (1 + 1e-4)  # one SGD step of lr 1 moves by the clipped norm
     else:
         assert moved > 1e-2
+
+
+def test_preset_rankings_keep_a_module_family_under_a_budget() -> None:
+    grid = [
+        Candidate(f"l{layer}.{kind}", layer, kind)
+        for layer in range(2)
+        for kind in ("query", "intermediate.dense")
+    ]
+    dam = DAM(grid, [0.0] * 4, [0.5] * 4, "sigmoid", 1.0, parameters=[10, 25, 10, 25])
+    assert [c.name for c in dam.discretize(budget="50", ranking="mlp")] == [
+        "l0.intermediate.dense",
+        "l1.intermediate.dense",
+    ]
+    assert [c.name for c in dam.discretize(budget="35", ranking="attention")] == ["l0.query", "l1.query"]
+    assert [c.name for c in dam.discretize(rho=0.25, ranking="mlp")] == ["l0.intermediate.dense"]

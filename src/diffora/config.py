@@ -14,7 +14,7 @@ from diffora.errors import DifforaError
 RELAXATIONS = ("sigmoid", "softmax")
 SELECTIONS = ("global", "per_layer")
 SHARING = ("inherit", "inherit_fold", "reinit")
-RANKINGS = ("gate", "perturbation", "magnitude")
+RANKINGS = ("gate", "perturbation", "magnitude", "mlp", "attention")
 ORDERS = ("first", "second")
 PROBLEM_TYPES = ("classification", "regression")
 MIXED_PRECISIONS = ("no", "bf16", "fp16")
@@ -337,7 +337,8 @@ class FinetuneConfig:
         "magnitude",
         "Rank candidates by 'gate' value, by a 'perturbation' check (the rise in "
         "search-val loss when a module is dropped) or by 'magnitude' (the size of each module's "
-        "search-stage LoRA update on search-val inputs, gates ignored: LoRA-drop's score). Default "
+        "search-stage LoRA update on search-val inputs, gates ignored: LoRA-drop's score); or the presets "
+        "'mlp' / 'attention' (that module family first, in layer order). Default "
         "magnitude: on CoLA it predicts each module's value (loss rise when dropped) with rank "
         "correlation 0.55 against 0.11 for the gates (README, 'Why the gates hardly decide').",
     )

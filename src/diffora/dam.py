@@ -13,7 +13,14 @@ from diffora.candidates import Candidate
 from diffora.config import RANKINGS, SELECTIONS
 from diffora.errors import DifforaError
 from diffora.io import atomic_write_json
-from diffora.selection import budget_parameters, budget_select, choose_size, parse_budget
+from diffora.selection import (
+    PRESETS,
+    budget_parameters,
+    budget_select,
+    choose_size,
+    parse_budget,
+    preset_scores,
+)
 
 DAM_FORMAT_VERSION = 1
 
@@ -86,6 +93,8 @@ class DAM:
             raise DifforaError(f"--ranking must be one of {', '.join(RANKINGS)}, got {ranking!r}")
         if ranking == "gate":
             return list(self.gates)
+        if ranking in PRESETS:  # a module family first; ties (within and outside it) go to the lower layer
+            return preset_scores([c.type for c in self.candidates], ranking)
         if ranking == "magnitude":
             if self.update_norms is None:
                 raise DifforaError(
