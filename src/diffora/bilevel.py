@@ -35,7 +35,7 @@ from diffora.gates import DAMGates
 from diffora.interrupt import Interrupted, stop_requested
 from diffora.io import JsonlLog
 from diffora.lora import export_adapter_tensors, module_state, wrap_with_lora
-from diffora.selection import candidate_parameters, size_grid, update_norms
+from diffora.selection import candidate_parameters, ranked, size_grid, update_norms
 from diffora.training import check_finite, resumable_batches, to_device
 
 
@@ -320,7 +320,7 @@ def size_curve(
     started = time.perf_counter()
     device = next(model.parameters()).device
     batches = [to_device(batch, device) for batch in batches]
-    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+    order = ranked(range(len(scores)), scores)
     sizes = size_grid(len(scores), points)
     was_training = model.training
     model.eval()

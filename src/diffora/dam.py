@@ -20,6 +20,7 @@ from diffora.selection import (
     choose_size,
     parse_budget,
     preset_scores,
+    ranked,
 )
 
 DAM_FORMAT_VERSION = 1
@@ -30,9 +31,12 @@ def _check_rho(rho: float) -> None:
         raise DifforaError(f"--rho must lie in (0, 1], got {rho}; 0.5 keeps half the modules")
 
 
-def _ranked(indices: Sequence[int], scores: Sequence[float]) -> list[int]:
-    """Indices by descending score; ties go to the earlier candidate (lower layer, then type order)."""
-    return sorted(indices, key=lambda i: (-scores[i], i))
+def layer_rows(candidates: Sequence[Candidate]) -> list[list[int]]:
+    """Candidate indices grouped by layer row (the DAM's rows), in order of first appearance."""
+    rows: dict[int, list[int]] = {}
+    for index, candidate in enumerate(candidates):
+        rows.setdefault(candidate.layer, []).append(index)
+    return list(rows.values())
 
 
 def select_indices(
@@ -51,13 +55,10 @@ def select_indices(
         raise DifforaError(f"--selection must be one of {', '.join(SELECTIONS)}, got {selection!r}")
     if selection == "global":
         keep = max(1, math.floor(rho * len(candidates) + 0.5))  # half rounds up, unlike Python's round()
-        return sorted(_ranked(range(len(candidates)), scores)[:keep])
+        return sorted(ranked(range(len(candidates)), scores)[:keep])
     chosen: list[int] = []
-    rows: dict[int, list[int]] = {}
-    for index, candidate in enumerate(candidates):
-        rows.setdefault(candidate.layer, []).append(index)
-    for row in rows.values():
-        chosen += _ranked(row, scores)[: math.ceil(rho * len(row) - 1e-9)]
+    for row in layer_rows(candidates):
+        chosen += ranked(row, scores)[: math.ceil(rho * len(row) - 1e-9)]
     return sorted(chosen)
 
 
@@ -65,7 +66,7 @@ def select_indices(
 class DAM:
     """Result of a search: every candidate with its gate logit and value, ready to discretise.
 
-    >>> dam = diffora.bilevel(data_config, adapter_config, search_config)   # doctest: +SKIP
+    >>> dam = diffora.search(data_config, adapter_config, search_config)    # doctest: +SKIP
     >>> kept = dam.discretize(rho=0.5)                                     # doctest: +SKIP
     """
 
@@ -153,11 +154,8 @@ class DAM:
     def _per_layer_budget(self, scores: Sequence[float], limit: int) -> list[int]:
         """Each layer row gets the budget's share of its LoRA-all parameters, filled by `budget_select`."""
         costs, total = self._parameters(), sum(self._parameters())
-        rows: dict[int, list[int]] = {}
-        for index, candidate in enumerate(self.candidates):
-            rows.setdefault(candidate.layer, []).append(index)
         kept: list[int] = []
-        for row in rows.values():
+        for row in layer_rows(self.candidates):
             row_budget = int(limit * sum(costs[i] for i in row) / total)
             if row_budget >= min(costs[i] for i in row):
                 picked = budget_select([scores[i] for i in row], [costs[i] for i in row], row_budget)
@@ -182,7 +180,7 @@ class DAM:
                 "or search again"
             )
         k = curve["sizes"][choose_size(curve["batch_losses"])]
-        return sorted(_ranked(range(len(self.candidates)), scores)[:k])
+        return sorted(ranked(range(len(self.candidates)), scores)[:k])
 
     def to_json(
         self,

@@ -23,6 +23,15 @@ PRESETS = {
 }
 
 
+def ranked(indices: Iterable[int], scores: Sequence[float]) -> list[int]:
+    """Indices by descending score; ties go to the earlier candidate (lower layer, then type order).
+
+    >>> ranked(range(3), [0.5, 0.9, 0.5])
+    [1, 0, 2]
+    """
+    return sorted(indices, key=lambda i: (-scores[i], i))
+
+
 def budget_select(scores: Sequence[float], costs: Sequence[int], budget: int) -> list[int]:
     """Indices (ascending) kept by walking `scores` from best to worst and keeping what fits in `budget`.
 
@@ -37,9 +46,8 @@ def budget_select(scores: Sequence[float], costs: Sequence[int], budget: int) ->
         raise DifforaError(f"{len(scores)} scores for {len(costs)} modules")
     if budget <= 0:
         raise DifforaError(f"the parameter budget must be positive, got {budget}")
-    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
     kept, used = [], 0
-    for index in order:
+    for index in ranked(range(len(scores)), scores):
         if used + costs[index] <= budget:
             kept.append(index)
             used += costs[index]
