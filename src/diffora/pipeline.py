@@ -195,24 +195,21 @@ def select_modules(dam: DAM, config: FinetuneConfig) -> list[Candidate]:
     return dam.discretize(config.rho, config.selection, config.ranking, config.budget)
 
 
-def check_budget(bench: Workbench, adapter: AdapterConfig, config: FinetuneConfig) -> None:
-    """Refuse a budget above LoRA-all on the candidates in one line, before any training."""
-    if config.budget not in (None, "auto"):
-        names = [c.name for c in bench.candidates]
-        budget_parameters(config.budget, sum(candidate_parameters(bench.model, names, adapter.rank)))
+def check_before_training(
+    bench: Workbench, adapter: AdapterConfig, config: FinetuneConfig, out: Path | None
+) -> None:
+    """One line before any training: a budget above LoRA-all, or a disk without room for the run's files.
 
-
-def check_free_space(bench: Workbench, adapter: AdapterConfig, out: Path | None) -> None:
-    """Refuse in one line, before training, a folder whose disk cannot hold the run's files.
-
-    Estimate: the LoRA weights of every candidate and the head, each stored in fp32 with Adam's two moments
-    in each of the `keep` (2) checkpoints of a phase, plus the search weights and the adapter.
+    Disk estimate: the LoRA weights of every candidate and the head, each stored in fp32 with Adam's two
+    moments in each of the two kept checkpoints of a phase, plus the search weights and the adapter.
     """
+    names = [c.name for c in bench.candidates]
+    lora_all = sum(candidate_parameters(bench.model, names, adapter.rank))
+    if config.budget not in (None, "auto"):
+        budget_parameters(config.budget, lora_all)
     if out is None:
         return
-    names = [c.name for c in bench.candidates]
-    trainable = sum(candidate_parameters(bench.model, names, adapter.rank))
-    trainable += sum(
+    trainable = lora_all + sum(
         p.numel() for name in bench.head_modules for p in bench.model.get_submodule(name).parameters()
     )
     needed = 4 * trainable * (3 * 2 + 2) + 2**20  # checkpoints, search weights + adapter, JSON and plots
@@ -271,8 +268,7 @@ def search(
     finetune_config = finetune_config or FinetuneConfig()
     out = prepare_output_dir(output_dir, overwrite, resume) if output_dir is not None else None
     bench = open_workbench(data_config, adapter, search_config.seed)
-    check_budget(bench, adapter, finetune_config)
-    check_free_space(bench, adapter, out)
+    check_before_training(bench, adapter, finetune_config, out)
     if out is not None:
         start_run_dir(out, _config_document(data_config, adapter, search_config, None), overwrite, resume)
     outcome = search_on(
@@ -477,8 +473,7 @@ def run(
     finetune_config = finetune_config or FinetuneConfig()
     out = prepare_output_dir(output_dir, overwrite, resume) if output_dir is not None else None
     bench = open_workbench(data_config, adapter, search_config.seed)
-    check_budget(bench, adapter, finetune_config)
-    check_free_space(bench, adapter, out)
+    check_before_training(bench, adapter, finetune_config, out)
     if out is not None:
         config = _config_document(data_config, adapter, search_config, finetune_config)
         start_run_dir(out, config, overwrite, resume)
