@@ -48,6 +48,12 @@ LABELS = {
     "mlp": "LoRA on FFN modules only",
     "attention": "LoRA on attention modules only",
     "loradrop": "LoRA-drop (update-norm ranking)",
+    "diffora_rho_auto": "DiffoRA search, update norm, automatic size",
+    "diffora_budget0.25x": "DiffoRA search, update norm, 0.25x budget",
+    "diffora_budget0.75x": "DiffoRA search, update norm, 0.75x budget",
+    "lora_r2": "LoRA (all, r=2: 0.25x)",
+    "lora_r4": "LoRA (all, r=4: 0.5x)",
+    "lora_r6": "LoRA (all, r=6: 0.75x)",
 }
 # the cpu profile compares selections at one adapter-parameter budget: half of LoRA-all's
 BUDGET_ROWS = (*SELECTION_METHODS, "loraplus", "adalora", "full")

@@ -79,12 +79,22 @@ VARIANTS: dict[str, Variant] = {
     "diffora_second_order": Variant(search="second"),
     "diffora_perturbation": Variant(ranking="perturbation"),
     "diffora_magnitude": Variant(ranking="magnitude"),
-    # the budget issue's evidence: the automatic size and a budget sweep, from the main search
-    "diffora_rho_auto": Variant(rho="auto"),
-    "diffora_budget0.25x": Variant(budget="0.25x"),
-    "diffora_budget0.75x": Variant(budget="0.75x"),
+    # the budget issue's evidence: the automatic size and a budget sweep, from the main search, ranked as the
+    # package ranks by default (update norm; the size curve is measured in that order); 0.5x is
+    # diffora_magnitude
+    "diffora_rho_auto": Variant(rho="auto", ranking="magnitude"),
+    "diffora_budget0.25x": Variant(budget="0.25x", ranking="magnitude"),
+    "diffora_budget0.75x": Variant(budget="0.75x", ranking="magnitude"),
 }
-ABLATIONS = (*(name for name in VARIANTS if name != "diffora"), "lora_equal_steps", *PRESETS, "loradrop")
+# LoRA-all at lower ranks: 0.25x, 0.5x and 0.75x of rank 8's parameters (the budget sweep's reference)
+LORA_RANKS = {"lora_r2": 2, "lora_r4": 4, "lora_r6": 6}
+ABLATIONS = (
+    *(name for name in VARIANTS if name != "diffora"),
+    "lora_equal_steps",
+    *PRESETS,
+    "loradrop",
+    *LORA_RANKS,
+)
 ALL_METHODS = MAIN_METHODS + ABLATIONS
 SEARCHES = {"main": {}, "softmax": {"relaxation": "softmax"}, "second": {"order": "second"}}
 NEEDS_MAIN_SEARCH = {"random", "lora_matched"}
@@ -206,6 +216,8 @@ def git_commit() -> dict[str, Any]:
         return done.stdout.strip() if done.returncode == 0 else None
 
     commit = git("rev-parse", "HEAD")
+    if commit is None and os.environ.get("DIFFORA_COMMIT"):  # a copy of the tree without .git (a GPU host)
+        return {"commit": os.environ["DIFFORA_COMMIT"], "dirty": None}
     status = git("status", "--porcelain")
     return {"commit": commit or "none (no commit yet)", "dirty": bool(status) if status is not None else None}
 
@@ -624,8 +636,8 @@ class Job:
             model = baselines.full_finetune_model(fresh)
             optimizer = baselines.adamw(model, s["full_lr"], s["weight_decay"])
             extra["lr"] = s["full_lr"]
-        elif method in ("lora", "loraplus", "lora_equal_steps", "lora_matched"):
-            rank = s["rank"]
+        elif method in ("lora", "loraplus", "lora_equal_steps", "lora_matched", *LORA_RANKS):
+            rank = LORA_RANKS.get(method, s["rank"])
             if method == "lora_matched":
                 outcome = self.search("main")
                 kept = [c.name for c in outcome["dam"].discretize(s["rho"])]

@@ -1,6 +1,7 @@
 """Training throughput of LoRA, the DiffoRA search and the DiffoRA fine-tuning on a LLaMA-shaped model.
 
-    python benchmarks/throughput.py --preset h200      # LLaMA-3.2-1B shape, seq 1024, bf16, one GPU
+    python benchmarks/throughput.py --preset gpu --gradient-checkpointing both  # LLaMA-3.2-1B, 1024, bf16
+    accelerate launch --num_processes 1 benchmarks/throughput.py --preset gpu --tag accelerate
     python benchmarks/throughput.py --preset cpu       # a small LLaMA on the CPU (a smoke figure)
 
 The model is randomly initialised from a config written below (no download): throughput does not depend
@@ -10,7 +11,9 @@ on the weights. Three kinds of step run through diffora's own loops:
 - `search_first_order`: one `BilevelSearch` step (gate step on a search-val batch, then weight step on a
   search-train batch), first order, adapters and gates on every candidate;
 - `finetune_rho_0.5`: `training.fit` with adapters on half the candidates (every other one, as a DAM
-  at rho 0.5 would keep).
+  at rho 0.5 would keep);
+- `lora_all_gated`: `lora_all` with the search's gate hooks attached (gates trainable, never stepped):
+  against `lora_all`, the cost of the hooks alone.
 
 Per kind: the median over `--steps` timed steps after `--warmup` untimed ones. Tokens per step are
 batch x sequence length (twice that for a search step, which reads a train and a val batch).
@@ -20,11 +23,15 @@ matrix multiplies (every linear layer including the tied LM head; not the embedd
 T the sequence length and d the hidden size (attention scores and values). MFU = tokens/s x that / peak.
 With a frozen base the real work is nearer 4N (no weight gradients of frozen matrices), so MFU by this
 convention credits work the step does not do; it is the figure comparable with other reports. Peak: the
-GPU's dense bf16 peak (H200: 989 TFLOP/s); on the CPU MFU is not meaningful and is left out unless
+GPU's dense bf16 peak (H100 and H200 SXM: 989 TFLOP/s, read off the device name); on the CPU MFU is not
+meaningful and is left out unless
 `--peak-tflops` is given.
 
 Peak memory: `torch.cuda.max_memory_allocated` per kind on the GPU; on the CPU the peak resident set
 (VmHWM, reset per kind through /proc/self/clear_refs where the kernel allows it).
+
+`--profile-kind lora_all` also runs the PyTorch profiler over a few steps of that kind and writes the
+operators that take the most device time to `throughput_<preset>[_<tag>]_profile.txt`.
 """
 
 from __future__ import annotations
@@ -98,8 +105,19 @@ class Preset:
     peak_tflops: float | None  # dense bf16 peak of the device; None: MFU not meaningful
 
 
+DENSE_BF16_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # SXM datasheets, no sparsity
+
+
+def device_peak_tflops() -> float | None:
+    """The dense bf16 peak of the GPU in use, from its name; None when unknown (MFU then left out)."""
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name(0)
+    return next((peak for key, peak in DENSE_BF16_PEAK_TFLOPS.items() if key in name), None)
+
+
 PRESETS = {
-    "h200": lambda: Preset(llama_3_2_1b_config(), 1024, 8, "bf16", 989.0),
+    "gpu": lambda: Preset(llama_3_2_1b_config(), 1024, 8, "bf16", device_peak_tflops()),
     "cpu": lambda: Preset(small_llama_config(), 128, 4, "no", None),
 }
 
@@ -157,7 +175,8 @@ def random_batches(count: int, preset: Preset, device: torch.device, seed: int) 
 
 def build_model(preset: Preset, device: torch.device, fraction: float, checkpointing: bool):
     torch.manual_seed(0)
-    model = LlamaForCausalLM(preset.config).to(device)
+    with device:
+        model = LlamaForCausalLM(preset.config)
     candidates = find_candidates(model)
     kept = candidates if fraction >= 1 else candidates[:: round(1 / fraction)]
     peft_model = wrap_with_lora(model, [c.name for c in kept], [], AdapterConfig(rank=8, lora_alpha=16))
@@ -166,9 +185,18 @@ def build_model(preset: Preset, device: torch.device, fraction: float, checkpoin
     return peft_model, kept
 
 
-def time_fit(preset: Preset, device: torch.device, fraction: float, args: argparse.Namespace) -> list[float]:
+def time_fit(
+    preset: Preset,
+    device: torch.device,
+    fraction: float,
+    args: argparse.Namespace,
+    gated: bool = False,
+    profiler: Any = None,
+) -> list[float]:
     """Seconds of each `fit` step (optimiser step to optimiser step, data transfer included)."""
-    model, _ = build_model(preset, device, fraction, args.gradient_checkpointing)
+    model, candidates = build_model(preset, device, fraction, args.checkpointing)
+    if gated:  # the search's hooks on every lora_B, gates trainable but never stepped
+        DAMGates(candidates).to(device).attach(model)
     stamps: list[float] = []
 
     def stamp(_step: int) -> None:
@@ -178,14 +206,15 @@ def time_fit(preset: Preset, device: torch.device, fraction: float, args: argpar
     batches = random_batches(args.warmup + args.steps + 1, preset, device, seed=1)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     accelerator = make_accelerator(preset.mixed_precision)
-    fit(model, batches, optimizer, epochs=1, after_step=stamp, log_every=10**9, accelerator=accelerator)
+    with profiler or contextlib.nullcontext():
+        fit(model, batches, optimizer, epochs=1, after_step=stamp, log_every=10**9, accelerator=accelerator)
     durations = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
     return durations[args.warmup :]
 
 
 def time_search(preset: Preset, device: torch.device, args: argparse.Namespace) -> list[float]:
     """Seconds of each first-order search step (gate step + weight step)."""
-    model, candidates = build_model(preset, device, 1.0, args.gradient_checkpointing)
+    model, candidates = build_model(preset, device, 1.0, args.checkpointing)
     gates = DAMGates(candidates).to(device)
     gates.attach(model)
     config = SearchConfig(order="first", mixed_precision=preset.mixed_precision, lr=1e-4, gate_lr=1e-2)
@@ -211,18 +240,21 @@ def measure(kind: str, preset: Preset, device: torch.device, args: argparse.Name
     if kind == "search_first_order":
         durations, reads = time_search(preset, device, args), 2
     else:
-        durations, reads = time_fit(preset, device, 0.5 if kind.startswith("finetune") else 1.0, args), 1
+        fraction = 0.5 if kind.startswith("finetune") else 1.0
+        durations, reads = time_fit(preset, device, fraction, args, gated=kind == "lora_all_gated"), 1
     median = statistics.median(durations)
     tokens = reads * preset.batch_size * preset.seq_len
     tokens_per_second = tokens / median
-    peak = args.peak_tflops if args.peak_tflops is not None else preset.peak_tflops
+    peak = preset.peak_tflops
     flops = model_flops_per_token(preset.config, preset.seq_len) * tokens_per_second
     return {
         "kind": kind,
+        "gradient_checkpointing": args.checkpointing,
         "median_step_seconds": median,
         "step_seconds": durations,
         "tokens_per_step": tokens,
         "tokens_per_second": tokens_per_second,
+        "train_tokens_per_second": preset.batch_size * preset.seq_len / median,  # search: train batch only
         "model_tflops_per_second": flops / 1e12,
         "mfu": flops / (peak * 1e12) if peak else None,
         "peak_memory_bytes": peak_memory_bytes(),
@@ -240,8 +272,8 @@ def environment() -> dict[str, Any]:
             return subprocess.run(
                 ["git", *command], capture_output=True, text=True, check=True
             ).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            return "unknown"
+        except (OSError, subprocess.CalledProcessError):  # no .git: a copy of the tree on a GPU host
+            return os.environ.get("DIFFORA_COMMIT", "unknown") if command[0] == "rev-parse" else ""
 
     cpu = platform.processor() or platform.machine()
     cpuinfo = Path("/proc/cpuinfo")
@@ -264,53 +296,108 @@ def environment() -> dict[str, Any]:
     }
 
 
-def write_report(document: dict[str, Any], preset_name: str, output_dir: Path) -> tuple[Path, Path]:
+def write_report(document: dict[str, Any], stem: str, output_dir: Path) -> tuple[Path, Path]:
     output_dir.mkdir(parents=True, exist_ok=True)
-    json_path = output_dir / f"throughput_{preset_name}.json"
+    json_path = output_dir / f"{stem}.json"
     json_path.write_text(json.dumps(document, indent=2) + "\n")
     setup, machine, versions = document["setup"], document["machine"], document["versions"]
     dirty = " (dirty)" if document["git_dirty"] else ""
+    peak = setup["peak_tflops"]
     lines = [
-        f"# Training throughput, preset `{preset_name}`",
+        f"# Training throughput, preset `{document['preset']}`"
+        + (f" ({document['tag']})" if document["tag"] else ""),
         "",
         f"{document['date']}, commit `{document['git_commit'][:12]}`{dirty}, {versions['device']}, "
         f"{machine['cpu']} ({machine['cpu_threads']} threads, load average "
         f"{machine['load_average_1_5_15_min'][0]} at the end), torch {versions['torch']}, "
         f"transformers {versions['transformers']}, peft {versions['peft']}, "
-        f"accelerate {versions['accelerate']}.",
+        f"accelerate {versions['accelerate']}{', ' + document['launcher'] if document['launcher'] else ''}.",
+        "",
+        f"Command: `{document['command']}`",
         "",
         f"Model: random LLaMA, hidden {setup['hidden_size']}, {setup['layers']} layers, vocabulary "
         f"{setup['vocab_size']}, {setup['parameters'] / 1e6:.1f}M parameters; batch {setup['batch_size']} x "
-        f"{setup['seq_len']} tokens; mixed precision {setup['mixed_precision']}; gradient checkpointing "
-        f"{setup['gradient_checkpointing']}; LoRA r=8 on {setup['candidates']} projections; median of "
-        f"{setup['steps']} steps after {setup['warmup']} warm-up steps.",
+        f"{setup['seq_len']} tokens; mixed precision {setup['mixed_precision']}; LoRA r=8 on "
+        f"{setup['candidates']} projections; median of {setup['steps']} steps after {setup['warmup']} "
+        "warm-up steps. A search step reads a train and a search-val batch: 'tokens/s' counts both, "
+        "'train tokens/s' the train batch only.",
         "",
-        "| step | median s/step | tokens/s | model TFLOP/s | MFU | peak memory |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| step | checkpointing | median s/step | tokens/s | train tokens/s | model TFLOP/s | MFU | "
+        "peak memory |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for row in document["results"]:
         mfu = f"{100 * row['mfu']:.1f}%" if row["mfu"] is not None else "n/a"
         lines.append(
-            f"| {row['kind']} | {row['median_step_seconds']:.3f} | {row['tokens_per_second']:,.0f} | "
-            f"{row['model_tflops_per_second']:.3f} | {mfu} | {row['peak_memory_bytes'] / 2**30:.2f} GiB |"
+            f"| {row['kind']} | {'on' if row['gradient_checkpointing'] else 'off'} | "
+            f"{row['median_step_seconds']:.3f} | {row['tokens_per_second']:,.0f} | "
+            f"{row['train_tokens_per_second']:,.0f} | {row['model_tflops_per_second']:.1f} | {mfu} | "
+            f"{row['peak_memory_bytes'] / 2**30:.2f} GiB |"
         )
+    ratios = ratio_lines(document["results"])
+    if ratios:
+        lines += ["", *ratios]
     lines += [
         "",
         "Model FLOPs per token: 6 N + 12 L T d (N: parameters in matrix multiplies incl. the tied LM head; "
         "PaLM's convention, which counts weight gradients the frozen base does not compute). "
         + (
-            "MFU against the stated peak."
-            if document["results"][0]["mfu"] is not None
-            else "MFU is not meaningful on a CPU and is left out."
+            f"MFU against a dense bf16 peak of {peak:g} TFLOP/s."
+            if peak
+            else "MFU is left out (no known peak)."
         )
         + f" Peak memory: {document['results'][0]['peak_memory_kind']}.",
     ]
-    md_path = output_dir / f"throughput_{preset_name}.md"
+    md_path = output_dir / f"{stem}.md"
     md_path.write_text("\n".join(lines) + "\n")
     return json_path, md_path
 
 
-KINDS = ("lora_all", "search_first_order", "finetune_rho_0.5")
+def ratio_lines(results: list[dict[str, Any]]) -> list[str]:
+    """Search and fine-tune speed against LoRA-all, and the hooks' cost, per checkpointing setting."""
+    lines = []
+    for checkpointing in (False, True):
+        rows = {r["kind"]: r for r in results if r["gradient_checkpointing"] == checkpointing}
+        if "lora_all" not in rows:
+            continue
+        base = rows["lora_all"]["train_tokens_per_second"]
+        parts = []
+        if "search_first_order" in rows:
+            parts.append(
+                f"search step {rows['search_first_order']['train_tokens_per_second'] / base:.2f}x LoRA-all's "
+                "train tokens/s"
+            )
+        if "finetune_rho_0.5" in rows:
+            parts.append(
+                f"fine-tune at rho 0.5 {rows['finetune_rho_0.5']['train_tokens_per_second'] / base:.2f}x"
+            )
+        if "lora_all_gated" in rows:
+            cost = 1 - rows["lora_all_gated"]["train_tokens_per_second"] / base
+            parts.append(f"gate hooks cost {100 * cost:.1f}% of a LoRA-all step")
+        lines.append(f"- Checkpointing {'on' if checkpointing else 'off'}: " + "; ".join(parts) + ".")
+    return lines
+
+
+def write_profile(
+    kind: str, preset: Preset, device: torch.device, args: argparse.Namespace, path: Path
+) -> None:
+    """The operators taking the most device time over a few steps of `kind` (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    short = argparse.Namespace(**{**vars(args), "steps": args.profile_steps, "warmup": 2})
+    with profile(activities=activities) as profiler:
+        time_fit(preset, device, 0.5 if kind.startswith("finetune") else 1.0, short, kind == "lora_all_gated")
+    sort = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+    path.write_text(
+        f"# torch.profiler, {kind}, checkpointing {args.checkpointing}, "
+        f"{args.profile_steps} steps after 2 warm-up steps\n"
+        + profiler.key_averages().table(sort_by=sort, row_limit=30)
+        + "\n"
+    )
+
+
+KINDS = ("lora_all", "lora_all_gated", "search_first_order", "finetune_rho_0.5")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -324,33 +411,59 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=None, help="Override the preset's batch size.")
     parser.add_argument("--layers", type=int, default=None, help="Override the preset's layer count.")
     parser.add_argument("--peak-tflops", type=float, default=None, help="Device peak for MFU (TFLOP/s).")
-    parser.add_argument("--gradient-checkpointing", action="store_true", help="Recompute activations.")
+    parser.add_argument(
+        "--gradient-checkpointing",
+        choices=("off", "on", "both"),
+        default="off",
+        help="Recompute activations: off, on, or both (every kind twice).",
+    )
     parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
+    parser.add_argument("--profile-kind", choices=KINDS, default=None, help="Also profile this kind.")
+    parser.add_argument("--profile-steps", type=int, default=5, help="Steps the profiler records.")
+    parser.add_argument("--tag", default="", help="Suffix of the output files (e.g. accelerate).")
     parser.add_argument("--output-dir", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     preset = PRESETS[args.preset]()
-    if args.preset == "h200" and not torch.cuda.is_available():
-        print("throughput: --preset h200 needs a CUDA GPU; use --preset cpu here", file=sys.stderr)
+    if args.preset == "gpu" and not torch.cuda.is_available():
+        print("throughput: --preset gpu needs a CUDA GPU; use --preset cpu here", file=sys.stderr)
         return 2
     preset.seq_len = args.seq_len or preset.seq_len
     preset.batch_size = args.batch_size or preset.batch_size
     if args.layers:
         preset.config.num_hidden_layers = args.layers
+    if args.peak_tflops is not None:
+        preset.peak_tflops = args.peak_tflops
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    stem = f"throughput_{args.preset}" + (f"_{args.tag}" if args.tag else "")
+    settings = {"off": [False], "on": [True], "both": [False, True]}[args.gradient_checkpointing]
     results = []
-    for kind in args.kinds:
-        row = measure(kind, preset, device, args)
-        print(
-            f"{kind}: {row['median_step_seconds']:.3f} s/step, {row['tokens_per_second']:,.0f} tokens/s, "
-            f"peak {row['peak_memory_bytes'] / 2**30:.2f} GiB",
-            flush=True,
-        )
-        results.append(row)
+    for checkpointing in settings:
+        args.checkpointing = checkpointing
+        for kind in args.kinds:
+            row = measure(kind, preset, device, args)
+            print(
+                f"{kind} (checkpointing {'on' if checkpointing else 'off'}): "
+                f"{row['median_step_seconds']:.3f} s/step, {row['tokens_per_second']:,.0f} tokens/s, "
+                + (f"MFU {100 * row['mfu']:.1f}%, " if row["mfu"] is not None else "")
+                + f"peak {row['peak_memory_bytes'] / 2**30:.2f} GiB",
+                flush=True,
+            )
+            results.append(row)
+    if args.profile_kind:
+        args.checkpointing = settings[0]
+        profile_path = args.output_dir / f"{stem}_profile.txt"
+        args.output_dir.mkdir(parents=True, exist_ok=True)
+        write_profile(args.profile_kind, preset, device, args, profile_path)
+        print(f"wrote {profile_path}")
     with torch.device("meta"):
         parameters = sum(p.numel() for p in LlamaForCausalLM(preset.config).parameters())
+    launched = "ACCELERATE_MIXED_PRECISION" in os.environ or "LOCAL_RANK" in os.environ
     document = {
         **environment(),
         "preset": args.preset,
+        "tag": args.tag,
+        "command": " ".join(["accelerate launch" if launched else "python", *sys.argv]),
+        "launcher": "accelerate launch, 1 process" if launched else "",
         "setup": {
             "hidden_size": preset.config.hidden_size,
             "layers": preset.config.num_hidden_layers,
@@ -366,12 +479,12 @@ def main(argv: list[str] | None = None) -> int:
             "candidates": 7 * preset.config.num_hidden_layers,
             "steps": args.steps,
             "warmup": args.warmup,
-            "peak_tflops": args.peak_tflops if args.peak_tflops is not None else preset.peak_tflops,
+            "peak_tflops": preset.peak_tflops,
             "flops_per_token": model_flops_per_token(preset.config, preset.seq_len),
         },
         "results": results,
     }
-    json_path, md_path = write_report(document, args.preset, args.output_dir)
+    json_path, md_path = write_report(document, stem, args.output_dir)
     print(f"wrote {json_path} and {md_path}")
     return 0
 

