@@ -285,8 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     reload = reload_check(
         args.work_dir / f"{args.case}-bf16", str(model_dir or minilm), args.case != "minilm"
     )
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    commit = commit or os.environ.get("DIFFORA_COMMIT", "")  # no .git: a copy of the tree on a GPU host
+    commit = os.environ.get("DIFFORA_COMMIT") or subprocess.run(  # a GPU host's .git is absent or stale
+        ["git", "rev-parse", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
     document = {
         "case": args.case,
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -34,7 +34,7 @@ for stage in "$@"; do
   case $stage in
     throughput)
       timeout $(( $(left) - 30 )) python3 benchmarks/throughput.py --preset gpu --gradient-checkpointing both \
-        --profile-kind lora_all --output-dir $R 2>&1 | grep -v "it/s" | tail -20
+        --output-dir $R 2>&1 | grep -v "it/s" | tail -20
       timeout $(( $(left) - 30 )) python3 -m accelerate.commands.launch --num_processes 1 --num_machines 1 \
         --mixed_precision bf16 --dynamo_backend no benchmarks/throughput.py --preset gpu \
         --kinds lora_all search_first_order --tag accelerate --output-dir $R 2>&1 | grep -v "it/s" | tail -6 ;;
@@ -44,7 +44,7 @@ for stage in "$@"; do
         --workers 15 --threads 1 --no-cost --data-dir .device/glue --out $R > $R/selection.log 2>&1 &) ;;
     bf16)
       timeout $(( $(left) - 30 )) python3 benchmarks/bf16_check.py --case llama-1b \
-        --commonsense-dir .device/commonsense --output-dir $R 2>&1 | grep -v "it/s" | tail -22
+        --commonsense-dir .device/commonsense --max-train 1200 --max-eval 100 --output-dir $R 2>&1 | grep -v "it/s" | tail -22
       timeout $(( $(left) - 30 )) python3 benchmarks/bf16_check.py --case minilm --data-dir .device/glue \
         --output-dir $R 2>&1 | grep -v "it/s" | tail -22 ;;
   esac

@@ -215,9 +215,9 @@ def git_commit() -> dict[str, Any]:
             return None
         return done.stdout.strip() if done.returncode == 0 else None
 
-    commit = git("rev-parse", "HEAD")
-    if commit is None and os.environ.get("DIFFORA_COMMIT"):  # a copy of the tree without .git (a GPU host)
+    if os.environ.get("DIFFORA_COMMIT"):  # a copy of the tree whose .git is absent or stale (a GPU host)
         return {"commit": os.environ["DIFFORA_COMMIT"], "dirty": None}
+    commit = git("rev-parse", "HEAD")
     status = git("status", "--porcelain")
     return {"commit": commit or "none (no commit yet)", "dirty": bool(status) if status is not None else None}
 

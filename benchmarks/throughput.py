@@ -268,12 +268,14 @@ def environment() -> dict[str, Any]:
     from diffora.pipeline import versions
 
     def git(*command: str) -> str:
+        if os.environ.get("DIFFORA_COMMIT"):  # a copy of the tree whose .git is absent or stale (a GPU host)
+            return os.environ["DIFFORA_COMMIT"] if command[0] == "rev-parse" else ""
         try:
             return subprocess.run(
                 ["git", *command], capture_output=True, text=True, check=True
             ).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):  # no .git: a copy of the tree on a GPU host
-            return os.environ.get("DIFFORA_COMMIT", "unknown") if command[0] == "rev-parse" else ""
+        except (OSError, subprocess.CalledProcessError):
+            return "unknown"
 
     cpu = platform.processor() or platform.machine()
     cpuinfo = Path("/proc/cpuinfo")

@@ -91,9 +91,8 @@ def update_norms(
 ) -> list[float]:
     """Each LoRA module's update size on real inputs: the RMS over the (non-padding) tokens of ||s B A x||.
 
-    LoRA-drop's importance score (Zhou et al., 2024). Gates hooked into the model are ignored: the hook that
-    measures runs on `lora_B` before any gate multiplies its output only if it is registered first, so call
-    this with the gates detached.
+    LoRA-drop's importance score (Zhou et al., 2024). Call it with the gates detached: a gate hooked on
+    `lora_A` would scale what this measures on `lora_B`.
     """
     from diffora.lora import lora_b_layer
 
