@@ -285,9 +285,12 @@ def main(argv: list[str] | None = None) -> int:
     reload = reload_check(
         args.work_dir / f"{args.case}-bf16", str(model_dir or minilm), args.case != "minilm"
     )
-    commit = os.environ.get("DIFFORA_COMMIT") or subprocess.run(  # a GPU host's .git is absent or stale
-        ["git", "rev-parse", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
+    commit = (
+        os.environ.get("DIFFORA_COMMIT")
+        or subprocess.run(  # a GPU host's .git is absent or stale
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
+    )
     document = {
         "case": args.case,
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
