@@ -4,12 +4,14 @@
 # It needs, in git-ignored folders that travel with the call: .device/minilm-fp16 (the embedded MiniLM in
 # fp16: the tree may carry at most 64 MiB), .device/glue (CoLA SST-2 MRPC STS-B RTE), .device/commonsense
 # (ARC-Easy), .device/COMMIT (the commit of the tree), .whl (peft 0.21.2, the version the CPU runs use).
-# Everything it writes goes to benchmarks/results/gpu/, packed into $OUT/results_gpu.tgz before SECONDS end.
+# Everything it writes goes to /tmp/gpu-results (seeded from benchmarks/results/gpu, kept while the machine
+# stays warm between calls), packed into $OUT/results_gpu.tgz before SECONDS end.
 set -u
 started=$(date +%s)
 deadline=$((started + $1)); shift
 left() { echo $((deadline - $(date +%s))); }
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" benchmarks/results/gpu
+OUT=${OUT:-/tmp/out}; R=/tmp/gpu-results
+mkdir -p "$OUT" $R benchmarks/results/gpu && cp -rn benchmarks/results/gpu/. $R/
 export DIFFORA_COMMIT=$(cat .device/COMMIT) PYTHONUNBUFFERED=1 TQDM_DISABLE=1 TOKENIZERS_PARALLELISM=false
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
 # the embedded model: fp16 on the wire, fp32 on disk (so that fp32 runs are fp32); a stand-in for the
@@ -28,7 +30,6 @@ PY
 export PYTHONPATH=/tmp/site:/tmp/shim:$PWD/src:$PWD/benchmarks DIFFORA_DATA_DIR=$PWD/.device/glue
 python3 -c "import torch, transformers, peft, accelerate; print(torch.__version__, transformers.__version__, peft.__version__, accelerate.__version__, torch.cuda.get_device_name(0))"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-R=benchmarks/results/gpu
 for stage in "$@"; do
   echo "=== $stage, $(left) s left"
   case $stage in
@@ -52,5 +53,5 @@ done
 while [ "$(left)" -gt 25 ] && pgrep -f run_glue.py > /dev/null; do sleep 5; done
 pkill -f run_glue.py; sleep 2
 grep -a "^\[\|FAILED\|wave" $R/selection.log 2>/dev/null | tail -25
-tar czf "$OUT/results_gpu.tgz" --exclude=specs $R
+tar czf "$OUT/results_gpu.tgz" --exclude=specs -C /tmp gpu-results
 ls -la "$OUT"
