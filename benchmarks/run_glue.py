@@ -334,6 +334,8 @@ class Job:
                 and old.get("data", {}).get("fingerprint") == self.data["fingerprint"]
             ):
                 base["runs"], base["searches"] = old.get("runs", {}), old.get("searches", {})
+                earlier = old.get("earlier_environments", []) + [old.get("environment")]
+                base["earlier_environments"] = earlier  # the machines and commits of earlier sessions
         return base
 
     def save(self) -> None:
@@ -776,6 +778,9 @@ class Job:
             "seed": self.seed,
             "search": search_kind,
             **result,
+            # per run: a job resumed later, from another commit or on another machine, keeps each run's own
+            "git_commit": self.document["environment"]["git"]["commit"],
+            "device": self.document["environment"]["gpu"] or "cpu",
             "config": {
                 **{
                     k: self.settings[k]
