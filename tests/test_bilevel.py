@@ -8,7 +8,7 @@ from conftest import gated_lora_model, random_batch, tiny_bert_config
 from torch.func import functional_call
 from transformers import BertForSequenceClassification
 
-from diffora.bilevel import BilevelSearch, search_dam
+from diffora.bilevel import BilevelSearch, run_search
 from diffora.candidates import find_candidates
 from diffora.config import AdapterConfig, SearchConfig
 from diffora.gates import DAMGates
@@ -30,7 +30,7 @@ def _model():
 def test_gates_stay_put_during_warmup_then_move_and_are_logged(tmp_path) -> None:
     model, candidates = _model()
     config = SearchConfig(epochs=3, warmup_fraction=0.5, gate_lr=0.05, lr=1e-2, log_every=1, seed=0)
-    outcome = search_dam(
+    outcome = run_search(
         model,
         candidates,
         ["classifier"],
@@ -111,7 +111,7 @@ def test_second_order_search_leaves_weights_as_a_plain_weight_step_would() -> No
 def test_budget_penalty_pulls_the_mean_gate_towards_rho() -> None:
     model, candidates = _model()
     config = SearchConfig(epochs=5, warmup_fraction=0.0, gate_lr=0.1, budget_weight=100.0, lr=1e-3)
-    outcome = search_dam(
+    outcome = run_search(
         model, candidates, ["classifier"], TRAIN, VAL, AdapterConfig(rank=4), config, rho=0.2
     )
     assert sum(outcome.dam.gates) / len(outcome.dam.gates) < 0.4
@@ -121,7 +121,7 @@ def test_budget_penalty_pulls_the_mean_gate_towards_rho() -> None:
 def test_search_is_deterministic_for_a_seed(relaxation: str) -> None:
     config = SearchConfig(epochs=2, warmup_fraction=0.25, relaxation=relaxation, lr=1e-2, gate_lr=0.05)
     runs = [
-        search_dam(*_model(), ["classifier"], TRAIN, VAL, AdapterConfig(rank=4), config).dam.logits
+        run_search(*_model(), ["classifier"], TRAIN, VAL, AdapterConfig(rank=4), config).dam.logits
         for _ in range(2)
     ]
     assert runs[0] == runs[1]

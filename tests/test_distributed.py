@@ -20,7 +20,7 @@ from conftest import gated_lora_model, random_batch, tiny_bert_config
 from safetensors.torch import load_file
 from transformers import BertForSequenceClassification
 
-from diffora.bilevel import BilevelSearch, search_dam
+from diffora.bilevel import BilevelSearch, run_search
 from diffora.candidates import find_candidates
 from diffora.cli import main
 from diffora.config import AdapterConfig, FinetuneConfig, SearchConfig
@@ -177,10 +177,10 @@ def test_gradient_checkpointing_and_bf16_search_run_on_the_cpu() -> None:
     train = [random_batch(seed=s) for s in range(2)]
     val = [random_batch(seed=100 + s) for s in range(2)]
     config = dict(epochs=2, warmup_fraction=0.25, lr=1e-2, gate_lr=0.05)
-    plain = search_dam(
+    plain = run_search(
         *_tiny_model(), ["classifier"], train, val, AdapterConfig(rank=4), SearchConfig(**config)
     )
-    checkpointed = search_dam(
+    checkpointed = run_search(
         *_tiny_model(),
         ["classifier"],
         train,
@@ -190,7 +190,7 @@ def test_gradient_checkpointing_and_bf16_search_run_on_the_cpu() -> None:
     )
     # Recomputing activations (no dropout in the tiny model) changes nothing but memory.
     assert torch.allclose(torch.tensor(plain.dam.logits), torch.tensor(checkpointed.dam.logits), atol=1e-6)
-    bf16 = search_dam(
+    bf16 = run_search(
         *_tiny_model(),
         ["classifier"],
         train,

@@ -7,7 +7,7 @@ import torch
 from conftest import random_batch, tiny_bert_config
 from transformers import BertForSequenceClassification
 
-from diffora.bilevel import search_dam
+from diffora.bilevel import run_search
 from diffora.candidates import find_candidates
 from diffora.config import AdapterConfig, SearchConfig
 from diffora.gates import DAMGates
@@ -25,7 +25,7 @@ def searched():
     model = BertForSequenceClassification(tiny_bert_config())
     candidates = find_candidates(model, head_modules=["classifier"])
     config = SearchConfig(epochs=3, warmup_fraction=0.3, lr=2e-2, gate_lr=0.1)
-    return search_dam(model, candidates, ["classifier"], TRAIN, VAL, ADAPTER, config)
+    return run_search(model, candidates, ["classifier"], TRAIN, VAL, ADAPTER, config)
 
 
 def _logits(model, batch) -> torch.Tensor:

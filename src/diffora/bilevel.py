@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 from accelerate import Accelerator
-from peft import PeftModel
+from peft import LoraConfig, PeftModel
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -34,7 +34,7 @@ from diffora.errors import DifforaError
 from diffora.gates import DAMGates
 from diffora.interrupt import Interrupted, stop_requested
 from diffora.io import JsonlLog
-from diffora.lora import export_adapter_tensors, module_state, wrap_with_lora
+from diffora.lora import adapter_rank, export_adapter_tensors, module_state, wrap_with_lora
 from diffora.selection import candidate_parameters, ranked, size_grid, update_norms
 from diffora.training import check_finite, resumable_batches, to_device
 
@@ -340,13 +340,13 @@ def size_curve(
     }
 
 
-def search_dam(
+def run_search(
     model: nn.Module,
     candidates: Sequence[Candidate],
     head_modules: Sequence[str],
     train_loader: DataLoader,
     val_loader: DataLoader,
-    adapter: AdapterConfig,
+    adapter: AdapterConfig | LoraConfig,
     config: SearchConfig,
     rho: float = 0.5,
     perturbation_batches: int = 0,
@@ -364,7 +364,7 @@ def search_dam(
     """
     started = time.perf_counter()
     initial_head = module_state(model, head_modules)
-    parameters = candidate_parameters(model, [c.name for c in candidates], adapter.rank)
+    parameters = candidate_parameters(model, [c.name for c in candidates], adapter_rank(adapter))
     torch.manual_seed(config.seed)  # LoRA A initialisation
     peft_model = wrap_with_lora(model, [c.name for c in candidates], head_modules, adapter)
     gates = DAMGates(candidates, config.relaxation, config.temperature).to(

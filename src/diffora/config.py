@@ -61,15 +61,15 @@ def check_mixed_precision(value: str) -> None:
         )
 
 
-def _parse_rho(value: float | str) -> float | str:
-    """A rho in (0, 1] or 'auto'."""
+def parse_rho(value: float | str, name: str = "--rho") -> float | str:
+    """A rho in (0, 1] or 'auto'; `name` is what the error calls it (a flag, or an option of the API)."""
     if isinstance(value, str) and value.strip().lower() == "auto":
         return "auto"
     try:
         rho = float(value)
     except (TypeError, ValueError):
         rho = float("nan")
-    _require(0 < rho <= 1, f"--rho must lie in (0, 1] or be auto, got {value}; 0.5 keeps half the modules")
+    _require(0 < rho <= 1, f"{name} must lie in (0, 1] or be auto, got {value}; 0.5 keeps half the modules")
     return rho
 
 
@@ -359,7 +359,7 @@ class FinetuneConfig:
     max_grad_norm: float = _scaling_options()["max_grad_norm"]
 
     def __post_init__(self) -> None:
-        self.rho = _parse_rho(self.rho)
+        self.rho = parse_rho(self.rho)
         if self.budget is not None:
             from diffora.selection import parse_budget  # raises one line on a malformed budget
 

@@ -83,6 +83,10 @@ class DAM:
     # {"ranking": str, "sizes": [k...], "parameters": [...], "batch_losses": [[...] per size], "seconds": s}
     size_curve: dict[str, Any] | None = None
     info: dict[str, Any] = field(default_factory=dict)  # model, task, fingerprint, versions, timings
+    # in memory only (never in dam.json): the search's LoRA A/B and head tensors, for weight sharing, and the
+    # modules trained in full; set by `diffora.search_dam`
+    search_weights: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+    head_modules: list[str] = field(default_factory=list, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not len(self.candidates) == len(self.logits) == len(self.gates):
@@ -124,6 +128,34 @@ class DAM:
         (150000, '150k'), a fraction of LoRA-all ('0.5x') or 'auto'.
         """
         return [self.candidates[i] for i in self.kept_indices(rho, selection, ranking, budget)]
+
+    def select(
+        self,
+        *,
+        rho: float | str | None = None,
+        budget: str | int | None = None,
+        ranking: str = "magnitude",
+        selection: str = "global",
+    ) -> list[Candidate]:
+        """The kept candidates, by module count (`rho`) or adapter parameters (`budget`); rho 0.5 if neither.
+
+        The ranking defaults to the update norm (what the benchmarks found to work); 'gate' is the paper's.
+        """
+        if rho is not None and budget is not None:
+            raise DifforaError("give rho or budget, not both")
+        return self.discretize(0.5 if rho is None else rho, selection, ranking, budget)
+
+    def to_lora_config(self, selection: Sequence[Candidate | str], base: Any) -> Any:
+        """A copy of the PEFT `LoraConfig` `base` (r, alpha, dropout, rsLoRA, DoRA, bias, task type ...) whose
+        target_modules are exactly the selected modules' full names; the head modules join modules_to_save."""
+        from diffora.lora import lora_config
+
+        known = {c.name for c in self.candidates}
+        names = [getattr(item, "name", item) for item in selection]
+        unknown = [name for name in names if name not in known]
+        if unknown or not names:
+            raise DifforaError(f"select at least one module, all DAM candidates; not candidates: {unknown}")
+        return lora_config(names, self.head_modules, base)
 
     def kept_indices(
         self,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -27,10 +29,24 @@ def lora_a_layer(peft_model: nn.Module, name: str, adapter_name: str = "default"
 def lora_config(
     target_names: Sequence[str],
     head_modules: Sequence[str],
-    adapter: AdapterConfig,
+    adapter: AdapterConfig | LoraConfig,
     task_type: str = "SEQ_CLS",
 ) -> LoraConfig:
-    """A vanilla PEFT LoraConfig whose target_modules is the explicit list of full module names."""
+    """A vanilla PEFT LoraConfig whose target_modules is the explicit list of full module names.
+
+    From an `AdapterConfig` (r, alpha, dropout), or from a `LoraConfig` template, whose own fields (rsLoRA,
+    DoRA, bias, init ...) are kept: only target_modules, the head modules (added to modules_to_save) and a
+    missing task_type are filled in.
+    """
+    if isinstance(adapter, LoraConfig):
+        saved = list(adapter.modules_to_save or [])
+        saved += [head for head in head_modules if head not in saved]
+        return dataclasses.replace(
+            copy.deepcopy(adapter),
+            target_modules=list(target_names),
+            modules_to_save=saved or None,
+            task_type=adapter.task_type or task_type,
+        )
     return LoraConfig(
         r=adapter.rank,
         lora_alpha=adapter.lora_alpha,
@@ -41,13 +57,21 @@ def lora_config(
     )
 
 
+def adapter_rank(adapter: AdapterConfig | LoraConfig) -> int:
+    """The LoRA rank r of either kind of adapter description."""
+    return adapter.r if isinstance(adapter, LoraConfig) else adapter.rank
+
+
 def peft_task_type(model: nn.Module) -> str:
     """'CAUSAL_LM' for a decoder language model (LlamaForCausalLM, GPT2LMHeadModel ...), else 'SEQ_CLS'."""
     return "CAUSAL_LM" if type(model).__name__ in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values() else "SEQ_CLS"
 
 
 def wrap_with_lora(
-    model: nn.Module, target_names: Sequence[str], head_modules: Sequence[str], adapter: AdapterConfig
+    model: nn.Module,
+    target_names: Sequence[str],
+    head_modules: Sequence[str],
+    adapter: AdapterConfig | LoraConfig,
 ) -> PeftModel:
     """Freeze `model` and give each named module a LoRA adapter; the head modules train in full."""
     return get_peft_model(model, lora_config(target_names, head_modules, adapter, peft_task_type(model)))

@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import diffora
-from diffora.bilevel import SearchOutcome, search_dam
+from diffora.bilevel import SearchOutcome, run_search
 from diffora.candidates import Candidate, find_candidates
 from diffora.checkpoint import CHECKPOINT_DIR, Checkpointer
 from diffora.config import CAUSAL_TASK, AdapterConfig, DataConfig, FinetuneConfig, SearchConfig, to_dict
@@ -310,7 +310,7 @@ def search_on(
         search_val, search_config.batch_size, data_config.max_length, True, search_config.seed + 1
     )
     log = JsonlLog(out / LOG_FILE if out is not None and is_main_process() else None)
-    outcome = search_dam(
+    outcome = run_search(
         bench.model,
         bench.candidates,
         bench.head_modules,

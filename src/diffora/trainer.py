@@ -17,7 +17,6 @@ Trainer's optimiser, with their own Adam.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import itertools
 import os
@@ -71,14 +70,7 @@ def prepare_search_model(
     if candidates is None:
         candidates = find_candidates(model, head_modules=heads)
     names = [c.name for c in candidates]
-    if lora_config is None:
-        config = diffora_lora_config(names, heads, AdapterConfig(), peft_task_type(model))
-    else:
-        saved = list(lora_config.modules_to_save or [])
-        saved += [head for head in heads if head not in saved]
-        config = dataclasses.replace(
-            copy.deepcopy(lora_config), target_modules=names, modules_to_save=saved or None
-        )
+    config = diffora_lora_config(names, heads, lora_config or AdapterConfig(), peft_task_type(model))
     return get_peft_model(model, config)
 
 
@@ -269,14 +261,8 @@ class DiffoRASearchTrainer(transformers.Trainer):
 
 
 def lora_config_for(dam: DAM, kept: Sequence[Candidate], base: LoraConfig) -> LoraConfig:
-    """A copy of `base` (r, alpha, dropout, rslora, DoRA, bias, modules_to_save, task type ...) whose
-    target_modules are exactly the kept modules' full names."""
-    known = {c.name for c in dam.candidates}
-    names = [c.name for c in kept]
-    unknown = [name for name in names if name not in known]
-    if unknown or not names:
-        raise DifforaError(f"keep at least one module, all DAM candidates; not candidates: {unknown}")
-    return dataclasses.replace(copy.deepcopy(base), target_modules=names)
+    """`dam.to_lora_config(kept, base)`: a copy of `base` targeting exactly the kept modules."""
+    return dam.to_lora_config(kept, base)
 
 
 def inherit_search_weights(

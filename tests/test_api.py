@@ -1,0 +1,112 @@
+"""The object-level API: a peft.LoraConfig template in, a DAM out, a standard LoraConfig and weights back."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import tiny_bert_config, tiny_tokenizer
+from datasets import Dataset
+from peft import LoraConfig, get_peft_model
+from transformers import BertForSequenceClassification, DataCollatorWithPadding
+
+from diffora import DiffoRAConfig, SearchConfig, inherit_search_weights, search_dam
+from diffora.errors import DifforaError
+from diffora.lora import lora_a_layer, lora_b_layer
+
+
+def _model(seed: int = 0) -> BertForSequenceClassification:
+    torch.manual_seed(seed)
+    return BertForSequenceClassification(tiny_bert_config(num_labels=2))
+
+
+def _dataset(rows: int, seed: int) -> Dataset:
+    """Tokenised examples of different lengths, with the raw text left in (as `datasets.map` leaves it)."""
+    tokenizer = tiny_tokenizer()
+    rng = torch.Generator().manual_seed(seed)
+    words = tokenizer.convert_ids_to_tokens(list(range(5, len(tokenizer))))
+    texts = [
+        " ".join(words[int(i)] for i in torch.randint(len(words), (3 + n % 4,), generator=rng))
+        for n in range(rows)
+    ]
+    data = Dataset.from_dict({"text": texts, "label": [n % 2 for n in range(rows)]})
+    return data.map(lambda row: tokenizer(row["text"]))
+
+
+def _config(**overrides) -> DiffoRAConfig:
+    values = dict(
+        lora=LoraConfig(r=4, lora_alpha=8, lora_dropout=0.1, use_rslora=True),
+        search=SearchConfig(epochs=2, lr=5e-3, gate_lr=5e-2, warmup_fraction=0.0),
+        batch_size=8,
+        collate_fn=DataCollatorWithPadding(tiny_tokenizer()),
+    )
+    values.update(overrides)
+    return DiffoRAConfig(**values)
+
+
+def test_search_dam_on_datasets_returns_a_standard_lora_config_and_the_search_weights() -> None:
+    config = _config()
+    model = _model()
+    dam = search_dam(model, _dataset(48, seed=1), _dataset(16, seed=2), config)
+
+    # the template's own fields drove the search: rsLoRA scales by alpha / sqrt(r), not alpha / r
+    query = model.bert.encoder.layer[0].attention.self.query
+    assert query.scaling["default"] == pytest.approx(8 / math.sqrt(4))
+    assert len(dam.candidates) == 12 and all(math.isfinite(g) for g in dam.gates)
+    assert dam.head_modules == ["classifier"]
+    assert dam.size_curve is not None and dam.size_curve["ranking"] == "magnitude"
+
+    kept = dam.select(budget="0.5x")
+    kept_parameters = sum(dam.parameters[dam.candidates.index(c)] for c in kept)
+    assert 0 < kept_parameters <= 0.5 * sum(dam.parameters)
+    lora = dam.to_lora_config(kept, base=config.lora)
+    assert isinstance(lora, LoraConfig)
+    assert set(lora.target_modules) == {c.name for c in kept}
+    assert lora.use_rslora and lora.lora_dropout == 0.1 and lora.r == 4
+    assert lora.modules_to_save == ["classifier"]
+    assert config.lora.target_modules is None  # the template itself is not modified
+
+    peft_model = get_peft_model(_model(seed=1), lora)  # a fresh base: any PEFT / Trainer code from here
+    inherit_search_weights(peft_model, dam.search_weights, kept, dam.head_modules)
+    for candidate in kept:
+        for part, layer in (("A", lora_a_layer), ("B", lora_b_layer)):
+            expected = dam.search_weights[f"{candidate.name}.lora_{part}.weight"]
+            assert torch.equal(layer(peft_model, candidate.name).weight.detach().cpu(), expected)
+    assert any(dam.search_weights[f"{c.name}.lora_B.weight"].abs().sum() > 0 for c in kept)  # it trained
+
+
+def test_search_dam_takes_dataloaders_too() -> None:
+    collate = DataCollatorWithPadding(tiny_tokenizer())
+    train = torch.utils.data.DataLoader(_dataset(16, seed=1), batch_size=8, collate_fn=collate)
+    val = torch.utils.data.DataLoader(_dataset(8, seed=2), batch_size=8, collate_fn=collate)
+    # a DataLoader is used as given: the raw text column would break a collator, so drop it first
+    train.dataset.set_format(columns=["input_ids", "attention_mask", "token_type_ids", "label"])
+    val.dataset.set_format(columns=["input_ids", "attention_mask", "token_type_ids", "label"])
+    dam = search_dam(_model(), train, val, _config(search=SearchConfig(epochs=1)))
+    assert len(dam.select(rho=0.25)) == 3
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (dict(rho=0), "rho must lie in (0, 1]"),
+        (dict(ranking="best"), "ranking must be one of"),
+        (dict(lora={"r": 8}), "lora must be a peft.LoraConfig"),
+        (dict(ranking="perturbation"), "needs perturbation_batches > 0"),
+    ],
+)
+def test_config_errors_are_one_line_and_name_the_option(overrides, message) -> None:
+    with pytest.raises(DifforaError) as error:
+        DiffoRAConfig(**overrides)
+    assert message in str(error.value) and "\n" not in str(error.value) and "--" not in str(error.value)
+
+
+def test_select_refuses_rho_and_budget_together() -> None:
+    dam = search_dam(
+        _model(), _dataset(16, seed=1), _dataset(8, seed=2), _config(search=SearchConfig(epochs=1))
+    )
+    with pytest.raises(DifforaError, match="rho or budget, not both"):
+        dam.select(rho=0.5, budget="0.5x")
+    with pytest.raises(DifforaError, match="not candidates"):
+        dam.to_lora_config(["bert.embeddings.word_embeddings"], base=LoraConfig(r=4))
