@@ -615,6 +615,165 @@ def budget_comparison(summary: Summary) -> dict[str, dict[str, Any]]:
     return result
 
 
+# the budget issue's evidence: one search ranked by update norm, kept at several budgets and at the
+# automatically chosen size, against LoRA-all at the matching ranks
+SWEEP_FIXED = {0.25: "diffora_budget0.25x", 0.5: "diffora_magnitude", 0.75: "diffora_budget0.75x"}
+SWEEP_AUTO = "diffora_rho_auto"
+LORA_RANK_SWEEP = {0.25: "lora_r2", 0.5: "lora_r4", 0.75: "lora_r6", 1.0: "lora"}
+
+
+def budget_sweep(summary: Summary) -> dict[str, Any]:
+    """Auto size against the fixed 0.5x budget and against the best fixed budget in hindsight, per task.
+
+    Paired over seeds (auto minus the other, x 1 of the metric); the best fixed budget of a task is the one
+    with the highest mean score there (chosen after the fact, so it flatters the fixed budgets). Target: auto
+    within 2 paired SE of both, on every task that learns, and its size curve under 10 % of the search's time.
+    """
+    if SWEEP_AUTO not in summary.methods:
+        return {}
+    rows = {}
+    for task in target_tasks(summary):
+        fixed = {b: summary.cell(m, task) for b, m in SWEEP_FIXED.items() if summary.cell(m, task).get("n")}
+        if not fixed:
+            continue
+        best = max(fixed, key=lambda b: fixed[b]["mean"])
+        auto_runs = summary.cell_runs(SWEEP_AUTO, task)
+        rows[task] = {
+            "auto": summary.cell(SWEEP_AUTO, task),
+            "auto_adapter_parameters": statistics.fmean(r["adapter_parameters"] for r in auto_runs)
+            if auto_runs
+            else None,
+            "best_fixed": best,
+            "vs_half": _with_se(summary.paired(SWEEP_AUTO, SWEEP_FIXED[0.5], [task])[task]),
+            "vs_best": _with_se(summary.paired(SWEEP_AUTO, SWEEP_FIXED[best], [task])[task]),
+        }
+    costs = [
+        search["size_curve"]["seconds"] / search["seconds"]
+        for job in summary.jobs
+        if (search := job.get("searches", {}).get("main")) and search.get("size_curve") and search["seconds"]
+    ]
+    return {
+        "tasks": rows,
+        "size_curve_cost": statistics.fmean(costs) if costs else None,
+        "searches": len(costs),
+    }
+
+
+def _within_noise(stat: dict[str, Any]) -> bool | None:
+    if not stat.get("n") or stat.get("se") is None:
+        return None
+    return stat["mean"] >= -2 * stat["se"]
+
+
+def _verdict(*checks: bool | None) -> str:
+    """'yes' when every check holds, '**no**' when one fails, '–' while one cannot be measured yet."""
+    if any(check is None for check in checks):
+        return "–"
+    return "yes" if all(checks) else "**no**"
+
+
+def plot_budget_sweep(summary: Summary, path: Path, profile: str) -> bool:
+    """Metric against adapter parameters: the update-norm selection at each budget (and auto), LoRA-all at
+    matching ranks. False (no file) when the sweep has not run."""
+    if not any(m in summary.methods for m in (*SWEEP_FIXED.values(), SWEEP_AUTO, "lora_r2")):
+        return False
+    panels = [*summary.tasks, "average"]
+    figure, axes = _panels(len(panels))
+
+    def point(method: str, task: str) -> tuple[float, float, float] | None:
+        if task == "average":
+            stat, params = summary.average(method), summary.mean_params(method, "adapter_parameters")
+        else:
+            stat = summary.cell(method, task)
+            params = stat.get("adapter_parameters")
+        if not stat.get("n") or params is None:
+            return None
+        return params, stat["mean"] * 100, (stat["std"] or 0) * 100
+
+    for axis, task in zip(axes, panels, strict=True):
+        for label, methods, style in (
+            ("update-norm selection, fixed budgets", SWEEP_FIXED.values(), "o-"),
+            ("LoRA-all at r = 2, 4, 6, 8", LORA_RANK_SWEEP.values(), "s--"),
+        ):
+            points = [p for m in methods if (p := point(m, task)) is not None]
+            if points:
+                xs, ys, errors = zip(*points, strict=True)
+                axis.errorbar(xs, ys, yerr=errors, fmt=style, capsize=3, label=label)
+        auto = point(SWEEP_AUTO, task)
+        if auto is not None:
+            axis.errorbar(*auto[:2], yerr=auto[2], fmt="*", markersize=12, capsize=3, label="automatic size")
+        axis.set_xlabel("adapter parameters")
+        axis.set_ylabel("main metric x 100")
+        axis.set_title(task)
+        axis.grid(alpha=0.3)
+    axes[-1].legend(fontsize=7, loc="best")
+    figure.suptitle(f"Budget sweep ({profile}; mean ± std over seeds)")
+    _save(figure, path)
+    return True
+
+
+def _sweep_section(summary: Summary) -> list[str]:
+    sweep = budget_sweep(summary)
+    fixed_present = [m for m in (*SWEEP_FIXED.values(), *LORA_RANK_SWEEP.values()) if m in summary.methods]
+    if not sweep and len(fixed_present) < 2:
+        return []
+    tasks = summary.tasks
+    lines = [
+        "## Budgets and the automatic size",
+        "",
+        "One search per (task, seed), ranked by update norm (the package default), kept at 0.25x, 0.5x and "
+        "0.75x of LoRA-all's adapter parameters and at the size the search's own validation curve supports "
+        "(`--rho auto`); LoRA-all at the ranks that match those budgets for reference. Score x 100, "
+        "`mean ± std (n seeds)`; adapter parameters are the mean over tasks and seeds.",
+        "",
+    ]
+    methods = [
+        m for m in (*SWEEP_FIXED.values(), SWEEP_AUTO, *LORA_RANK_SWEEP.values()) if m in summary.methods
+    ]
+    rows = []
+    for method in methods:
+        cells = [_fmt(summary.cell(method, t)) for t in tasks]
+        rows.append(
+            [
+                summary.label(method),
+                *cells,
+                _fmt(summary.average(method)),
+                _params(summary.mean_params(method, "adapter_parameters")),
+            ]
+        )
+    lines += _table(["selection", *tasks, "average", "adapter params"], rows)
+    if sweep.get("tasks"):
+        lines += [
+            "Automatic size against the fixed 0.5x budget and against the best fixed budget in hindsight "
+            "(chosen per task after the fact), paired per seed, `mean ± paired SE (n)`; target: within 2 "
+            "paired SE of both on every task that learns.",
+            "",
+        ]
+        rows = []
+        for task, row in sweep["tasks"].items():
+            rows.append(
+                [
+                    task,
+                    _params(row["auto_adapter_parameters"]),
+                    _fmt_se(row["vs_half"]),
+                    f"{row['best_fixed']}x",
+                    _fmt_se(row["vs_best"]),
+                    _verdict(_within_noise(row["vs_half"]), _within_noise(row["vs_best"])),
+                ]
+            )
+        lines += _table(
+            ["task", "auto adapter params", "auto - 0.5x", "best fixed", "auto - best fixed", "within noise"],
+            rows,
+        )
+    if sweep.get("size_curve_cost") is not None:
+        lines += [
+            f"The size curve (forward passes only) took {100 * sweep['size_curve_cost']:.1f} % of the "
+            f"search's time on average over {sweep['searches']} search(es) (target: under 10 %).",
+            "",
+        ]
+    return lines
+
+
 # ------------------------------------------------------------------------------------------------ plots
 
 
@@ -734,6 +893,8 @@ def write_report(
         if sum(m in summary.methods for m in RHO_METHODS.values()) > 1:  # a sweep, not a single point
             plot_rho(summary, out / f"{stem}_rho.png", profile)
             plots["rho_sweep"] = f"{stem}_rho.png"
+        if plot_budget_sweep(summary, out / f"{stem}_budgets.png", profile):
+            plots["budget_sweep"] = f"{stem}_budgets.png"
     for task in summary.tasks:
         candidates, gates, count = mean_gates(jobs, task)
         if candidates:
@@ -786,6 +947,7 @@ def write_report(
         "targets": report_targets(summary, cost),
         "excluded_tasks": excluded_tasks(summary),
         "budget_comparison": budget_comparison(summary),
+        "budget_sweep": budget_sweep(summary),
         "search_diagnostics": search_diagnostics(jobs),
         "selection_stability": selection_stability(summary),
         "plots": plots,
@@ -934,6 +1096,7 @@ def render_markdown(
             lines += ["DiffoRA (rho 0.5, defaults) minus each ablation variant, paired the same way:", ""]
             lines += _table(["variant", *tasks, "average"], paired_rows(others))
     lines += _budget_section(summary)
+    lines += _sweep_section(summary)
     lines += [
         "## Ablations",
         "",

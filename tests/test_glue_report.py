@@ -294,3 +294,36 @@ def test_write_report_for_the_cpu_profile(tmp_path: Path) -> None:
     assert "Random selection (same budget)" in markdown and "LoRA-drop" in markdown
     assert "rho(gate, pert.)" in markdown and "two random" in markdown
     assert (tmp_path / "glue_cpu_gates_cola.png").stat().st_size > 0
+
+
+def test_budget_sweep_pairs_auto_with_the_half_budget_and_the_best_fixed_one(tmp_path) -> None:
+    from glue_report import budget_sweep
+
+    sweep_scores = {  # method -> per-seed cola scores: 0.75x is best in hindsight
+        "lora": [0.40, 0.42],
+        "diffora_budget0.25x": [0.30, 0.34],
+        "diffora_magnitude": [0.38, 0.40],
+        "diffora_budget0.75x": [0.41, 0.45],
+        "diffora_rho_auto": [0.42, 0.44],
+        "lora_r2": [0.35, 0.37],
+    }
+    jobs = []
+    for seed in (0, 1):
+        runs = {m: _run("lora", "cola", seed, v[seed], 1000) | {"method": m} for m, v in sweep_scores.items()}
+        search = {"main": {**_search(seed), "seconds": 100.0, "size_curve": {"seconds": 4.0 + seed}}}
+        jobs.append(_job("cola", seed, runs, search))
+    sweep = budget_sweep(Summary(jobs))
+    row = sweep["tasks"]["cola"]
+    assert row["best_fixed"] == 0.75
+    assert row["vs_half"]["mean"] == pytest.approx(0.04) and row["vs_half"]["n"] == 2
+    assert row["vs_best"]["mean"] == pytest.approx(0.0)  # +0.01 and -0.01
+    assert sweep["size_curve_cost"] == pytest.approx(0.045) and sweep["searches"] == 2
+    write_report(tmp_path, "test", tmp_path / "runs", None, {})  # no job files: the section is absent
+    runs_dir = tmp_path / "runs"
+    runs_dir.mkdir()
+    for job in jobs:
+        (runs_dir / f"{job['job']}.json").write_text(json.dumps(job))
+    write_report(tmp_path, "test", runs_dir, None, {})
+    markdown = (tmp_path / "glue_test.md").read_text()
+    assert "## Budgets and the automatic size" in markdown and "| cola | " in markdown
+    assert (tmp_path / "glue_test_budgets.png").is_file()
