@@ -702,13 +702,8 @@ def plot_budget_sweep(summary: Summary, path: Path, profile: str) -> bool:
         auto = point(SWEEP_AUTO, task)
         if auto is not None:
             axis.errorbar(*auto[:2], yerr=auto[2], fmt="*", markersize=12, capsize=3, label="automatic size")
-        axis.set_xlabel("adapter parameters")
-        axis.set_ylabel("main metric x 100")
-        axis.set_title(task)
-        axis.grid(alpha=0.3)
-    axes[-1].legend(fontsize=7, loc="best")
-    figure.suptitle(f"Budget sweep ({profile}; mean ± std over seeds)")
-    _save(figure, path)
+        _style_axis(axis, "adapter parameters", task)
+    _finish(figure, axes, f"Budget sweep ({profile}; mean ± std over seeds)", path)
     return True
 
 
@@ -783,6 +778,19 @@ def _save(figure: plt.Figure, path: Path) -> None:
     plt.close(figure)
 
 
+def _style_axis(axis: plt.Axes, xlabel: str, title: str) -> None:
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel("main metric x 100")
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
+
+
+def _finish(figure: plt.Figure, axes: list[plt.Axes], title: str, path: Path, fontsize: int = 7) -> None:
+    axes[-1].legend(fontsize=fontsize, loc="best")
+    figure.suptitle(title)
+    _save(figure, path)
+
+
 def _panels(count: int) -> tuple[plt.Figure, list[plt.Axes]]:
     columns = min(3, count)
     rows = (count + columns - 1) // columns
@@ -820,13 +828,8 @@ def plot_params(summary: Summary, path: Path, profile: str) -> None:
                 label=summary.label(method),
             )
         axis.set_xscale("log")
-        axis.set_xlabel("trainable parameters")
-        axis.set_ylabel("main metric x 100")
-        axis.set_title(task)
-        axis.grid(alpha=0.3)
-    axes[-1].legend(fontsize=7, loc="best")
-    figure.suptitle(f"Metric vs trainable parameters ({profile}; mean ± std over seeds)")
-    _save(figure, path)
+        _style_axis(axis, "trainable parameters", task)
+    _finish(figure, axes, f"Metric vs trainable parameters ({profile}; mean ± std over seeds)", path)
 
 
 def plot_rho(summary: Summary, path: Path, profile: str) -> None:
@@ -846,13 +849,8 @@ def plot_rho(summary: Summary, path: Path, profile: str) -> None:
         lora = summary.average("lora") if task == "average" else summary.cell("lora", task)
         if lora.get("n"):
             axis.axhline(lora["mean"] * 100, linestyle="--", color="grey", label="LoRA all, r=8")
-        axis.set_xlabel("rho (fraction of modules kept)")
-        axis.set_ylabel("main metric x 100")
-        axis.set_title(task)
-        axis.grid(alpha=0.3)
-    axes[-1].legend(fontsize=8)
-    figure.suptitle(f"Sample-rate sweep ({profile}; mean ± std over seeds)")
-    _save(figure, path)
+        _style_axis(axis, "rho (fraction of modules kept)", task)
+    _finish(figure, axes, f"Sample-rate sweep ({profile}; mean ± std over seeds)", path, fontsize=8)
 
 
 def plot_gate_trajectories(jobs: list[dict[str, Any]], task: str, path: Path) -> bool:
