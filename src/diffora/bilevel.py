@@ -29,7 +29,13 @@ from diffora.candidates import Candidate
 from diffora.checkpoint import Checkpointer, TrainingState, restore
 from diffora.config import AdapterConfig, SearchConfig
 from diffora.dam import DAM
-from diffora.distributed import all_reduce_mean, enable_gradient_checkpointing, make_accelerator, shard_loader
+from diffora.distributed import (
+    all_reduce_mean,
+    enable_gradient_checkpointing,
+    make_accelerator,
+    shard_loader,
+    stop_agreed,
+)
 from diffora.errors import DifforaError
 from diffora.gates import DAMGates
 from diffora.interrupt import Interrupted, stop_requested
@@ -257,7 +263,7 @@ class BilevelSearch:
                     log.write(**record)
                 mean_gate = sum(record["gates"]) / len(record["gates"])
                 progress.set_postfix(loss=f"{train_loss:.4f}", mean_gate=f"{mean_gate:.3f}")
-            stopping = stop_requested()
+            stopping = stop_agreed(self.accelerator, stop_requested())
             if checkpointer is not None and (stopping or checkpointer.due(step + 1, total_steps)):
                 checkpointer.save(step + 1, modules, optimizers, consumed, {"history": history})
             if stopping:

@@ -100,6 +100,20 @@ def shard_loader(accelerator: Accelerator, loader: DataLoader) -> DataLoader:
     return accelerator.prepare_data_loader(loader)
 
 
+def stop_agreed(accelerator: Accelerator | None, requested: bool) -> bool:
+    """Whether any process was asked to stop (a signal may reach one rank, or reach them a step apart).
+
+    Every process must stop after the same optimiser step: one that stopped alone would leave the others
+    waiting forever in the next step's all-reduce, and the checkpoint's barrier unmatched. One tiny
+    all-reduce (MAX) per step; nothing on one process.
+    """
+    if accelerator is None or not is_distributed(accelerator):
+        return requested
+    flag = torch.tensor([1.0 if requested else 0.0], device=accelerator.device)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return bool(flag.item())
+
+
 def all_reduce_mean(accelerator: Accelerator, tensors: Sequence[torch.Tensor]) -> None:
     """Average `tensors` across processes in place (one flat all-reduce); nothing on one process."""
     if not is_distributed(accelerator) or not tensors:

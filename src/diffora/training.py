@@ -25,6 +25,7 @@ from diffora.distributed import (
     no_sync,
     process_state,
     shard_loader,
+    stop_agreed,
 )
 from diffora.errors import DifforaError
 from diffora.interrupt import Interrupted, stop_requested
@@ -165,7 +166,7 @@ def fit(
             progress.set_postfix(loss=f"{running:.4f}")
             if log is not None:
                 log.write(phase=phase, step=step, loss=running, lr=scheduler.get_last_lr()[0])
-        stopping = stop_requested()
+        stopping = stop_agreed(accelerator, stop_requested())
         if checkpointer is not None and (stopping or checkpointer.due(step + 1, total_steps)):
             checkpointer.save(
                 step + 1,
