@@ -271,7 +271,7 @@ def _two_process_cli(args: list[str]) -> subprocess.Popen:
 
 
 def test_a_stop_signal_reaching_one_rank_stops_every_rank_after_the_same_step(
-    tiny_bert_dir, tiny_glue_dir, tmp_path
+    tiny_bert_dir, tiny_glue_dir, tmp_path, capsys
 ) -> None:
     """A scheduler may signal one worker only, or the workers a step apart: all must stop together.
 
@@ -308,6 +308,9 @@ def test_a_stop_signal_reaching_one_rank_stops_every_rank_after_the_same_step(
     assert len(lines) == 2 and all(f"search stopped after step {stopped_at};" in line for line in lines)
     assert "/diffora/" not in stderr
 
+    # one process cannot continue a two-process run: its global batch and data shards would differ
+    assert main([*common, "--output-dir", str(out), "--resume"]) == 2
+    assert "was run on 2 process(es), this launch has 1" in capsys.readouterr().err
     resumed = _two_process_cli([*common, "--output-dir", str(out), "--resume"])
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read()[-3000:]
     reference = _two_process_cli([*common, "--output-dir", str(tmp_path / "reference")])

@@ -94,7 +94,8 @@ def test_malformed_custom_files_give_one_clean_line_and_no_output(
         assert code == 0 and (out / "metrics.json").is_file()
 
 
-def test_infinite_loss_stops_the_run_naming_the_step(tiny_bert_dir, tmp_path, capsys) -> None:
+@pytest.mark.parametrize("precision", ["no", "bf16"])
+def test_infinite_loss_stops_the_run_naming_the_step(precision, tiny_bert_dir, tmp_path, capsys) -> None:
     data = tmp_path / "train.jsonl"
     rows = [{"text": f"the cat sat {i}", "label": 3e38 * (i % 3)} for i in range(24)]
     data.write_text("\n".join(json.dumps(r) for r in rows))
@@ -115,6 +116,8 @@ def test_infinite_loss_stops_the_run_naming_the_step(tiny_bert_dir, tmp_path, ca
             str(tiny_bert_dir),
             "--output-dir",
             str(tmp_path / "out"),
+            "--mixed-precision",
+            precision,
             *FAST,
         ]
     )

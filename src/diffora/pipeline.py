@@ -31,7 +31,7 @@ from diffora.checkpoint import CHECKPOINT_DIR, Checkpointer
 from diffora.config import CAUSAL_TASK, AdapterConfig, DataConfig, FinetuneConfig, SearchConfig, to_dict
 from diffora.dam import DAM
 from diffora.data import load_task_data, make_dataloader, split_for_search
-from diffora.distributed import is_main_process, make_accelerator, wait_for_everyone
+from diffora.distributed import is_main_process, make_accelerator, process_state, wait_for_everyone
 from diffora.errors import DifforaError
 from diffora.io import JsonlLog, atomic_path, atomic_write_json
 from diffora.models import (
@@ -105,8 +105,18 @@ def clear_run(path: Path) -> None:
 def start_run_dir(path: Path, config: dict[str, Any], overwrite: bool, resume: bool) -> None:
     """Record the run's configuration; on --resume, insist it is the same run (the main process writes)."""
     wait_for_everyone()  # every process has checked the folder before the main process fills it
+    # the launch is part of the run: the global batch, each rank's data shard and RNG depend on it
+    config = {**config, "launch": {"processes": process_state().num_processes}}
     if resume:
         recorded = json.loads((path / RUN_CONFIG_FILE).read_text(encoding="utf-8"))
+        before = recorded.get("launch", {}).get("processes", config["launch"]["processes"])
+        if before != config["launch"]["processes"]:
+            raise DifforaError(
+                f"--resume: {path} was run on {before} process(es), this launch has "
+                f"{config['launch']['processes']}; resume it with the same launch (the global batch and each "
+                "process's share of the data depend on it)"
+            )
+        recorded.setdefault("launch", config["launch"])  # runs recorded before the launch was
         if recorded != json.loads(json.dumps(config)):
             changed = sorted(
                 f"{stage}.{key}"
