@@ -42,7 +42,7 @@ def _is_projection(module: nn.Module) -> bool:
     return isinstance(module, (nn.Linear, Conv1D))
 
 
-def _locate(name: str, stack: str) -> tuple[int, str]:
+def locate_module(name: str, stack: str) -> tuple[int, str]:
     """(layer, type) of a module: `stack.3.attention.self.query` -> (3, 'attention.self.query')."""
     if name.startswith(stack + "."):
         index, _, rest = name[len(stack) + 1 :].partition(".")
@@ -85,7 +85,7 @@ def find_candidates(
         for name, module in model.named_modules()
         if _is_projection(module) and not any(name == h or name.startswith(h + ".") for h in head_modules)
     ]
-    located = {name: _locate(name, stack) for name in projections}
+    located = {name: locate_module(name, stack) for name in projections}
     for flag, patterns in (("--include", include), ("--exclude", exclude)):
         for pattern in patterns:
             if not any(re.search(pattern, name) for name in projections):

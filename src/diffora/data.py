@@ -96,14 +96,14 @@ def subsample(examples: Sequence[Example], n: int | None, seed: int = 0) -> list
 # ------------------------------------------------------------------------------------------- values
 
 
-def _describe(value: object) -> str:
+def describe(value: object) -> str:
     return "nothing" if value is None else f"{type(value).__name__} {value!r}"
 
 
-def _clean_text(value: object, column: object, where: str) -> str:
+def clean_text(value: object, column: object, where: str) -> str:
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise DifforaError(
-            f"{where}: text column {column!r} must hold a string, got {_describe(value)}; fix the value"
+            f"{where}: text column {column!r} must hold a string, got {describe(value)}; fix the value"
         )
     text = str(value).strip()
     if not text:
@@ -124,7 +124,7 @@ def _label_string(value: object, column: object, where: str) -> str:
         if label:
             return label
     raise DifforaError(
-        f"{where}: label column {column!r} holds {_describe(value)}, not a label; "
+        f"{where}: label column {column!r} holds {describe(value)}, not a label; "
         "fill in the label or remove the row"
     )
 
@@ -145,7 +145,7 @@ def _regression_target(value: object, column: object, where: str) -> float:
         target = float(value)
     except (TypeError, ValueError):
         raise DifforaError(
-            f"{where}: cannot parse label column {column!r} value {_describe(value)} as a "
+            f"{where}: cannot parse label column {column!r} value {describe(value)} as a "
             "number; a regression target must be a float"
         ) from None
     if not math.isfinite(target):
@@ -163,7 +163,7 @@ def _make_example(
     label_names: tuple[str, ...] | None,
     where: str,
 ) -> Example:
-    clean = tuple(_clean_text(value, column, where) for value, column in zip(texts, columns, strict=True))
+    clean = tuple(clean_text(value, column, where) for value, column in zip(texts, columns, strict=True))
     if label_names is None:
         return clean, _regression_target(label, label_column, where)
     return clean, _class_index(_label_string(label, label_column, where), label_names, where)
@@ -485,7 +485,7 @@ def _read_jsonl(path: Path) -> list[Record]:
 def _json_record(item: object, where: str) -> Record:
     if not isinstance(item, dict):
         raise DifforaError(
-            f"{where}: expected a JSON object, got {_describe(item)}; write one object per example"
+            f"{where}: expected a JSON object, got {describe(item)}; write one object per example"
         )
     return where, item
 

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from transformers import DataCollatorForSeq2Seq
 
 from diffora.config import CAUSAL_TASK, DataConfig
-from diffora.data import TaskData, _clean_text, _describe, read_custom_file, seeded_loader, subsample
+from diffora.data import TaskData, clean_text, describe, read_custom_file, seeded_loader, subsample
 from diffora.errors import DifforaError
 from diffora.tasks import TaskSpec
 
@@ -71,7 +71,7 @@ def optional_text(value: object, column: str, where: str) -> str:
     """An optional text field: missing, null or blank reads as ''."""
     if value is None or (isinstance(value, str) and not value.strip()):
         return ""
-    return _clean_text(value, column, where)
+    return clean_text(value, column, where)
 
 
 def read_instruct_file(path: Path, config: DataConfig) -> list[InstructExample]:
@@ -81,15 +81,15 @@ def read_instruct_file(path: Path, config: DataConfig) -> list[InstructExample]:
         require_fields(
             where, row, (config.instruction_field, config.answer_field), "--instruction-field/--answer-field"
         )
-        instruction = _clean_text(row[config.instruction_field], config.instruction_field, where)
+        instruction = clean_text(row[config.instruction_field], config.instruction_field, where)
         answer = row[config.answer_field]
         if isinstance(answer, bool):  # JSON true/false answers (BoolQ) as the words the model should write
             answer = "true" if answer else "false"
         if not isinstance(answer, (str, int, float)):
             raise DifforaError(
-                f"{where}: answer field {config.answer_field!r} must hold text, got {_describe(answer)}"
+                f"{where}: answer field {config.answer_field!r} must hold text, got {describe(answer)}"
             )
-        answer = _clean_text(answer, config.answer_field, where)
+        answer = clean_text(answer, config.answer_field, where)
         input_text = optional_text(row.get(config.input_field), config.input_field, where)
         examples.append((build_prompt(instruction, input_text, config.prompt_template), answer))
     return examples

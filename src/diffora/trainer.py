@@ -31,7 +31,7 @@ from peft.utils import ModulesToSaveWrapper
 from torch import nn
 
 from diffora.bilevel import NORM_BATCHES, size_curve
-from diffora.candidates import Candidate, _locate, find_block_stack, find_candidates
+from diffora.candidates import Candidate, find_block_stack, find_candidates, locate_module
 from diffora.config import AdapterConfig, SearchConfig
 from diffora.dam import DAM
 from diffora.errors import DifforaError
@@ -79,7 +79,7 @@ def lora_candidates(peft_model: PeftModel) -> list[Candidate]:
     inner = peft_model.base_model.model
     stack = find_block_stack(inner)
     return [
-        Candidate(name, *_locate(name, stack))
+        Candidate(name, *locate_module(name, stack))
         for name, module in inner.named_modules()
         if isinstance(module, LoraLayer) and ADAPTER_NAME in module.lora_A
     ]
