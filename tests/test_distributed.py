@@ -302,10 +302,11 @@ def test_a_stop_signal_reaching_one_rank_stops_every_rank_after_the_same_step(
     assert len(checkpoints) == 1 and not (out / "metrics.json").exists(), stderr[-3000:]
     stopped_at = json.loads((checkpoints[0] / "meta.json").read_text())["step"]
     assert log.read_text().count("\n") == stopped_at  # the main process logged exactly the steps it saved
-    # each rank says so in one line, after the same step (torchrun then reports the non-zero exits with a
-    # traceback of its own; no traceback comes from diffora)
+    # a rank that stops says so in one line, naming the same step (the first rank to exit makes torchrun end
+    # the other, which may then leave before printing; torchrun reports the exits with a traceback of its
+    # own; none comes from diffora). Without the agreed stop, this run never ends.
     lines = [line for line in stderr.splitlines() if line.startswith("diffora: interrupted")]
-    assert len(lines) == 2 and all(f"search stopped after step {stopped_at};" in line for line in lines)
+    assert 1 <= len(lines) <= 2 and all(f"search stopped after step {stopped_at};" in line for line in lines)
     assert "/diffora/" not in stderr
 
     # one process cannot continue a two-process run: its global batch and data shards would differ

@@ -110,10 +110,6 @@ def evaluate_causal_adapter(
 ) -> dict[str, float]:
     """Commonsense accuracies (and --eval-file loss) of a saved causal-LM PEFT adapter."""
     adapter_dir = Path(adapter_dir)
-    if not (adapter_dir / "adapter_config.json").is_file():
-        raise DifforaError(
-            f"no adapter_config.json in {adapter_dir}; pass the --output-dir of a finished run"
-        )
     if not data_config.eval_tasks and not data_config.eval_file:
         raise DifforaError(
             "nothing to evaluate: pass --eval-tasks (with --commonsense-dir) and/or --eval-file"

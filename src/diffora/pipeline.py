@@ -26,25 +26,21 @@ from torch import nn
 
 import diffora
 from diffora.bilevel import SearchOutcome, run_search
-from diffora.candidates import Candidate, find_candidates
+from diffora.candidates import Candidate
 from diffora.checkpoint import CHECKPOINT_DIR, Checkpointer
-from diffora.config import CAUSAL_TASK, AdapterConfig, DataConfig, FinetuneConfig, SearchConfig, to_dict
+from diffora.config import AdapterConfig, DataConfig, FinetuneConfig, SearchConfig, to_dict
 from diffora.dam import DAM
-from diffora.data import load_task_data, make_dataloader, split_for_search
+from diffora.data import split_for_search
 from diffora.distributed import is_main_process, make_accelerator, process_state, wait_for_everyone
 from diffora.errors import DifforaError
+from diffora.families import family_of
 from diffora.io import JsonlLog, atomic_path, atomic_write_json
 from diffora.models import (
     count_trainable_parameters,
-    find_head_modules,
-    load_classifier,
-    load_tokenizer,
-    refusing_unsafe_pickles,
-    resolve_model_path,
 )
 from diffora.plots import plot_dam, plot_gate_history, plot_size_curve
 from diffora.selection import budget_parameters, candidate_parameters, choose_size
-from diffora.training import evaluate, fit, pick_device
+from diffora.training import fit
 from diffora.weight_sharing import build_finetune_model
 from diffora.workbench import Workbench
 
@@ -138,18 +134,7 @@ def start_run_dir(path: Path, config: dict[str, Any], overwrite: bool, resume: b
 
 def open_workbench(data_config: DataConfig, adapter: AdapterConfig, seed: int) -> Workbench:
     """Load and validate data, tokenizer and model; find the candidates. Fails before anything is written."""
-    if data_config.task == CAUSAL_TASK:
-        from diffora.causal import open_causal_workbench  # lazily: decoder support loads only when used
-
-        return open_causal_workbench(data_config, adapter, seed)
-    data = load_task_data(data_config, seed=seed)
-    model_path = resolve_model_path(adapter.model)
-    tokenizer = load_tokenizer(model_path, adapter.trust_remote_code)
-    model = load_classifier(model_path, data.spec, tokenizer, adapter.trust_remote_code, seed=seed)
-    head_modules = find_head_modules(model)
-    candidates = find_candidates(model, adapter.include, adapter.exclude, head_modules)
-    device = pick_device()
-    return Workbench(data, tokenizer, model.to(device), model_path, candidates, head_modules, device, adapter)
+    return family_of(data_config.task).open_workbench(data_config, adapter, seed)
 
 
 def _run_info(bench: Workbench, data_config: DataConfig) -> dict[str, Any]:
@@ -600,24 +585,11 @@ def evaluate_adapter(
     adapter_dir: str | Path, data_config: DataConfig, batch_size: int = 32, model: str | None = None
 ) -> dict[str, float]:
     """Metrics of a saved PEFT adapter (from diffora or any LoRA tool) on a task's evaluation split."""
-    if data_config.task == CAUSAL_TASK:
-        from diffora.causal import evaluate_causal_adapter
-
-        return evaluate_causal_adapter(adapter_dir, data_config, batch_size, model)
-    adapter_dir = Path(adapter_dir)
-    if not (adapter_dir / "adapter_config.json").is_file():
+    if not (Path(adapter_dir) / "adapter_config.json").is_file():
         raise DifforaError(
             f"no adapter_config.json in {adapter_dir}; pass the --output-dir of a finished run"
         )
-    data = load_task_data(data_config)
-    base_path = model or peft.PeftConfig.from_pretrained(str(adapter_dir)).base_model_name_or_path
-    base_path = resolve_model_path(base_path)
-    tokenizer = load_tokenizer(base_path)
-    base = load_classifier(base_path, data.spec, tokenizer)
-    with refusing_unsafe_pickles(str(adapter_dir)):
-        peft_model = PeftModel.from_pretrained(base, str(adapter_dir)).to(pick_device())
-    loader = make_dataloader(data.eval, tokenizer, batch_size, data_config.max_length, shuffle=False, seed=0)
-    return evaluate(peft_model, loader, data.spec)
+    return family_of(data_config.task).evaluate_adapter(Path(adapter_dir), data_config, batch_size, model)
 
 
 __all__ = ["search", "finetune", "run", "evaluate_adapter", "SearchOutcome", "RunResult"]
