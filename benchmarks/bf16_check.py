@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from provenance import git_commit  # benchmarks/, on the path of a script run from there
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 # Decided before the first run: bf16 rounds to about 3 significant digits, and the runs differ in every
@@ -285,16 +287,10 @@ def main(argv: list[str] | None = None) -> int:
     reload = reload_check(
         args.work_dir / f"{args.case}-bf16", str(model_dir or minilm), args.case != "minilm"
     )
-    commit = (
-        os.environ.get("DIFFORA_COMMIT")
-        or subprocess.run(  # a GPU host's .git is absent or stale
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True
-        ).stdout.strip()
-    )
     document = {
         "case": args.case,
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "git_commit": commit or "unknown",
+        "git_commit": git_commit()["commit"] or "unknown",
         "command": "python " + " ".join(sys.argv),
         "run_arguments": arguments,
         "runs": runs,

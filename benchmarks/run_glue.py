@@ -39,6 +39,7 @@ if (REPO_ROOT / "src" / "diffora").is_dir():  # benchmark this checkout, whateve
 
 from cost import PeakMemory, cpu_name, measure_cost  # noqa: E402
 from methods import SELECTION_METHODS  # noqa: E402
+from provenance import git_commit  # noqa: E402
 
 DEFAULT_DATA_DIR = os.environ.get("DIFFORA_DATA_DIR") or str(REPO_ROOT.parent / "shared" / "data" / "glue")
 TASKS = ("cola", "sst2", "mrpc", "stsb", "rte")
@@ -203,33 +204,15 @@ PROFILES = {
 # ----------------------------------------------------------------------------------------- environment
 
 
-def git_commit() -> dict[str, Any]:
-    """The repository's HEAD commit and whether the working tree differs from it."""
-
-    def git(*args: str) -> str | None:
-        try:
-            done = subprocess.run(
-                ["git", "-C", str(REPO_ROOT), *args], capture_output=True, text=True, check=False, timeout=30
-            )
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        return done.stdout.strip() if done.returncode == 0 else None
-
-    if os.environ.get("DIFFORA_COMMIT"):  # a copy of the tree whose .git is absent or stale (a GPU host)
-        return {"commit": os.environ["DIFFORA_COMMIT"], "dirty": None}
-    commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain")
-    return {"commit": commit or "none (no commit yet)", "dirty": bool(status) if status is not None else None}
-
-
 def environment(threads: int) -> dict[str, Any]:
     import torch
 
     from diffora.pipeline import versions
 
+    tree = git_commit()
     return {
         "versions": versions(),
-        "git": git_commit(),
+        "git": {**tree, "commit": tree["commit"] or "none (no commit yet)"},
         "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "torch_threads": threads,

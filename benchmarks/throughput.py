@@ -42,7 +42,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -50,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from provenance import git_commit  # benchmarks/, on the path of a script run from there
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from diffora.bilevel import BilevelSearch
@@ -267,16 +267,7 @@ def environment() -> dict[str, Any]:
 
     from diffora.pipeline import versions
 
-    def git(*command: str) -> str:
-        if os.environ.get("DIFFORA_COMMIT"):  # a copy of the tree whose .git is absent or stale (a GPU host)
-            return os.environ["DIFFORA_COMMIT"] if command[0] == "rev-parse" else ""
-        try:
-            return subprocess.run(
-                ["git", *command], capture_output=True, text=True, check=True
-            ).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            return "unknown"
-
+    tree = git_commit(untracked_files=False)
     cpu = platform.processor() or platform.machine()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
@@ -286,8 +277,8 @@ def environment() -> dict[str, Any]:
         cpu = names[0] if names else cpu
     return {
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "git_commit": git("rev-parse", "HEAD"),
-        "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "git_commit": tree["commit"] or "unknown",
+        "git_dirty": tree["dirty"],
         "machine": {
             "platform": platform.platform(),
             "cpu": cpu,
