@@ -110,3 +110,6 @@ def test_select_refuses_rho_and_budget_together() -> None:
         dam.select(rho=0.5, budget="0.5x")
     with pytest.raises(DifforaError, match="not candidates"):
         dam.to_lora_config(["bert.embeddings.word_embeddings"], base=LoraConfig(r=4))
+    kept = dam.select(rho=0.5)
+    assert dam.to_lora_config(kept, base=LoraConfig(r=4)).task_type is None  # the template's, not a guess
+    assert dam.to_lora_config(kept, base=LoraConfig(r=4, task_type="CAUSAL_LM")).task_type == "CAUSAL_LM"

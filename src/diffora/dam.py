@@ -147,7 +147,8 @@ class DAM:
 
     def to_lora_config(self, selection: Sequence[Candidate | str], base: Any) -> Any:
         """A copy of the PEFT `LoraConfig` `base` (r, alpha, dropout, rsLoRA, DoRA, bias, task type ...) whose
-        target_modules are exactly the selected modules' full names; the head modules join modules_to_save."""
+        target_modules are exactly the selected modules' full names; the head modules join modules_to_save.
+        The task type stays the template's: a DAM does not know which model it will be used on."""
         from diffora.lora import lora_config
 
         known = {c.name for c in self.candidates}
@@ -155,7 +156,7 @@ class DAM:
         unknown = [name for name in names if name not in known]
         if unknown or not names:
             raise DifforaError(f"select at least one module, all DAM candidates; not candidates: {unknown}")
-        return lora_config(names, self.head_modules, base)
+        return lora_config(names, self.head_modules, base, task_type=base.task_type)
 
     def kept_indices(
         self,

@@ -30,7 +30,7 @@ def lora_config(
     target_names: Sequence[str],
     head_modules: Sequence[str],
     adapter: AdapterConfig | LoraConfig,
-    task_type: str = "SEQ_CLS",
+    task_type: str | None = "SEQ_CLS",
 ) -> LoraConfig:
     """A vanilla PEFT LoraConfig whose target_modules is the explicit list of full module names.
 
