@@ -633,16 +633,15 @@ def budget_sweep(summary: Summary) -> dict[str, Any]:
         return {}
     rows = {}
     for task in target_tasks(summary):
-        fixed = {b: summary.cell(m, task) for b, m in SWEEP_FIXED.items() if summary.cell(m, task).get("n")}
+        cells = {b: summary.cell(m, task) for b, m in SWEEP_FIXED.items()}
+        fixed = {b: cell for b, cell in cells.items() if cell.get("n")}
         if not fixed:
             continue
         best = max(fixed, key=lambda b: fixed[b]["mean"])
-        auto_runs = summary.cell_runs(SWEEP_AUTO, task)
+        auto = summary.cell(SWEEP_AUTO, task)
         rows[task] = {
-            "auto": summary.cell(SWEEP_AUTO, task),
-            "auto_adapter_parameters": statistics.fmean(r["adapter_parameters"] for r in auto_runs)
-            if auto_runs
-            else None,
+            "auto": auto,
+            "auto_adapter_parameters": auto.get("adapter_parameters"),
             "best_fixed": best,
             "vs_half": _with_se(summary.paired(SWEEP_AUTO, SWEEP_FIXED[0.5], [task])[task]),
             "vs_best": _with_se(summary.paired(SWEEP_AUTO, SWEEP_FIXED[best], [task])[task]),

@@ -35,9 +35,7 @@ from diffora.distributed import is_main_process, make_accelerator, process_state
 from diffora.errors import DifforaError
 from diffora.families import family_of
 from diffora.io import JsonlLog, atomic_path, atomic_write_json
-from diffora.models import (
-    count_trainable_parameters,
-)
+from diffora.models import count_trainable_parameters
 from diffora.plots import plot_dam, plot_gate_history, plot_size_curve
 from diffora.selection import budget_parameters, candidate_parameters, choose_size
 from diffora.training import fit
@@ -105,14 +103,13 @@ def start_run_dir(path: Path, config: dict[str, Any], overwrite: bool, resume: b
     config = {**config, "launch": {"processes": process_state().num_processes}}
     if resume:
         recorded = json.loads((path / RUN_CONFIG_FILE).read_text(encoding="utf-8"))
-        before = recorded.get("launch", {}).get("processes", config["launch"]["processes"])
-        if before != config["launch"]["processes"]:
-            raise DifforaError(
-                f"--resume: {path} was run on {before} process(es), this launch has "
-                f"{config['launch']['processes']}; resume it with the same launch (the global batch and each "
-                "process's share of the data depend on it)"
-            )
         recorded.setdefault("launch", config["launch"])  # runs recorded before the launch was
+        before, now = recorded["launch"]["processes"], config["launch"]["processes"]
+        if before != now:
+            raise DifforaError(
+                f"--resume: {path} was run on {before} process(es), this launch has {now}; resume it with "
+                "the same launch (the global batch and each process's share of the data depend on it)"
+            )
         if recorded != json.loads(json.dumps(config)):
             changed = sorted(
                 f"{stage}.{key}"
