@@ -104,13 +104,12 @@ def search_dam(
     """
     from diffora.bilevel import run_search
     from diffora.candidates import find_candidates
-    from diffora.lora import peft_task_type
-    from diffora.models import find_head_modules
+    from diffora.models import default_heads
 
     config = config if config is not None else DiffoRAConfig()
     heads = config.head_modules
     if heads is None:
-        heads = [] if peft_task_type(model) == "CAUSAL_LM" else find_head_modules(model)
+        heads = default_heads(model)
     candidates = find_candidates(model, config.include, config.exclude, heads)
     if not candidates:
         raise DifforaError("no candidate modules: check include and exclude")

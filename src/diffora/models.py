@@ -132,6 +132,14 @@ def find_head_modules(model: nn.Module) -> list[str]:
     ]
 
 
+def default_heads(model: nn.Module) -> list[str]:
+    """The modules a search or fine-tune trains in full: a classifier's task head; none for a causal LM,
+    whose LM head is pretrained."""
+    from diffora.lora import peft_task_type
+
+    return [] if peft_task_type(model) == "CAUSAL_LM" else find_head_modules(model)
+
+
 def count_trainable_parameters(model: nn.Module) -> int:
     """The number of parameters that receive gradient updates."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -45,7 +45,7 @@ from diffora.lora import (
     peft_task_type,
 )
 from diffora.lora import lora_config as diffora_lora_config
-from diffora.models import find_head_modules
+from diffora.models import default_heads
 from diffora.selection import update_norms
 from diffora.training import cycle
 
@@ -65,7 +65,7 @@ def prepare_search_model(
     are replaced and the head modules added to its modules_to_save.
     """
     if head_modules is None:
-        head_modules = [] if peft_task_type(model) == "CAUSAL_LM" else find_head_modules(model)
+        head_modules = default_heads(model)
     heads = list(head_modules)
     if candidates is None:
         candidates = find_candidates(model, head_modules=heads)
