@@ -251,6 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-eval", type=int, default=200, help="llama-1b: evaluation examples.")
     parser.add_argument("--layers", type=int, default=16, help="llama-1b: fewer layers for a smoke run.")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--concurrent", action="store_true", help="run bf16 and fp32 at once (a GPU with room for both)"
+    )
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/diffora-bf16-check"))
     parser.add_argument("--output-dir", type=Path, default=RESULTS)
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="More `diffora run` options.")
@@ -267,9 +270,9 @@ def main(argv: list[str] | None = None) -> int:
         if not (model_dir / "config.json").is_file():
             make_random_llama(model_dir, minilm, args.layers)
     arguments = run_arguments(args.case, args, model_dir)
-    runs = {}
+    outs = {name: args.work_dir / f"{args.case}-{name}" for name in ("bf16", "fp32")}
+    processes = []
     for name, precision in (("bf16", "bf16"), ("fp32", "no")):
-        out = args.work_dir / f"{args.case}-{name}"
         command = [
             sys.executable,
             "-m",
@@ -279,11 +282,15 @@ def main(argv: list[str] | None = None) -> int:
             "--mixed-precision",
             precision,
             "--output-dir",
-            str(out),
+            str(outs[name]),
         ]
         print("$ diffora " + " ".join(command[3:]), flush=True)
-        subprocess.run([*command, "--overwrite"], check=True)
-        runs[name] = read_run(out)
+        processes.append(subprocess.Popen([*command, "--overwrite"]))
+        if not args.concurrent:
+            processes[-1].wait()
+    if any(process.wait() != 0 for process in processes):
+        raise SystemExit("a diffora run failed (its error is above); no report written")
+    runs = {name: read_run(out) for name, out in outs.items()}
     reload = reload_check(
         args.work_dir / f"{args.case}-bf16", str(model_dir or minilm), args.case != "minilm"
     )

@@ -40,14 +40,17 @@ for stage in "$@"; do
         --mixed_precision bf16 --dynamo_backend no benchmarks/throughput.py --preset gpu \
         --kinds lora_all search_first_order --tag accelerate --output-dir $R 2>&1 | grep -v "it/s" | tail -6 ;;
     selection)  # in the background, beside the next stages; stopped before the deadline
-      (timeout $(( $(left) - 25 )) python3 benchmarks/run_glue.py --profile cpu --tasks cola sst2 mrpc stsb rte \
-        --seeds 3 4 5 --methods selection diffora_rho_auto diffora_budget0.25x diffora_budget0.75x lora_r2 lora_r4 lora_r6 \
-        --workers 15 --threads 1 --no-cost --data-dir .device/glue --out $R > $R/selection.log 2>&1 &) ;;
-    bf16)
+      (timeout $(( $(left) - 25 )) python3 benchmarks/run_glue.py --profile cpu --tasks ${SELECTION_TASKS:-cola sst2 mrpc stsb rte} \
+        --seeds 3 4 5 --methods ${SELECTION_METHODS:-selection diffora_rho_auto diffora_budget0.25x diffora_budget0.75x lora_r2 lora_r4 lora_r6} \
+        --workers ${SELECTION_WORKERS:-15} --threads 1 --no-cost --data-dir .device/glue --out $R > $R/selection.log 2>&1 &) ;;
+    bf16)  # both cases at once (the MiniLM one hardly loads the GPU), each bf16 run then its fp32 twin
       timeout $(( $(left) - 30 )) python3 benchmarks/bf16_check.py --case llama-1b \
-        --commonsense-dir .device/commonsense --max-train 1200 --max-eval 100 --output-dir $R 2>&1 | grep -v "it/s" | tail -22
-      timeout $(( $(left) - 30 )) python3 benchmarks/bf16_check.py --case minilm --data-dir .device/glue \
-        --output-dir $R 2>&1 | grep -v "it/s" | tail -22 ;;
+        --commonsense-dir .device/commonsense --max-train ${LLAMA_MAX_TRAIN:-800} --max-eval 100 --concurrent --output-dir $R \
+        > $R/bf16_llama-1b.log 2>&1 &
+      timeout $(( $(left) - 30 )) python3 benchmarks/bf16_check.py --case minilm --concurrent --data-dir .device/glue \
+        --output-dir $R > $R/bf16_minilm.log 2>&1 &
+      wait
+      for case in llama-1b minilm; do echo "--- $case"; grep -av "it/s" $R/bf16_$case.log | tail -22; done ;;
   esac
 done
 while [ "$(left)" -gt 25 ] && pgrep -f run_glue.py > /dev/null; do sleep 5; done
