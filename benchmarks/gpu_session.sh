@@ -43,14 +43,15 @@ for stage in "$@"; do
       (timeout $(( $(left) - 25 )) python3 benchmarks/run_glue.py --profile cpu --tasks ${SELECTION_TASKS:-cola sst2 mrpc stsb rte} \
         --seeds 3 4 5 --methods ${SELECTION_METHODS:-selection diffora_rho_auto diffora_budget0.25x diffora_budget0.75x lora_r2 lora_r4 lora_r6} \
         --workers ${SELECTION_WORKERS:-15} --threads 1 --no-cost --data-dir .device/glue --out $R > $R/selection.log 2>&1 &) ;;
-    bf16)  # both cases at once (the MiniLM one hardly loads the GPU), each bf16 run then its fp32 twin
-      timeout $(( $(left) - 30 )) python3 benchmarks/bf16_check.py --case llama-1b \
-        --commonsense-dir .device/commonsense --max-train ${LLAMA_MAX_TRAIN:-800} --max-eval 100 --concurrent --output-dir $R \
-        > $R/bf16_llama-1b.log 2>&1 &
-      timeout $(( $(left) - 30 )) python3 benchmarks/bf16_check.py --case minilm --concurrent --data-dir .device/glue \
-        --output-dir $R > $R/bf16_minilm.log 2>&1 &
+    bf16)  # the cases at once (the MiniLM one hardly loads the GPU), each bf16 run beside its fp32 twin
+      seed=${BF16_SEED:-0}; dir=$R; [ "$seed" = 0 ] || dir=$R/bf16_seed$seed
+      for case in ${BF16_CASES:-llama-1b minilm}; do
+        timeout $(( $(left) - 30 )) python3 benchmarks/bf16_check.py --case $case --seed $seed --concurrent \
+          --commonsense-dir .device/commonsense --max-train ${LLAMA_MAX_TRAIN:-800} --max-eval 100 \
+          --data-dir .device/glue --work-dir /tmp/bf16-check-seed$seed --output-dir $dir > $R/bf16_$case.log 2>&1 &
+      done
       wait
-      for case in llama-1b minilm; do echo "--- $case"; grep -av "it/s" $R/bf16_$case.log | tail -22; done ;;
+      for case in ${BF16_CASES:-llama-1b minilm}; do echo "--- $case"; grep -av "it/s" $R/bf16_$case.log | tail -22; done ;;
   esac
 done
 while [ "$(left)" -gt 25 ] && pgrep -f run_glue.py > /dev/null; do sleep 5; done
