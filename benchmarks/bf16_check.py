@@ -241,9 +241,39 @@ def write_report(document: dict[str, Any], path: Path) -> None:
     path.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 
+def write_seed_noise(reports: list[Path], path: Path) -> None:
+    """How far two seeds of the same precision drift apart, by the same measures as bf16 against fp32."""
+    documents = [json.loads(report.read_text()) for report in reports]
+    case = documents[0]["case"]
+    seeds = [d["run_arguments"][d["run_arguments"].index("--seed") + 1] for d in documents]
+    rows = {f"bf16 vs fp32, seed {seed}": d["comparison"] for seed, d in zip(seeds, documents, strict=True)}
+    for precision in ("fp32", "bf16"):
+        rows[f"{precision} seed {seeds[0]} vs seed {seeds[1]}"] = compare(
+            case, documents[0]["runs"][precision], documents[1]["runs"][precision]
+        )
+    lines = [
+        f"# bf16 against fp32 next to seed against seed: `{case}`",
+        "",
+        f"{time.strftime('%Y-%m-%d')}, from {', '.join(f'`{r}`' for r in reports)} "
+        f"(command: `python {' '.join(sys.argv)}`). The same measures and tolerances as the bf16 check; the "
+        "seed rows say how much the same run moves when only the seed changes.",
+        "",
+        "| pair | largest gate difference | gate Spearman | final loss, relative | main metric, absolute | "
+        "selection Jaccard |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, row in rows.items():
+        lines.append(
+            f"| {name} | {row['max_gate_difference']:.4f} | {row['gate_spearman']:.3f} | "
+            f"{row['final_loss_relative_difference']:.4f} | {row['metric_absolute_difference']:.4f} | "
+            f"{row['selection_jaccard']:.3f} |"
+        )
+    path.write_text("\n".join(lines) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--case", choices=sorted(TOLERANCES), required=True)
+    parser.add_argument("--case", choices=sorted(TOLERANCES))
     parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("DIFFORA_DATA_DIR", "")))
     parser.add_argument("--commonsense-dir", type=Path, default=None)
     parser.add_argument("--train-task", default="ARC-Easy", help="llama-1b: the commonsense training file.")
@@ -257,7 +287,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/diffora-bf16-check"))
     parser.add_argument("--output-dir", type=Path, default=RESULTS)
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="More `diffora run` options.")
+    parser.add_argument(
+        "--seed-noise",
+        nargs=2,
+        type=Path,
+        metavar="REPORT",
+        help="no runs: set two seeds' reports (bf16_check_<case>.json) side by side, next to the first one",
+    )
     args = parser.parse_args(argv)
+    if args.seed_noise:
+        first = args.seed_noise[0]
+        write_seed_noise(args.seed_noise, first.with_name(first.stem + "_seed_noise.md"))
+        print(first.with_name(first.stem + "_seed_noise.md").read_text())
+        return 0
+    if args.case is None:
+        parser.error("--case is needed (or --seed-noise)")
     if args.case == "llama-1b" and args.commonsense_dir is None:
         parser.error("--case llama-1b needs --commonsense-dir")
     from diffora.models import resolve_model_path

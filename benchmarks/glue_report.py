@@ -66,7 +66,7 @@ BUDGET_LABELS = {
 }
 BUDGET_ONLY_METHODS = {"diffora_magnitude", "mlp", "attention", "loradrop"}
 CHEAP_SELECTORS = ("diffora_magnitude", "diffora_perturbation", "mlp", "attention", "loradrop")
-SELECTION_BASELINES = ("random", *CHEAP_SELECTORS, "lora", "lora_equal_steps")
+SELECTION_BASELINES = ("random", *CHEAP_SELECTORS, "lora_r4", "lora", "lora_equal_steps")
 STABILITY_METHODS = ("diffora", "diffora_magnitude", "diffora_perturbation", "loradrop", "random")
 BUDGET_RATIO_LIMIT = 0.5
 JACCARD_LIMIT = 0.6
