@@ -90,15 +90,20 @@ def test_search_dam_takes_dataloaders_too() -> None:
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (dict(rho=0), "rho must lie in (0, 1]"),
-        (dict(ranking="best"), "ranking must be one of"),
-        (dict(lora={"r": 8}), "lora must be a peft.LoraConfig"),
-        (dict(ranking="perturbation"), "needs perturbation_batches > 0"),
+        (dict(rho=0), "`rho` must lie in (0, 1]"),
+        (dict(ranking="best"), "`ranking` must be one of"),
+        (dict(lora={"r": 8}), "`lora` must be a peft.LoraConfig"),
+        (dict(ranking="perturbation"), "needs `perturbation_batches` > 0"),
+        (dict(search=lambda: SearchConfig(epochs=0)), "`epochs` must be positive"),
+        (dict(search=lambda: SearchConfig(warmup_fraction=1.0)), "`warmup_fraction` must lie in [0, 1)"),
+        (dict(search=lambda: SearchConfig(order="second", gradient_accumulation_steps=2)), "`order` second"),
+        (dict(search=lambda: SearchConfig(mixed_precision="fp16")), "`mixed_precision` fp16 is refused"),
     ],
 )
 def test_config_errors_are_one_line_and_name_the_option(overrides, message) -> None:
+    """The library names options as the API spells them (the CLI re-spells them as flags: test_cli)."""
     with pytest.raises(DifforaError) as error:
-        DiffoRAConfig(**overrides)
+        DiffoRAConfig(**{key: value() if callable(value) else value for key, value in overrides.items()})
     assert message in str(error.value) and "\n" not in str(error.value) and "--" not in str(error.value)
 
 

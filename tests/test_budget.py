@@ -35,7 +35,7 @@ def test_budget_keeps_modules_in_gate_order_while_they_fit() -> None:
     per_layer = dam.discretize(budget="60", selection="per_layer")  # each row: half of its own 60
     assert [c.name for c in per_layer] == ["l0.q", "l0.v", "l1.q"]
     assert sum(10 if c.name != "l1.q" else 30 for c in per_layer) <= 60
-    with pytest.raises(DifforaError, match=r"--budget 121 is above LoRA-all on every candidate \(120"):
+    with pytest.raises(DifforaError, match=r"`budget` 121 is above LoRA-all on every candidate \(120"):
         dam.discretize(budget="121")
     with pytest.raises(DifforaError, match="no parameter counts"):
         _dam().discretize(budget="60")
@@ -50,11 +50,11 @@ def test_auto_takes_the_smallest_size_within_one_standard_error_of_the_best() ->
     dam = _dam(parameters=[10] * 6, size_curve=_curve(flat_after_three))
     assert [c.name for c in dam.discretize(rho="auto")] == ["l0.q", "l1.q", "l1.v"]  # top 3 by gate
     assert dam.discretize(budget="auto") == dam.discretize(rho="auto")
-    with pytest.raises(DifforaError, match="measured for --ranking gate"):
+    with pytest.raises(DifforaError, match="measured for `ranking` gate"):
         _dam(update_norms=[1.0] * 6, size_curve=_curve(flat_after_three)).discretize(
             rho="auto", ranking="magnitude"
         )
-    with pytest.raises(DifforaError, match="--rho auto chooses a global top-k"):
+    with pytest.raises(DifforaError, match="`rho` auto chooses a global top-k"):
         dam.discretize(rho="auto", selection="per_layer")
     with pytest.raises(DifforaError, match="no size curve"):
         _dam().discretize(rho="auto")

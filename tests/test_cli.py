@@ -184,6 +184,9 @@ BAD_INPUTS = [
     (["--rank", "0"], "--rank must be at least 1"),
     (["--include", "nothing_here"], "--include pattern 'nothing_here' matches no module"),
     (["--relaxation", "tanh"], "--relaxation must be one of sigmoid, softmax"),
+    (["--search-epochs", "0"], "--search-epochs must be positive"),  # the field is SearchConfig.epochs
+    (["--epochs", "0"], "--epochs must be positive"),
+    (["--budget", "2x"], "--budget must be a parameter count"),
     (["--data-dir", "/nonexistent/glue"], "expected"),
     (["--model", "/nonexistent/model"], "cannot load model '/nonexistent/model'"),
 ]

@@ -39,7 +39,7 @@ def test_per_layer_keeps_ceil_rho_m_of_every_layer() -> None:
 
 @pytest.mark.parametrize("rho", [0.0, -0.1, 1.5])
 def test_rho_outside_the_unit_interval_is_refused(rho: float) -> None:
-    with pytest.raises(DifforaError, match=r"--rho must lie in \(0, 1\]"):
+    with pytest.raises(DifforaError, match=r"`rho` must lie in \(0, 1\]"):
         select_indices(GRID, [0.0] * 12, rho)
 
 

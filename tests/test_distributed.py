@@ -238,7 +238,7 @@ def test_fp16_without_cuda_is_one_clear_error_line(capsys) -> None:
 
 
 def test_second_order_refuses_accumulation_and_the_flags_reach_both_stages(capsys) -> None:
-    with pytest.raises(DifforaError, match="--order second"):
+    with pytest.raises(DifforaError, match="`order` second"):
         SearchConfig(order="second", gradient_accumulation_steps=2)
     from diffora.cli import _search_config, build_config, build_parser
 

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 
 from diffora.config import RANKINGS, SearchConfig, option, parse_rho
 from diffora.dam import DAM
-from diffora.errors import DifforaError
+from diffora.errors import DifforaError, OptionError
 
 
 @dataclass
@@ -62,16 +62,16 @@ class DiffoRAConfig:
         self.lora = self.lora if self.lora is not None else LoraConfig(r=8, lora_alpha=16)
         self.search = self.search if self.search is not None else SearchConfig()
         if not isinstance(self.lora, LoraConfig):
-            raise DifforaError(f"lora must be a peft.LoraConfig, got {type(self.lora).__name__}")
+            raise OptionError(f"`lora` must be a peft.LoraConfig, got {type(self.lora).__name__}")
         if not isinstance(self.search, SearchConfig):
-            raise DifforaError(f"search must be a diffora.SearchConfig, got {type(self.search).__name__}")
+            raise OptionError(f"`search` must be a diffora.SearchConfig, got {type(self.search).__name__}")
         if self.ranking not in RANKINGS:
-            raise DifforaError(f"ranking must be one of {', '.join(RANKINGS)}, got {self.ranking!r}")
+            raise OptionError(f"`ranking` must be one of {', '.join(RANKINGS)}, got {self.ranking!r}")
         if self.perturbation_batches < 0 or self.batch_size < 1:
-            raise DifforaError("perturbation_batches must be >= 0 and batch_size >= 1")
+            raise OptionError("`perturbation_batches` must be >= 0 and `batch_size` >= 1")
         if self.ranking == "perturbation" and self.perturbation_batches == 0:
-            raise DifforaError("ranking 'perturbation' needs perturbation_batches > 0")
-        self.rho = parse_rho(self.rho, "rho")
+            raise OptionError("`ranking` 'perturbation' needs `perturbation_batches` > 0")
+        self.rho = parse_rho(self.rho)
 
 
 def as_dataloader(

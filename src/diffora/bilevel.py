@@ -36,7 +36,7 @@ from diffora.distributed import (
     shard_loader,
     stop_agreed,
 )
-from diffora.errors import DifforaError
+from diffora.errors import OptionError
 from diffora.gates import DAMGates
 from diffora.interrupt import Interrupted, stop_requested
 from diffora.io import JsonlLog
@@ -137,9 +137,9 @@ class BilevelSearch:
             all_reduce_mean(self.accelerator, [gradient])
         check_finite(loss, "search (gate step)", step, self.checkpointer)
         if not torch.isfinite(gradient).all():
-            raise DifforaError(
+            raise OptionError(
                 f"search (gate step): the gate gradient became NaN or infinite at step {step}; "
-                "lower --gate-lr"
+                "lower `gate_lr`"
             )
         self.gates.logits.grad = gradient
         self.gate_optimizer.step()

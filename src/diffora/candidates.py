@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from diffora.errors import DifforaError
+from diffora.errors import DifforaError, OptionError
 
 OUTSIDE_BLOCKS = -1  # layer index of a module that --include pulls in from outside the block stack
 
@@ -55,13 +55,13 @@ def _matches_any(name: str, patterns: Sequence[str]) -> bool:
     return any(re.search(pattern, name) for pattern in patterns)
 
 
-def _compile_all(patterns: Sequence[str], flag: str) -> None:
+def _compile_all(patterns: Sequence[str], option: str) -> None:
     for pattern in patterns:
         try:
             re.compile(pattern)
         except re.error as error:
-            raise DifforaError(
-                f"{flag} pattern {pattern!r} is not a valid regular expression: {error}"
+            raise OptionError(
+                f"`{option}` pattern {pattern!r} is not a valid regular expression: {error}"
             ) from None
 
 
@@ -77,8 +77,8 @@ def find_candidates(
     full module names) narrow or widen the set to any matching projection outside the head; `exclude`
     regexes drop matches. Embeddings and the task head (`head_modules`) are never candidates.
     """
-    _compile_all(include, "--include")
-    _compile_all(exclude, "--exclude")
+    _compile_all(include, "include")
+    _compile_all(exclude, "exclude")
     stack = find_block_stack(model)
     projections = [
         name
@@ -86,12 +86,12 @@ def find_candidates(
         if _is_projection(module) and not any(name == h or name.startswith(h + ".") for h in head_modules)
     ]
     located = {name: locate_module(name, stack) for name in projections}
-    for flag, patterns in (("--include", include), ("--exclude", exclude)):
+    for option, patterns in (("include", include), ("exclude", exclude)):
         for pattern in patterns:
             if not any(re.search(pattern, name) for name in projections):
                 examples = ", ".join(projections[:4])
-                raise DifforaError(
-                    f"{flag} pattern {pattern!r} matches no module; available names look like: {examples}"
+                raise OptionError(
+                    f"`{option}` pattern {pattern!r} matches no module; available names look like: {examples}"
                 )
     if include:
         chosen = [name for name in projections if _matches_any(name, include)]
@@ -99,7 +99,7 @@ def find_candidates(
         chosen = [name for name in projections if located[name][0] != OUTSIDE_BLOCKS]
     chosen = [name for name in chosen if not _matches_any(name, exclude)]
     if not chosen:
-        raise DifforaError("no candidate module is left after --include/--exclude; loosen the patterns")
+        raise OptionError("no candidate module is left after `include`/`exclude`; loosen the patterns")
     return [Candidate(name, *located[name]) for name in chosen]
 
 

@@ -21,7 +21,7 @@ from diffora.candidates import find_candidates
 from diffora.commonsense import Question, evaluate_commonsense, load_commonsense_sets
 from diffora.config import AdapterConfig, DataConfig
 from diffora.data import subsample
-from diffora.errors import DifforaError
+from diffora.errors import OptionError
 from diffora.instruct import IGNORE_INDEX, load_instruct_data, make_instruct_loader, read_instruct_file
 from diffora.models import load_causal_lm, load_tokenizer, refusing_unsafe_pickles, resolve_model_path
 from diffora.training import pick_device, to_device
@@ -51,7 +51,7 @@ class CausalWorkbench(Workbench):
 
 def _require_model(model: str | None) -> str:
     if model is None:
-        raise DifforaError("--task causal needs --model: a decoder LLM (LLaMA, Qwen2, Mistral, GPT-2 ...)")
+        raise OptionError("`task` causal needs `model`: a decoder LLM (LLaMA, Qwen2, Mistral, GPT-2 ...)")
     return resolve_model_path(model)
 
 
@@ -111,8 +111,8 @@ def evaluate_causal_adapter(
     """Commonsense accuracies (and --eval-file loss) of a saved causal-LM PEFT adapter."""
     adapter_dir = Path(adapter_dir)
     if not data_config.eval_tasks and not data_config.eval_file:
-        raise DifforaError(
-            "nothing to evaluate: pass --eval-tasks (with --commonsense-dir) and/or --eval-file"
+        raise OptionError(
+            "nothing to evaluate: pass `eval_tasks` (with `commonsense_dir`) and/or `eval_file`"
         )
     eval_sets = load_commonsense_sets(data_config)
     eval_examples = (

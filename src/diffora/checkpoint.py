@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from diffora.distributed import is_main_process, wait_for_everyone
-from diffora.errors import DifforaError
+from diffora.errors import OptionError
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -134,9 +134,9 @@ class Checkpointer:
                 if self.last_saved
                 else "no complete checkpoint yet"
             )
-            raise DifforaError(
+            raise OptionError(
                 f"could not write checkpoint {final.name} ({error.strerror or error}); {kept}; "
-                "free space or fix the folder, then run the same command with --resume"
+                "free space or fix the folder, then run the same command with `resume`"
             ) from error
         shutil.rmtree(final, ignore_errors=True)
         staging.rename(final)
@@ -177,9 +177,9 @@ class Checkpointer:
             self.last_saved = path
             return state
         if problems:
-            raise DifforaError(
+            raise OptionError(
                 f"every checkpoint in {self.folder} is damaged ({'; '.join(problems)}); "
-                "start the run again with --overwrite"
+                "start the run again with `overwrite`"
             )
         return None
 

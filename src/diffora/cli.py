@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from diffora.config import AdapterConfig, DataConfig, FinetuneConfig, SearchConfig
-from diffora.errors import DifforaError
+from diffora.errors import DifforaError, OptionError
 from diffora.interrupt import Interrupted, stop_on_signals
 
 # Fields whose flag differs from the field name, per config class; fields shared by both stages are set once.
@@ -34,8 +34,21 @@ OPTION_GROUPS = {
 }
 
 
+# Options of the command line only (not config fields) that library errors may name.
+COMMAND_OPTIONS = ("output_dir", "overwrite", "resume", "checkpoint_every", "perturbation_batches", "dam")
+
+
 def _flag(config_class: type, name: str) -> str:
     return "--" + RENAMED.get(config_class, {}).get(name, name.replace("_", "-"))
+
+
+def spell_flag(name: str, owner: type | None) -> str | None:
+    """The flag of option `name` in a library error: a field of `owner` first, then of any stage's config."""
+    for config_class in (owner, FinetuneConfig, SearchConfig, DataConfig, AdapterConfig):
+        fields = dataclasses.fields(config_class) if dataclasses.is_dataclass(config_class) else ()
+        if name in {item.name for item in fields}:
+            return _flag(config_class, name)
+    return "--" + name.replace("_", "-") if name in COMMAND_OPTIONS else None
 
 
 def add_config_arguments(
@@ -246,6 +259,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Interrupted as stop:
         print(f"diffora: interrupted: {_resume_hint(stop, argv)}", file=sys.stderr)
         return INTERRUPTED
+    except OptionError as error:  # the library names options; here they are flags
+        print(f"diffora: error: {error.render(spell_flag)}", file=sys.stderr)
+        return 2
     except DifforaError as error:
         print(f"diffora: error: {error}", file=sys.stderr)
         return 2

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from diffora.config import COMMONSENSE_TASKS, DataConfig
 from diffora.data import subsample
-from diffora.errors import DifforaError
+from diffora.errors import DifforaError, OptionError
 from diffora.instruct import build_prompt, read_records, require_fields
 
 COMMONSENSE_DIR_ENV = "DIFFORA_COMMONSENSE_DIR"
@@ -71,8 +71,8 @@ def commonsense_dir(config: DataConfig) -> Path:
     """--commonsense-dir, else $DIFFORA_COMMONSENSE_DIR; one clear line when neither is set."""
     folder = config.commonsense_dir or os.environ.get(COMMONSENSE_DIR_ENV)
     if not folder:
-        raise DifforaError(
-            f"--eval-tasks needs --commonsense-dir (a folder with <task>/test.json, the LLM-Adapters "
+        raise OptionError(
+            f"`eval_tasks` needs `commonsense_dir` (a folder with <task>/test.json, the LLM-Adapters "
             f"layout) or ${COMMONSENSE_DIR_ENV}"
         )
     return Path(folder)
@@ -104,8 +104,8 @@ def load_commonsense_sets(config: DataConfig, seed: int = 0) -> dict[str, list[Q
     for task in config.eval_tasks:
         path = folder / task / "test.json"
         if not path.is_file():
-            raise DifforaError(
-                f"file {path} does not exist; --commonsense-dir must hold <task>/test.json for each of "
+            raise OptionError(
+                f"file {path} does not exist; `commonsense_dir` must hold <task>/test.json for each of "
                 f"{', '.join(config.eval_tasks)} (tasks: {', '.join(COMMONSENSE_TASKS)})"
             )
         sets[task] = subsample(load_questions(path, task, config), config.max_eval_samples, seed)

@@ -6,10 +6,12 @@ The CLI builds its flags from these fields, so the help text here is the help te
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from diffora.errors import DifforaError
+from diffora.errors import OptionError
 
 RELAXATIONS = ("sigmoid", "softmax")
 SELECTIONS = ("global", "per_layer")
@@ -41,35 +43,46 @@ def option(default: Any, help: str, **kwargs: Any) -> Any:
 
 
 def _require(condition: bool, message: str) -> None:
+    """Raise an OptionError with `message`, whose options are marked `like_this`, unless `condition`."""
     if not condition:
-        raise DifforaError(message)
+        raise OptionError(message)
 
 
 def _require_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    _require(value in choices, f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    _require(value in choices, f"`{name}` must be one of {', '.join(choices)}, got {value!r}")
+
+
+@contextmanager
+def _options_of(config: Any) -> Iterator[None]:
+    """Validation of `config`'s fields: an OptionError raised inside names the config class as its owner."""
+    try:
+        yield
+    except OptionError as error:
+        error.owner = error.owner or type(config)
+        raise
 
 
 def check_mixed_precision(value: str) -> None:
     """A precision Accelerate can run here: fp16 needs CUDA; bf16 also runs on the CPU."""
-    _require_choice("--mixed-precision", value, MIXED_PRECISIONS)
+    _require_choice("mixed_precision", value, MIXED_PRECISIONS)
     if value == "fp16":
         import torch  # only here: building the CLI flags stays free of heavy imports
 
         _require(
             torch.cuda.is_available(),
-            "--mixed-precision fp16 needs a CUDA GPU (none is available); use bf16 or no on the CPU",
+            "`mixed_precision` fp16 needs a CUDA GPU (none is available); use bf16 or no on the CPU",
         )
 
 
-def parse_rho(value: float | str, name: str = "--rho") -> float | str:
-    """A rho in (0, 1] or 'auto'; `name` is what the error calls it (a flag, or an option of the API)."""
+def parse_rho(value: float | str) -> float | str:
+    """A rho in (0, 1] or 'auto'."""
     if isinstance(value, str) and value.strip().lower() == "auto":
         return "auto"
     try:
         rho = float(value)
     except (TypeError, ValueError):
         rho = float("nan")
-    _require(0 < rho <= 1, f"{name} must lie in (0, 1] or be auto, got {value}; 0.5 keeps half the modules")
+    _require(0 < rho <= 1, f"`rho` must lie in (0, 1] or be auto, got {value}; 0.5 keeps half the modules")
     return rho
 
 
@@ -77,9 +90,9 @@ def _validate_scaling(config: Any) -> None:
     check_mixed_precision(config.mixed_precision)
     _require(
         config.gradient_accumulation_steps >= 1,
-        f"--gradient-accumulation-steps must be at least 1, got {config.gradient_accumulation_steps}",
+        f"`gradient_accumulation_steps` must be at least 1, got {config.gradient_accumulation_steps}",
     )
-    _require(config.max_grad_norm >= 0, f"--max-grad-norm must be >= 0 (0: off), got {config.max_grad_norm}")
+    _require(config.max_grad_norm >= 0, f"`max_grad_norm` must be >= 0 (0: off), got {config.max_grad_norm}")
 
 
 def _scaling_options() -> dict[str, Any]:
@@ -110,7 +123,7 @@ def _require_fraction(name: str, value: float, *, allow_zero: bool = True, allow
     high_ok = value <= 1 if allow_one else value < 1
     _require(
         low_ok and high_ok,
-        f"{name} must lie in {'[' if allow_zero else '('}0, 1{']' if allow_one else ')'}, got {value}",
+        f"`{name}` must lie in {'[' if allow_zero else '('}0, 1{']' if allow_one else ')'}, got {value}",
     )
 
 
@@ -196,33 +209,34 @@ class DataConfig:
     )
 
     def __post_init__(self) -> None:
-        self.task = self.task.lower().replace("-", "")
-        _require_choice("--problem-type", self.problem_type, PROBLEM_TYPES)
-        _require(self.max_length >= 8, f"--max-length must be at least 8, got {self.max_length}")
-        _require_fraction("--search-fraction", self.search_fraction, allow_zero=False, allow_one=False)
-        for name in ("max_train_samples", "max_eval_samples"):
-            value = getattr(self, name)
+        with _options_of(self):
+            self.task = self.task.lower().replace("-", "")
+            _require_choice("problem_type", self.problem_type, PROBLEM_TYPES)
+            _require(self.max_length >= 8, f"`max_length` must be at least 8, got {self.max_length}")
+            _require_fraction("search_fraction", self.search_fraction, allow_zero=False, allow_one=False)
+            for name in ("max_train_samples", "max_eval_samples"):
+                value = getattr(self, name)
+                _require(value is None or value >= 1, f"`{name}` must be at least 1, got {value}")
             _require(
-                value is None or value >= 1, f"--{name.replace('_', '-')} must be at least 1, got {value}"
+                len(self.text_fields) <= 2,
+                f"`text_fields` takes one or two column names, got {len(self.text_fields)}",
             )
-        _require(
-            len(self.text_fields) <= 2,
-            f"--text-fields takes one or two column names, got {len(self.text_fields)}",
-        )
-        _require_choice("--prompt-template", self.prompt_template, PROMPT_TEMPLATES)
-        _require_choice("--eval-mode", self.eval_mode, EVAL_MODES)
-        _require(self.max_new_tokens >= 1, f"--max-new-tokens must be at least 1, got {self.max_new_tokens}")
-        _require(
-            self.task == CAUSAL_TASK or not self.eval_tasks,
-            f"--eval-tasks only apply to --task causal, not {self.task}",
-        )
-        by_name = {name.lower(): name for name in COMMONSENSE_TASKS}
-        for name in self.eval_tasks:
+            _require_choice("prompt_template", self.prompt_template, PROMPT_TEMPLATES)
+            _require_choice("eval_mode", self.eval_mode, EVAL_MODES)
             _require(
-                name.lower() in by_name,
-                f"unknown --eval-tasks entry {name!r}; choose from {', '.join(COMMONSENSE_TASKS)}",
+                self.max_new_tokens >= 1, f"`max_new_tokens` must be at least 1, got {self.max_new_tokens}"
             )
-        self.eval_tasks = list(dict.fromkeys(by_name[name.lower()] for name in self.eval_tasks))
+            _require(
+                self.task == CAUSAL_TASK or not self.eval_tasks,
+                f"`eval_tasks` only apply to `task` causal, not {self.task}",
+            )
+            by_name = {name.lower(): name for name in COMMONSENSE_TASKS}
+            for name in self.eval_tasks:
+                _require(
+                    name.lower() in by_name,
+                    f"unknown `eval_tasks` entry {name!r}; choose from {', '.join(COMMONSENSE_TASKS)}",
+                )
+            self.eval_tasks = list(dict.fromkeys(by_name[name.lower()] for name in self.eval_tasks))
 
 
 @dataclass
@@ -251,9 +265,10 @@ class AdapterConfig:
     )
 
     def __post_init__(self) -> None:
-        _require(self.rank >= 1, f"--rank must be at least 1, got {self.rank}")
-        _require(self.lora_alpha > 0, f"--lora-alpha must be positive, got {self.lora_alpha}")
-        _require_fraction("--lora-dropout", self.lora_dropout, allow_one=False)
+        with _options_of(self):
+            _require(self.rank >= 1, f"`rank` must be at least 1, got {self.rank}")
+            _require(self.lora_alpha > 0, f"`lora_alpha` must be positive, got {self.lora_alpha}")
+            _require_fraction("lora_dropout", self.lora_dropout, allow_one=False)
 
 
 @dataclass
@@ -294,26 +309,27 @@ class SearchConfig:
     max_grad_norm: float = _scaling_options()["max_grad_norm"]
 
     def __post_init__(self) -> None:
-        _require_choice("--relaxation", self.relaxation, RELAXATIONS)
-        _require_choice("--order", self.order, ORDERS)
-        _require(self.temperature > 0, f"--temperature must be positive, got {self.temperature}")
-        _require(self.epochs > 0, f"--search-epochs must be positive, got {self.epochs}")
-        _require_fraction("--warmup-fraction", self.warmup_fraction, allow_one=False)
-        _require(self.lr > 0 and self.gate_lr > 0, "learning rates must be positive")
-        _require(self.budget_weight >= 0, f"--budget-weight must be >= 0, got {self.budget_weight}")
-        _require(self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}")
-        _require(self.log_every >= 1, f"--log-every must be at least 1, got {self.log_every}")
-        _require(
-            self.mixed_precision != "fp16",
-            "--mixed-precision fp16 is refused for the search: its gate and weight steps run without loss "
-            "scaling, so small gradients would underflow to zero; use bf16",
-        )
-        _validate_scaling(self)
-        _require(
-            self.order == "first" or self.gradient_accumulation_steps == 1,
-            "--order second takes one search-train and one search-val batch per step; "
-            "use --gradient-accumulation-steps 1 (or --order first)",
-        )
+        with _options_of(self):
+            _require_choice("relaxation", self.relaxation, RELAXATIONS)
+            _require_choice("order", self.order, ORDERS)
+            _require(self.temperature > 0, f"`temperature` must be positive, got {self.temperature}")
+            _require(self.epochs > 0, f"`epochs` must be positive, got {self.epochs}")
+            _require_fraction("warmup_fraction", self.warmup_fraction, allow_one=False)
+            _require(self.lr > 0 and self.gate_lr > 0, "`lr` and `gate_lr` must be positive")
+            _require(self.budget_weight >= 0, f"`budget_weight` must be >= 0, got {self.budget_weight}")
+            _require(self.batch_size >= 1, f"`batch_size` must be at least 1, got {self.batch_size}")
+            _require(self.log_every >= 1, f"`log_every` must be at least 1, got {self.log_every}")
+            _require(
+                self.mixed_precision != "fp16",
+                "`mixed_precision` fp16 is refused for the search: its gate and weight steps run without "
+                "loss scaling, so small gradients would underflow to zero; use bf16",
+            )
+            _validate_scaling(self)
+            _require(
+                self.order == "first" or self.gradient_accumulation_steps == 1,
+                "`order` second takes one search-train and one search-val batch per step; "
+                "use `gradient_accumulation_steps` 1 (or `order` first)",
+            )
 
 
 @dataclass
@@ -359,19 +375,20 @@ class FinetuneConfig:
     max_grad_norm: float = _scaling_options()["max_grad_norm"]
 
     def __post_init__(self) -> None:
-        self.rho = parse_rho(self.rho)
-        if self.budget is not None:
-            from diffora.selection import parse_budget  # raises one line on a malformed budget
+        with _options_of(self):
+            self.rho = parse_rho(self.rho)
+            if self.budget is not None:
+                from diffora.selection import parse_budget  # raises one line on a malformed budget
 
-            self.budget = parse_budget(self.budget)
-        _require_choice("--selection", self.selection, SELECTIONS)
-        _require_choice("--ranking", self.ranking, RANKINGS)
-        _require_choice("--sharing", self.sharing, SHARING)
-        _require(self.epochs > 0, f"--epochs must be positive, got {self.epochs}")
-        _require(self.lr > 0, f"--lr must be positive, got {self.lr}")
-        _require_fraction("--warmup-ratio", self.warmup_ratio, allow_one=False)
-        _require(self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}")
-        _validate_scaling(self)
+                self.budget = parse_budget(self.budget)
+            _require_choice("selection", self.selection, SELECTIONS)
+            _require_choice("ranking", self.ranking, RANKINGS)
+            _require_choice("sharing", self.sharing, SHARING)
+            _require(self.epochs > 0, f"`epochs` must be positive, got {self.epochs}")
+            _require(self.lr > 0, f"`lr` must be positive, got {self.lr}")
+            _require_fraction("warmup_ratio", self.warmup_ratio, allow_one=False)
+            _require(self.batch_size >= 1, f"`batch_size` must be at least 1, got {self.batch_size}")
+            _validate_scaling(self)
 
 
 def to_dict(config: Any) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from typing import Any
 
 from diffora.candidates import Candidate
 from diffora.config import RANKINGS, SELECTIONS
-from diffora.errors import DifforaError
+from diffora.errors import DifforaError, OptionError
 from diffora.io import atomic_write_json
 from diffora.selection import (
     PRESETS,
@@ -28,7 +28,7 @@ DAM_FORMAT_VERSION = 1
 
 def _check_rho(rho: float) -> None:
     if not 0 < rho <= 1:
-        raise DifforaError(f"--rho must lie in (0, 1], got {rho}; 0.5 keeps half the modules")
+        raise OptionError(f"`rho` must lie in (0, 1], got {rho}; 0.5 keeps half the modules")
 
 
 def layer_rows(candidates: Sequence[Candidate]) -> list[list[int]]:
@@ -52,7 +52,7 @@ def select_indices(
     """
     _check_rho(rho)
     if selection not in SELECTIONS:
-        raise DifforaError(f"--selection must be one of {', '.join(SELECTIONS)}, got {selection!r}")
+        raise OptionError(f"`selection` must be one of {', '.join(SELECTIONS)}, got {selection!r}")
     if selection == "global":
         keep = max(1, math.floor(rho * len(candidates) + 0.5))  # half rounds up, unlike Python's round()
         return sorted(ranked(range(len(candidates)), scores)[:keep])
@@ -95,22 +95,22 @@ class DAM:
     def scores(self, ranking: str = "gate") -> list[float]:
         """The values candidates are ranked by: gates, the perturbation check's loss rises or update norms."""
         if ranking not in RANKINGS:
-            raise DifforaError(f"--ranking must be one of {', '.join(RANKINGS)}, got {ranking!r}")
+            raise OptionError(f"`ranking` must be one of {', '.join(RANKINGS)}, got {ranking!r}")
         if ranking == "gate":
             return list(self.gates)
         if ranking in PRESETS:  # a module family first; ties (within and outside it) go to the lower layer
             return preset_scores([c.type for c in self.candidates], ranking)
         if ranking == "magnitude":
             if self.update_norms is None:
-                raise DifforaError(
+                raise OptionError(
                     "this dam.json has no update norms (written by an older diffora); search again or "
-                    "use --ranking gate"
+                    "use `ranking` gate"
                 )
             return list(self.update_norms)
         if self.perturbation_scores is None:
-            raise DifforaError(
+            raise OptionError(
                 "this search has no perturbation scores; search again with "
-                "--perturbation-batches N (N > 0) or use --ranking gate"
+                "`perturbation_batches` N (N > 0) or use `ranking` gate"
             )
         return list(self.perturbation_scores)
 
@@ -178,9 +178,9 @@ class DAM:
 
     def _parameters(self) -> list[int]:
         if self.parameters is None:
-            raise DifforaError(
+            raise OptionError(
                 "this dam.json has no parameter counts (written by an older diffora); search again to "
-                "select by --budget"
+                "select by `budget`"
             )
         return self.parameters
 
@@ -199,17 +199,17 @@ class DAM:
         self, scores: Sequence[float], ranking: str, selection: str, by_budget: bool
     ) -> list[int]:
         """The top-k modules, k chosen by the one-standard-error rule on the search's size curve."""
-        flag = "--budget auto" if by_budget else "--rho auto"
+        flag = "`budget` auto" if by_budget else "`rho` auto"
         if selection != "global":
-            raise DifforaError(f"{flag} chooses a global top-k; use --selection global")
+            raise OptionError(f"{flag} chooses a global top-k; use `selection` global")
         curve = self.size_curve
         if curve is None:
             raise DifforaError(
                 f"this dam.json has no size curve; search again with this diffora to use {flag}"
             )
         if curve["ranking"] != ranking:
-            raise DifforaError(
-                f"the size curve was measured for --ranking {curve['ranking']}; use that ranking with {flag} "
+            raise OptionError(
+                f"the size curve was measured for `ranking` {curve['ranking']}; use that ranking with {flag} "
                 "or search again"
             )
         k = curve["sizes"][choose_size(curve["batch_losses"])]
@@ -276,7 +276,7 @@ class DAM:
         """Read a dam.json written by `save`."""
         path = Path(path)
         if not path.is_file():
-            raise DifforaError(f"no dam.json at {path}; run 'diffora search' first or pass its --output-dir")
+            raise OptionError(f"no dam.json at {path}; run 'diffora search' first or pass its `output_dir`")
         try:
             document = json.loads(path.read_text(encoding="utf-8"))
             rows = document["candidates"]

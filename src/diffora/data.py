@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from transformers import DataCollatorWithPadding
 
 from diffora.config import DataConfig
-from diffora.errors import DifforaError
+from diffora.errors import DifforaError, OptionError
 from diffora.tasks import HUB_ID, TaskSpec, get_task_spec
 
 Example = tuple[tuple[str, ...], int | float]
@@ -66,9 +66,9 @@ def load_task_data(config: DataConfig, seed: int = 0) -> TaskData:
     else:
         spec = get_task_spec(config.task)
         if config.train_file or config.eval_file:
-            raise DifforaError(
-                f"--train-file/--eval-file only apply to --task custom, not {spec.name}; drop them "
-                "or use --task custom"
+            raise OptionError(
+                f"`train_file`/`eval_file` only apply to `task` custom, not {spec.name}; drop them "
+                "or use `task` custom"
             )
         data_dir = config.data_dir or os.environ.get(DATA_DIR_ENV) or None
         if data_dir:
@@ -131,9 +131,9 @@ def _label_string(value: object, column: object, where: str) -> str:
 
 def _class_index(label: str, label_names: tuple[str, ...], where: str) -> int:
     if label not in label_names:
-        raise DifforaError(
+        raise OptionError(
             f"{where}: label {label!r} is not one of {{{', '.join(label_names)}}}; fix the "
-            "label or check --task"
+            "label or check `task`"
         )
     return label_names.index(label)
 
@@ -234,14 +234,14 @@ def _check_glue_layout(spec: TaskSpec, data_dir: Path) -> None:
     folder = data_dir / spec.glue_folder
     layout = f"expected {folder}/{spec.train_file} and {folder}/{spec.eval_file} (the GLUE TSV layout)"
     if not data_dir.is_dir():
-        raise DifforaError(
-            f"data folder {data_dir} does not exist; {layout}; fix --data-dir or ${DATA_DIR_ENV}"
+        raise OptionError(
+            f"data folder {data_dir} does not exist; {layout}; fix `data_dir` or ${DATA_DIR_ENV}"
         )
     if not folder.is_dir():
         # a common slip: pointing at the folder above glue/
         nested = data_dir / "glue" / spec.glue_folder
-        hint = f"; did you mean --data-dir {data_dir / 'glue'}?" if nested.is_dir() else ""
-        raise DifforaError(f"data folder {data_dir} has no {spec.glue_folder}/ folder; {layout}{hint}")
+        hint = f"; did you mean `data_dir` {data_dir / 'glue'}?" if nested.is_dir() else ""
+        raise OptionError(f"data folder {data_dir} has no {spec.glue_folder}/ folder; {layout}{hint}")
     for name in (spec.train_file, spec.eval_file):
         if not (folder / name).is_file():
             raise DifforaError(f"file {folder / name} is missing; {layout}")
@@ -290,13 +290,13 @@ def _column_index(header: list[str], column: str | int, path: Path) -> int:
 
 def _load_glue_hub(spec: TaskSpec) -> tuple[list[Example], list[Example], str]:
     advice = (
-        f"pass --data-dir (GLUE layout, e.g. <dir>/{spec.glue_folder}/{spec.train_file}) or set "
+        f"pass `data_dir` (GLUE layout, e.g. <dir>/{spec.glue_folder}/{spec.train_file}) or set "
         f"${DATA_DIR_ENV}"
     )
     try:
         import datasets
     except ImportError:
-        raise DifforaError(
+        raise OptionError(
             f"no data folder given and the 'datasets' package is not installed; {advice}, or "
             "`pip install diffora[hub]` while online"
         ) from None
@@ -306,7 +306,7 @@ def _load_glue_hub(spec: TaskSpec) -> tuple[list[Example], list[Example], str]:
             splits[split] = datasets.load_dataset(HUB_ID, spec.hub_config, split=split)
         except Exception as exc:  # noqa: BLE001 - offline/hub failures come as many types; all mean "no data"
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise DifforaError(
+            raise OptionError(
                 f"could not load {HUB_ID}/{spec.hub_config} ({split}) from the hub ({reason}); "
                 f"{advice}, or retry while online"
             ) from None
@@ -324,9 +324,9 @@ def _hub_label_map(spec: TaskSpec, dataset: Any) -> list[int] | None:
     feature = (getattr(dataset, "features", None) or {}).get("label")
     names = list(getattr(feature, "names", None) or [])
     if names and len(names) != spec.num_labels:
-        raise DifforaError(
+        raise OptionError(
             f"{HUB_ID}/{spec.hub_config} has {len(names)} classes, expected {spec.num_labels}; "
-            "pass --data-dir with the GLUE TSV files instead"
+            "pass `data_dir` with the GLUE TSV files instead"
         )
     if names and set(names) <= set(spec.label_names):
         return [spec.label_names.index(name) for name in names]
@@ -350,7 +350,7 @@ def _hub_examples(spec: TaskSpec, dataset: Any, source: str) -> list[Example]:
         texts = [row.get(column) for column in spec.hub_text_columns]
         examples.append(_make_example(texts, label, spec.hub_text_columns, "label", spec.label_names, where))
     if not examples:
-        raise DifforaError(f"{source} holds no examples; pass --data-dir instead")
+        raise OptionError(f"{source} holds no examples; pass `data_dir` instead")
     return examples
 
 
@@ -359,12 +359,12 @@ def _hub_examples(spec: TaskSpec, dataset: Any, source: str) -> list[Example]:
 
 def _load_custom(config: DataConfig) -> tuple[TaskSpec, list[Example], list[Example], str]:
     if not config.train_file or not config.eval_file:
-        raise DifforaError(
-            "--task custom needs both --train-file and --eval-file (.csv, .tsv, .json or .jsonl)"
+        raise OptionError(
+            "`task` custom needs both `train_file` and `eval_file` (.csv, .tsv, .json or .jsonl)"
         )
     if not config.text_fields:
-        raise DifforaError(
-            "--task custom needs --text-fields naming one or two text columns, e.g. --text-fields sentence"
+        raise OptionError(
+            "`task` custom needs `text_fields` naming one or two text columns, e.g. `text_fields` sentence"
         )
     train_path, eval_path = Path(config.train_file), Path(config.eval_file)
     columns = (*config.text_fields, config.label_field)
@@ -389,9 +389,9 @@ def _load_custom(config: DataConfig) -> tuple[TaskSpec, list[Example], list[Exam
     if label_names is not None and len(label_names) < 2:
         # checked after the rows so a broken row is reported first, and before eval so its labels are not
         # reported as outside a one-class set
-        raise DifforaError(
+        raise OptionError(
             f"{train_path} has only one label ({label_names[0]}) in {config.label_field!r}; "
-            "classification needs at least two (or use --problem-type regression)"
+            "classification needs at least two (or use `problem_type` regression)"
         )
     eval_ = _records_to_examples(eval_records, spec)
     return spec, train, eval_, f"{train_path} + {eval_path}"
@@ -407,9 +407,9 @@ def _read_records(path: Path, columns: Sequence[str]) -> list[Record]:
         missing = [column for column in columns if column not in values]
         if missing:
             available = ", ".join(map(repr, values)) or "none"
-            raise DifforaError(
+            raise OptionError(
                 f"{where}: no column {', '.join(map(repr, missing))} (available: {available}); "
-                "fix --text-fields/--label-field"
+                "fix `text_fields`/`label_field`"
             )
     return records
 
@@ -525,13 +525,13 @@ def split_for_search(
 ) -> tuple[list[Example], list[Example]]:
     """(search_train, search_val): a seeded split, stratified on the class labels if asked."""
     if not 0 < fraction < 1:
-        raise DifforaError(f"--search-fraction must lie in (0, 1), got {fraction}")
+        raise OptionError(f"`search_fraction` must lie in (0, 1), got {fraction}")
     n = len(examples)
     n_val = math.ceil(fraction * n)
     n_train = n - n_val
     if n_val < 1 or n_train < 1:
-        raise DifforaError(
-            f"cannot split {n} training examples with --search-fraction {fraction}: one side would "
+        raise OptionError(
+            f"cannot split {n} training examples with `search_fraction` {fraction}: one side would "
             "be empty; use more training samples"
         )
     labels = [label for _, label in examples]
@@ -544,9 +544,9 @@ def split_for_search(
             list(range(n)), test_size=n_val, random_state=seed, stratify=stratify_on
         )
     except ValueError as exc:
-        raise DifforaError(
+        raise OptionError(
             f"cannot split {n} training examples for the search ({exc}); use more training "
-            "samples or a larger --search-fraction"
+            "samples or a larger `search_fraction`"
         ) from None
     # sorted so each side keeps the file order; the data loaders shuffle anyway
     return [examples[i] for i in sorted(train_idx)], [examples[i] for i in sorted(val_idx)]
@@ -556,11 +556,11 @@ def _check_stratifiable(labels: list[Any], n_train: int, n_val: int, fraction: f
     counts = Counter(labels)
     smallest = min(counts.values())
     if smallest < 2 or n_val < len(counts) or n_train < len(counts):
-        raise DifforaError(
+        raise OptionError(
             f"the search split is too small to hold every class ({len(labels)} examples, "
             f"{len(counts)} classes, the smallest with {smallest}, search-val gets {n_val} at "
-            f"--search-fraction {fraction}); use more training samples or a larger "
-            "--search-fraction"
+            f"`search_fraction` {fraction}); use more training samples or a larger "
+            "`search_fraction`"
         )
 
 
@@ -606,8 +606,8 @@ class _Collator:
 def tokenize_examples(examples: Sequence[Example], tokenizer: Any, max_length: int) -> list[dict[str, Any]]:
     """One feature dict per example (token ids, no padding, plus "labels")."""
     if not examples:
-        raise DifforaError(
-            "no examples to tokenise; check the data and --max-train-samples/--max-eval-samples"
+        raise OptionError(
+            "no examples to tokenise; check the data and `max_train_samples`/`max_eval_samples`"
         )
     widths = {len(texts) for texts, _ in examples}
     if len(widths) != 1 or not widths <= {1, 2}:

@@ -31,7 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from diffora.config import check_mixed_precision
-from diffora.errors import DifforaError
+from diffora.errors import OptionError
 
 
 def make_accelerator(mixed_precision: str = "no", gradient_accumulation_steps: int = 1) -> Accelerator:
@@ -43,8 +43,8 @@ def make_accelerator(mixed_precision: str = "no", gradient_accumulation_steps: i
     check_mixed_precision(mixed_precision)
     process_state()  # join the launch's process group (on the CPU too) before Accelerate looks for one
     if gradient_accumulation_steps < 1:
-        raise DifforaError(
-            f"--gradient-accumulation-steps must be at least 1, got {gradient_accumulation_steps}"
+        raise OptionError(
+            f"`gradient_accumulation_steps` must be at least 1, got {gradient_accumulation_steps}"
         )
     # Accelerate keeps one precision per process; a stage asking for another one (e.g. a bf16 search and a
     # full-precision fine-tune in one Python session) needs the precision part of its state reset.
@@ -140,7 +140,7 @@ def enable_gradient_checkpointing(model: nn.Module) -> None:
     """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     if not getattr(base, "supports_gradient_checkpointing", False):
-        raise DifforaError(
-            f"--gradient-checkpointing: {type(base).__name__} does not support gradient checkpointing"
+        raise OptionError(
+            f"`gradient_checkpointing`: {type(base).__name__} does not support gradient checkpointing"
         )
     base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

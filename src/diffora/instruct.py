@@ -19,7 +19,7 @@ from transformers import DataCollatorForSeq2Seq
 
 from diffora.config import CAUSAL_TASK, DataConfig
 from diffora.data import TaskData, clean_text, describe, read_custom_file, seeded_loader, subsample
-from diffora.errors import DifforaError
+from diffora.errors import DifforaError, OptionError
 from diffora.tasks import TaskSpec
 
 IGNORE_INDEX = -100  # the label transformers' causal LM loss skips
@@ -57,13 +57,13 @@ def read_records(path: Path) -> list[tuple[str, dict[str, Any]]]:
     return read_custom_file(path)
 
 
-def require_fields(where: str, row: dict[str, Any], fields: Sequence[str], flags: str) -> None:
+def require_fields(where: str, row: dict[str, Any], fields: Sequence[str], options: str) -> None:
     """One clear line when a row lacks a field the options name."""
     missing = [name for name in fields if name not in row]
     if missing:
         available = ", ".join(map(repr, row)) or "none"
-        raise DifforaError(
-            f"{where}: no field {', '.join(map(repr, missing))} (available: {available}); fix {flags}"
+        raise OptionError(
+            f"{where}: no field {', '.join(map(repr, missing))} (available: {available}); fix {options}"
         )
 
 
@@ -79,7 +79,7 @@ def read_instruct_file(path: Path, config: DataConfig) -> list[InstructExample]:
     examples = []
     for where, row in read_records(path):
         require_fields(
-            where, row, (config.instruction_field, config.answer_field), "--instruction-field/--answer-field"
+            where, row, (config.instruction_field, config.answer_field), "`instruction_field`/`answer_field`"
         )
         instruction = clean_text(row[config.instruction_field], config.instruction_field, where)
         answer = row[config.answer_field]
@@ -119,9 +119,9 @@ def causal_spec(config: DataConfig) -> TaskSpec:
 def load_instruct_data(config: DataConfig, seed: int = 0) -> TaskData:
     """The seeded-subsampled training examples (and, with --eval-file, held-out ones for the eval loss)."""
     if not config.train_file:
-        raise DifforaError(
-            "--task causal needs --train-file (LLM-Adapters JSON: a list of objects with "
-            "instruction, input and output; or .jsonl/.csv/.tsv with --instruction-field/--answer-field)"
+        raise OptionError(
+            "`task` causal needs `train_file` (LLM-Adapters JSON: a list of objects with "
+            "instruction, input and output; or .jsonl/.csv/.tsv with `instruction_field`/`answer_field`)"
         )
     train = read_instruct_file(Path(config.train_file), config)
     eval_ = read_instruct_file(Path(config.eval_file), config) if config.eval_file else []
@@ -146,7 +146,7 @@ def tokenize_instruct(
     `max_length - 1` tokens), so that every example still has a target.
     """
     if not examples:
-        raise DifforaError("no examples to tokenise; check the data and --max-train-samples")
+        raise OptionError("no examples to tokenise; check the data and `max_train_samples`")
     if tokenizer.eos_token_id is None:
         raise DifforaError(
             f"tokenizer {type(tokenizer).__name__} has no eos token, so answers cannot be closed; "

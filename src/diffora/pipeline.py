@@ -32,7 +32,7 @@ from diffora.config import AdapterConfig, DataConfig, FinetuneConfig, SearchConf
 from diffora.dam import DAM
 from diffora.data import split_for_search
 from diffora.distributed import is_main_process, make_accelerator, process_state, wait_for_everyone
-from diffora.errors import DifforaError
+from diffora.errors import DifforaError, OptionError
 from diffora.families import family_of
 from diffora.io import JsonlLog, atomic_path, atomic_write_json
 from diffora.models import count_trainable_parameters
@@ -69,22 +69,22 @@ def prepare_output_dir(output_dir: str | Path, overwrite: bool, resume: bool = F
     """Refuse a folder that already holds a run, unless `overwrite` or `resume`; nothing is written here."""
     path = Path(output_dir)
     if path.exists() and not path.is_dir():
-        raise DifforaError(f"--output-dir {path} is a file; pass a folder")
+        raise OptionError(f"`output_dir` {path} is a file; pass a folder")
     if overwrite and resume:
-        raise DifforaError("--overwrite and --resume contradict each other; pass one of them")
+        raise OptionError("`overwrite` and `resume` contradict each other; pass one of them")
     existing = [name for name in (*RUN_MARKERS, RUN_CONFIG_FILE, CHECKPOINT_DIR) if (path / name).exists()]
     if resume:
         if not (path / RUN_CONFIG_FILE).is_file():
-            raise DifforaError(
-                f"--resume: {path} holds no run to resume ({RUN_CONFIG_FILE} is missing); "
-                "drop --resume to start one"
+            raise OptionError(
+                f"`resume`: {path} holds no run to resume ({RUN_CONFIG_FILE} is missing); "
+                "drop `resume` to start one"
             )
         if (path / METRICS_FILE).is_file():
-            raise DifforaError(f"--resume: the run in {path} is already complete ({METRICS_FILE} exists)")
+            raise OptionError(f"`resume`: the run in {path} is already complete ({METRICS_FILE} exists)")
     elif existing and not overwrite:
-        raise DifforaError(
-            f"--output-dir {path} already holds a run ({', '.join(existing)}); "
-            "pass --resume to continue it, --overwrite to replace it, or choose another folder"
+        raise OptionError(
+            f"`output_dir` {path} already holds a run ({', '.join(existing)}); "
+            "pass `resume` to continue it, `overwrite` to replace it, or choose another folder"
         )
     return path
 
@@ -106,8 +106,8 @@ def start_run_dir(path: Path, config: dict[str, Any], overwrite: bool, resume: b
         recorded.setdefault("launch", config["launch"])  # runs recorded before the launch was
         before, now = recorded["launch"]["processes"], config["launch"]["processes"]
         if before != now:
-            raise DifforaError(
-                f"--resume: {path} was run on {before} process(es), this launch has {now}; resume it with "
+            raise OptionError(
+                f"`resume`: {path} was run on {before} process(es), this launch has {now}; resume it with "
                 "the same launch (the global batch and each process's share of the data depend on it)"
             )
         if recorded != json.loads(json.dumps(config)):
@@ -117,9 +117,9 @@ def start_run_dir(path: Path, config: dict[str, Any], overwrite: bool, resume: b
                 for key in config[stage]
                 if recorded.get(stage, {}).get(key) != config[stage][key]
             )
-            raise DifforaError(
-                f"--resume: {path} holds a different run (changed: {', '.join(changed) or 'stages'}); "
-                "resume with the same options, or use --overwrite"
+            raise OptionError(
+                f"`resume`: {path} holds a different run (changed: {', '.join(changed) or 'stages'}); "
+                "resume with the same options, or use `overwrite`"
             )
         return
     if is_main_process():
@@ -208,9 +208,9 @@ def check_before_training(
     folder = next(p for p in (out, *out.parents) if p.exists())
     free = shutil.disk_usage(folder).free
     if free < needed:
-        raise DifforaError(
+        raise OptionError(
             f"{folder} has {free / 2**20:.1f} MiB free, the run needs about {needed / 2**20:.1f} MiB "
-            "(checkpoints, search weights, adapter); free space or choose another --output-dir"
+            "(checkpoints, search weights, adapter); free space or choose another `output_dir`"
         )
 
 
@@ -530,12 +530,12 @@ def finetune(
     search_dir = Path(dam_path).parent
     weights_path = search_dir / SEARCH_WEIGHTS_FILE
     if finetune_config.sharing != "reinit" and not weights_path.is_file():
-        raise DifforaError(
-            f"no {SEARCH_WEIGHTS_FILE} beside {dam_path}; weight sharing needs it (or pass --sharing reinit)"
+        raise OptionError(
+            f"no {SEARCH_WEIGHTS_FILE} beside {dam_path}; weight sharing needs it (or pass `sharing` reinit)"
         )
     if output_dir is not None and Path(output_dir).resolve() == search_dir.resolve():
-        raise DifforaError(
-            "--output-dir must differ from the search's folder, which keeps the search for other rhos"
+        raise OptionError(
+            "`output_dir` must differ from the search's folder, which keeps the search for other rhos"
         )
     data_config, adapter = _configs_from_dam(dam, data_dir)
     select_modules(dam, finetune_config)  # fails early: missing scores, curve or parameters, a bad budget
@@ -583,9 +583,7 @@ def evaluate_adapter(
 ) -> dict[str, float]:
     """Metrics of a saved PEFT adapter (from diffora or any LoRA tool) on a task's evaluation split."""
     if not (Path(adapter_dir) / "adapter_config.json").is_file():
-        raise DifforaError(
-            f"no adapter_config.json in {adapter_dir}; pass the --output-dir of a finished run"
-        )
+        raise OptionError(f"no adapter_config.json in {adapter_dir}; pass the `output_dir` of a finished run")
     return family_of(data_config.task).evaluate_adapter(Path(adapter_dir), data_config, batch_size, model)
 
 

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
-from diffora.errors import DifforaError
+from diffora.errors import DifforaError, OptionError
 
 PRESETS = {
     # module types (the DAM's column names) a preset keeps; see diffora.candidates for how types are named
@@ -157,8 +157,8 @@ def parse_budget(text: str) -> str:
     except ValueError:
         valid = False
     if not valid:
-        raise DifforaError(
-            f"--budget must be a parameter count (150000, 150k), a fraction of LoRA-all in (0, 1] (0.5x) "
+        raise OptionError(
+            f"`budget` must be a parameter count (150000, 150k), a fraction of LoRA-all in (0, 1] (0.5x) "
             f"or auto, got {text!r}"
         )
     return normalised
@@ -172,8 +172,8 @@ def budget_parameters(budget: str, total: int) -> int:
     """
     count = int(float(budget[:-1]) * total) if budget.endswith("x") else int(budget)
     if count > total:
-        raise DifforaError(
-            f"--budget {budget} is above LoRA-all on every candidate ({total:,} parameters); "
+        raise OptionError(
+            f"`budget` {budget} is above LoRA-all on every candidate ({total:,} parameters); "
             "use a smaller budget, or plain LoRA"
         )
     return count

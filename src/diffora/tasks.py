@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from diffora.errors import DifforaError
+from diffora.errors import OptionError
 
 HUB_ID = "nyu-mll/glue"
 
@@ -183,8 +183,8 @@ def get_task_spec(name: str) -> TaskSpec:
     """The spec of a GLUE task; 'SST-2', 'sst2' and 'SST2' all name the same one."""
     key = name.lower().replace("-", "")
     if key not in GLUE_TASKS:
-        raise DifforaError(
+        raise OptionError(
             f"unknown task {name!r}; choose one of {', '.join(GLUE_TASKS)}, "
-            "or 'custom' with --train-file and --eval-file"
+            "or 'custom' with `train_file` and `eval_file`"
         )
     return GLUE_TASKS[key]

@@ -27,7 +27,7 @@ from diffora.distributed import (
     shard_loader,
     stop_agreed,
 )
-from diffora.errors import DifforaError
+from diffora.errors import OptionError
 from diffora.interrupt import Interrupted, stop_requested
 from diffora.io import JsonlLog
 from diffora.metrics import compute_metrics
@@ -69,8 +69,8 @@ def check_finite(loss: torch.Tensor, phase: str, step: int, checkpointer: Checkp
     if not torch.isfinite(loss):
         last = checkpointer.last_saved if checkpointer is not None else None
         where = f"; the last good checkpoint is {last}" if last is not None else ""
-        raise DifforaError(
-            f"{phase}: the loss became {loss.item()} at step {step}{where}; lower --lr or check the data"
+        raise OptionError(
+            f"{phase}: the loss became {loss.item()} at step {step}{where}; lower `lr` or check the data"
         )
 
 

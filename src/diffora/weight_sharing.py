@@ -10,7 +10,7 @@ from torch import nn
 
 from diffora.candidates import Candidate
 from diffora.config import SHARING, AdapterConfig
-from diffora.errors import DifforaError
+from diffora.errors import OptionError
 from diffora.lora import import_adapter_tensors, wrap_with_lora
 
 
@@ -32,7 +32,7 @@ def build_finetune_model(
     adapters and the head as it was before the search.
     """
     if sharing not in SHARING:
-        raise DifforaError(f"--sharing must be one of {', '.join(SHARING)}, got {sharing!r}")
+        raise OptionError(f"`sharing` must be one of {', '.join(SHARING)}, got {sharing!r}")
     names = [c.name for c in selected]
     torch.manual_seed(seed)  # fresh A matrices under `reinit`
     model = wrap_with_lora(base_model, names, head_modules, adapter)
