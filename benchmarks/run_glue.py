@@ -207,7 +207,7 @@ PROFILES = {
 def environment(threads: int) -> dict[str, Any]:
     import torch
 
-    from diffora.pipeline import versions
+    from diffora.run_dir import versions
 
     tree = git_commit()
     return {

@@ -265,7 +265,7 @@ def measure(kind: str, preset: Preset, device: torch.device, args: argparse.Name
 def environment() -> dict[str, Any]:
     import accelerate
 
-    from diffora.pipeline import versions
+    from diffora.run_dir import versions
 
     tree = git_commit(untracked_files=False)
     cpu = platform.processor() or platform.machine()

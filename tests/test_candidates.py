@@ -155,7 +155,7 @@ def test_include_widens_to_projections_outside_the_blocks_but_never_the_head() -
 
 
 @pytest.mark.parametrize(
-    "flag, kwargs", [("--include", {"include": ["nope_proj"]}), ("--exclude", {"exclude": ["nope_proj"]})]
+    "flag, kwargs", [("`include`", {"include": ["nope_proj"]}), ("`exclude`", {"exclude": ["nope_proj"]})]
 )
 def test_pattern_matching_nothing_names_the_pattern_and_shows_names(flag: str, kwargs: dict) -> None:
     model = build("bert")

@@ -14,15 +14,9 @@ from typing import Any
 import pytest
 import torch
 
+from diffora.batching import ensure_pad_token, make_dataloader
 from diffora.config import DataConfig
-from diffora.data import (
-    TaskData,
-    ensure_pad_token,
-    load_task_data,
-    make_dataloader,
-    split_for_search,
-    subsample,
-)
+from diffora.data import TaskData, load_task_data, split_for_search, subsample
 from diffora.errors import DifforaError
 from diffora.tasks import GLUE_TASKS, get_task_spec
 
@@ -214,7 +208,7 @@ def test_task_specs() -> None:
 def test_unknown_task_names_the_choices() -> None:
     with raises(
         r"^unknown task 'boolq'; choose one of cola, sst2, mrpc, stsb, rte, qnli, qqp, mnli, wnli, "
-        r"or 'custom' with --train-file and --eval-file$"
+        r"or 'custom' with `train_file` and `eval_file`$"
     ):
         get_task_spec("boolq")
 
@@ -285,7 +279,7 @@ def test_missing_data_folder_names_the_layout(tmp_path: Path) -> None:
     message = load_error(DataConfig(task="rte", data_dir=str(missing)))
     assert message == (
         f"data folder {missing} does not exist; expected {missing}/RTE/train.tsv and {missing}/RTE/dev.tsv "
-        "(the GLUE TSV layout); fix --data-dir or $DIFFORA_DATA_DIR"
+        "(the GLUE TSV layout); fix `data_dir` or $DIFFORA_DATA_DIR"
     )
 
 
@@ -294,7 +288,7 @@ def test_missing_task_folder(tmp_path: Path) -> None:
     with raises(rf"has no RTE/ folder; expected {tmp_path}/RTE/train.tsv and {tmp_path}/RTE/dev.tsv"):
         load(tmp_path, "rte")
     write_glue_task(tmp_path / "glue", "rte")
-    with raises(rf"has no RTE/ folder; .*; did you mean --data-dir {tmp_path}/glue\?$"):
+    with raises(rf"has no RTE/ folder; .*; did you mean `data_dir` {tmp_path}/glue\?$"):
         load(tmp_path, "rte")
 
 
@@ -381,7 +375,7 @@ def test_invalid_utf8(tmp_path: Path) -> None:
 
 def test_custom_files_with_a_glue_task(tmp_path: Path) -> None:
     write_glue_task(tmp_path, "rte")
-    with raises(r"--train-file/--eval-file only apply to --task custom"):
+    with raises(r"`train_file`/`eval_file` only apply to `task` custom"):
         load(tmp_path, train_file="x.csv", eval_file="y.csv")
 
 
@@ -400,7 +394,7 @@ def fake_datasets(splits: dict[str, list[dict]], names: list[str] | None) -> typ
 def test_no_data_dir_and_no_datasets_package(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "datasets", None)  # makes `import datasets` fail
     message = load_error(DataConfig(task="rte"))
-    assert "pass --data-dir (GLUE layout, e.g. <dir>/RTE/train.tsv) or set $DIFFORA_DATA_DIR" in message
+    assert "pass `data_dir` (GLUE layout, e.g. <dir>/RTE/train.tsv) or set $DIFFORA_DATA_DIR" in message
     assert "`pip install diffora[hub]` while online" in message
 
 
@@ -414,7 +408,7 @@ def test_hub_offline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "datasets", module)
     message = load_error(DataConfig(task="rte"))
     assert message.startswith("could not load nyu-mll/glue/rte (train) from the hub (Couldn't reach")
-    assert "pass --data-dir" in message
+    assert "pass `data_dir`" in message
 
 
 def test_hub_mnli_labels_are_mapped_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -519,7 +513,7 @@ def test_custom_unknown_extension(tmp_path: Path) -> None:
 
 def test_custom_missing_columns_lists_the_available_ones(tmp_path: Path) -> None:
     with raises(
-        r"train\.csv, line 2: no column 'text' \(available: 'sentence', 'label'\); fix --text-fields"
+        r"train\.csv, line 2: no column 'text' \(available: 'sentence', 'label'\); fix `text_fields`"
     ):
         custom(tmp_path, "sentence,label\na,pos\n", "sentence,label\na,pos\n", ".csv")
     with raises(r"train\.jsonl, line 1: no column 'label' \(available: 'text'\)"):
@@ -527,13 +521,13 @@ def test_custom_missing_columns_lists_the_available_ones(tmp_path: Path) -> None
 
 
 def test_custom_needs_text_fields(tmp_path: Path) -> None:
-    with raises(r"--task custom needs --text-fields naming one or two text columns"):
+    with raises(r"`task` custom needs `text_fields` naming one or two text columns"):
         custom(tmp_path, "text,label\na,b\n", "text,label\na,b\n", ".csv", text_fields=[])
 
 
 def test_custom_needs_both_files(tmp_path: Path) -> None:
     message = load_error(DataConfig(task="custom", train_file="train.csv", text_fields=["text"]))
-    assert message.startswith("--task custom needs both --train-file and --eval-file")
+    assert message.startswith("`task` custom needs both `train_file` and `eval_file`")
 
 
 def test_custom_missing_file(tmp_path: Path) -> None:
@@ -672,7 +666,7 @@ def test_split_too_small_for_every_class() -> None:
     examples = [*numbered(10), (("rare",), 2)]
     with raises(
         r"the search split is too small to hold every class .*use more training samples or a larger "
-        r"--search-fraction"
+        r"`search_fraction`"
     ):
         split_for_search(examples, 0.2, 0, stratify=True)
     with raises(r"the search split is too small to hold every class"):
@@ -680,7 +674,7 @@ def test_split_too_small_for_every_class() -> None:
 
 
 def test_split_leaving_one_side_empty() -> None:
-    with raises(r"cannot split 1 training examples with --search-fraction 0\.2: one side would be empty"):
+    with raises(r"cannot split 1 training examples with `search_fraction` 0\.2: one side would be empty"):
         split_for_search(numbered(1), 0.2, 0, stratify=False)
 
 

@@ -45,7 +45,8 @@ def test_vanilla_peft_reload_and_merge_give_diffora_logits(tiny_bert_dir, tiny_g
         FinetuneConfig(epochs=2, batch_size=8, lr=1e-2),
         output_dir=out,
     )
-    from diffora.data import load_task_data, make_dataloader
+    from diffora.batching import make_dataloader
+    from diffora.data import load_task_data
     from diffora.models import load_tokenizer
 
     data = load_task_data(DataConfig(task="rte", data_dir=str(tiny_glue_dir), max_length=16))

@@ -7,9 +7,10 @@ from pathlib import Path
 import peft
 from peft import PeftModel
 
+from diffora.batching import make_dataloader
 from diffora.candidates import find_candidates
 from diffora.config import AdapterConfig, DataConfig
-from diffora.data import load_task_data, make_dataloader
+from diffora.data import load_task_data
 from diffora.models import (
     find_head_modules,
     load_classifier,

@@ -221,10 +221,12 @@ def dispatch(args: argparse.Namespace) -> None:
     )
     if args.command == "search":
         outcome = pipeline.search(**configs)
-        kept = pipeline.select_modules(outcome.dam, configs["finetune_config"])
+        from diffora.dam import select_modules, selection_label
+
+        kept = select_modules(outcome.dam, configs["finetune_config"])
         print(
             f"searched {len(outcome.dam.candidates)} candidates in {outcome.seconds:.1f} s; "
-            f"{len(kept)} kept at {pipeline.selection_label(configs['finetune_config'])} "
+            f"{len(kept)} kept at {selection_label(configs['finetune_config'])} "
             f"| artifacts in {args.output_dir}"
         )
         return

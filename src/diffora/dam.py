@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from diffora.candidates import Candidate
-from diffora.config import RANKINGS, SELECTIONS
+from diffora.config import RANKINGS, SELECTIONS, FinetuneConfig
 from diffora.errors import DifforaError, OptionError
 from diffora.io import atomic_write_json
 from diffora.selection import (
@@ -301,3 +301,13 @@ class DAM:
                 f"{path} is not a valid dam.json ({type(error).__name__}: {error}); "
                 "write it again with 'diffora search'"
             ) from None
+
+
+def selection_label(config: FinetuneConfig) -> str:
+    """How the selection was sized, for titles and logs: 'rho=0.5', 'rho=auto' or 'budget=150000'."""
+    return f"budget={config.budget}" if config.budget is not None else f"rho={config.rho}"
+
+
+def select_modules(dam: DAM, config: FinetuneConfig) -> list[Candidate]:
+    """The candidates `config` keeps from `dam` (rho, auto or budget; global or per layer)."""
+    return dam.discretize(config.rho, config.selection, config.ranking, config.budget)

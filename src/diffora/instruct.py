@@ -17,8 +17,10 @@ from typing import Any
 from torch.utils.data import DataLoader
 from transformers import DataCollatorForSeq2Seq
 
+from diffora.batching import seeded_loader
 from diffora.config import CAUSAL_TASK, DataConfig
-from diffora.data import TaskData, clean_text, describe, read_custom_file, seeded_loader, subsample
+from diffora.data import TaskData, subsample
+from diffora.datafiles import clean_text, describe, read_custom_file
 from diffora.errors import DifforaError, OptionError
 from diffora.tasks import TaskSpec
 

@@ -17,7 +17,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from diffora.data import ensure_pad_token
+from diffora.batching import ensure_pad_token
 from diffora.errors import DifforaError, OptionError
 from diffora.tasks import TaskSpec
 

@@ -9,238 +9,53 @@
 
 from __future__ import annotations
 
-import json
-import platform
 import shutil
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import peft
 import torch
-import transformers
 from peft import PeftModel
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
-import diffora
+from diffora.artifacts import (
+    config_document,
+    kept_parameters,
+    run_info,
+    write_finetune_artifacts,
+    write_search_artifacts,
+)
 from diffora.bilevel import SearchOutcome, run_search
 from diffora.candidates import Candidate
 from diffora.checkpoint import CHECKPOINT_DIR, Checkpointer
 from diffora.config import AdapterConfig, DataConfig, FinetuneConfig, SearchConfig, to_dict
-from diffora.dam import DAM
+from diffora.dam import DAM, select_modules
 from diffora.data import split_for_search
-from diffora.distributed import is_main_process, make_accelerator, process_state, wait_for_everyone
+from diffora.distributed import is_main_process, make_accelerator, wait_for_everyone
 from diffora.errors import DifforaError, OptionError
 from diffora.families import family_of
-from diffora.io import JsonlLog, atomic_path, atomic_write_json
+from diffora.io import JsonlLog
 from diffora.models import count_trainable_parameters
-from diffora.plots import plot_dam, plot_gate_history, plot_size_curve
-from diffora.selection import budget_parameters, candidate_parameters, choose_size
+from diffora.run_dir import (
+    DAM_FILE,
+    INITIAL_HEAD_FILE,
+    LOG_FILE,
+    SEARCH_WEIGHTS_FILE,
+    check_before_training,
+    prepare_output_dir,
+    start_run_dir,
+    versions,
+)
 from diffora.training import fit
 from diffora.weight_sharing import build_finetune_model
 from diffora.workbench import Workbench
-
-DAM_FILE = "dam.json"
-SEARCH_WEIGHTS_FILE = "search_weights.safetensors"
-INITIAL_HEAD_FILE = "initial_head.safetensors"
-LOG_FILE = "train_log.jsonl"
-METRICS_FILE = "metrics.json"
-RUN_MARKERS = (DAM_FILE, "adapter_config.json", METRICS_FILE)
-RUN_CONFIG_FILE = "run_config.json"
-
-
-def versions() -> dict[str, str]:
-    """Library versions and machine, recorded with every artifact."""
-    return {
-        "diffora": diffora.__version__,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "peft": peft.__version__,
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "processor": platform.processor() or platform.machine(),
-        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
-    }
-
-
-def prepare_output_dir(output_dir: str | Path, overwrite: bool, resume: bool = False) -> Path:
-    """Refuse a folder that already holds a run, unless `overwrite` or `resume`; nothing is written here."""
-    path = Path(output_dir)
-    if path.exists() and not path.is_dir():
-        raise OptionError(f"`output_dir` {path} is a file; pass a folder")
-    if overwrite and resume:
-        raise OptionError("`overwrite` and `resume` contradict each other; pass one of them")
-    existing = [name for name in (*RUN_MARKERS, RUN_CONFIG_FILE, CHECKPOINT_DIR) if (path / name).exists()]
-    if resume:
-        if not (path / RUN_CONFIG_FILE).is_file():
-            raise OptionError(
-                f"`resume`: {path} holds no run to resume ({RUN_CONFIG_FILE} is missing); "
-                "drop `resume` to start one"
-            )
-        if (path / METRICS_FILE).is_file():
-            raise OptionError(f"`resume`: the run in {path} is already complete ({METRICS_FILE} exists)")
-    elif existing and not overwrite:
-        raise OptionError(
-            f"`output_dir` {path} already holds a run ({', '.join(existing)}); "
-            "pass `resume` to continue it, `overwrite` to replace it, or choose another folder"
-        )
-    return path
-
-
-def clear_run(path: Path) -> None:
-    """Remove what an earlier run left in `path` (for --overwrite), once the new run's input is valid."""
-    for name in (*RUN_MARKERS, RUN_CONFIG_FILE, LOG_FILE, SEARCH_WEIGHTS_FILE, INITIAL_HEAD_FILE):
-        (path / name).unlink(missing_ok=True)
-    shutil.rmtree(path / CHECKPOINT_DIR, ignore_errors=True)
-
-
-def start_run_dir(path: Path, config: dict[str, Any], overwrite: bool, resume: bool) -> None:
-    """Record the run's configuration; on --resume, insist it is the same run (the main process writes)."""
-    wait_for_everyone()  # every process has checked the folder before the main process fills it
-    # the launch is part of the run: the global batch, each rank's data shard and RNG depend on it
-    config = {**config, "launch": {"processes": process_state().num_processes}}
-    if resume:
-        recorded = json.loads((path / RUN_CONFIG_FILE).read_text(encoding="utf-8"))
-        recorded.setdefault("launch", config["launch"])  # runs recorded before the launch was
-        before, now = recorded["launch"]["processes"], config["launch"]["processes"]
-        if before != now:
-            raise OptionError(
-                f"`resume`: {path} was run on {before} process(es), this launch has {now}; resume it with "
-                "the same launch (the global batch and each process's share of the data depend on it)"
-            )
-        if recorded != json.loads(json.dumps(config)):
-            changed = sorted(
-                f"{stage}.{key}"
-                for stage in config
-                for key in config[stage]
-                if recorded.get(stage, {}).get(key) != config[stage][key]
-            )
-            raise OptionError(
-                f"`resume`: {path} holds a different run (changed: {', '.join(changed) or 'stages'}); "
-                "resume with the same options, or use `overwrite`"
-            )
-        return
-    if is_main_process():
-        if overwrite:
-            clear_run(path)
-        atomic_write_json(path / RUN_CONFIG_FILE, config)
-    wait_for_everyone()
 
 
 def open_workbench(data_config: DataConfig, adapter: AdapterConfig, seed: int) -> Workbench:
     """Load and validate data, tokenizer and model; find the candidates. Fails before anything is written."""
     return family_of(data_config.task).open_workbench(data_config, adapter, seed)
-
-
-def _run_info(bench: Workbench, data_config: DataConfig) -> dict[str, Any]:
-    return {
-        "model": bench.model_path,
-        "task": bench.data.spec.name,
-        "num_labels": bench.data.spec.num_labels,
-        "label_names": list(bench.data.spec.label_names) if bench.data.spec.label_names else None,
-        "data_source": bench.data.source,
-        "data_fingerprint": bench.data.fingerprint(),
-        "train_examples": len(bench.data.train),
-        "eval_examples": len(bench.data.eval),
-        "head_modules": bench.head_modules,
-        "versions": versions(),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-
-
-def _config_document(
-    data_config: DataConfig,
-    adapter: AdapterConfig,
-    search_config: SearchConfig | None,
-    finetune_config: FinetuneConfig | None,
-) -> dict[str, Any]:
-    document = {"data": to_dict(data_config), "adapter": to_dict(adapter)}
-    if search_config is not None:
-        document["search"] = to_dict(search_config)
-    if finetune_config is not None:
-        document["finetune"] = to_dict(finetune_config)
-    return document
-
-
-def write_search_artifacts(outcome: SearchOutcome, output_dir: Path, finetune_config: FinetuneConfig) -> None:
-    """dam.json (selection at the fine-tune rho), dam.png, gates.png and the search weights.
-
-    The search weights come last: their presence marks a finished search for --resume.
-    """
-    dam = outcome.dam
-    save_tensors(outcome.initial_head, output_dir / INITIAL_HEAD_FILE)
-    _write_selection(dam, finetune_config, output_dir, dam.info.get("task", ""))
-    if outcome.history:
-        plot_gate_history(dam.candidates, outcome.history, output_dir / "gates.png")
-    save_tensors(outcome.weights, output_dir / SEARCH_WEIGHTS_FILE)
-
-
-def selection_label(config: FinetuneConfig) -> str:
-    """How the selection was sized, for titles and logs: 'rho=0.5', 'rho=auto' or 'budget=150000'."""
-    return f"budget={config.budget}" if config.budget is not None else f"rho={config.rho}"
-
-
-def select_modules(dam: DAM, config: FinetuneConfig) -> list[Candidate]:
-    """The candidates `config` keeps from `dam` (rho, auto or budget; global or per layer)."""
-    return dam.discretize(config.rho, config.selection, config.ranking, config.budget)
-
-
-def check_before_training(
-    bench: Workbench, adapter: AdapterConfig, config: FinetuneConfig, out: Path | None
-) -> None:
-    """One line before any training: a budget above LoRA-all, or a disk without room for the run's files.
-
-    Disk estimate: the LoRA weights of every candidate and the head, each stored in fp32 with Adam's two
-    moments in each of the two kept checkpoints of a phase, plus the search weights and the adapter.
-    """
-    names = [c.name for c in bench.candidates]
-    lora_all = sum(candidate_parameters(bench.model, names, adapter.rank))
-    if config.budget not in (None, "auto"):
-        budget_parameters(config.budget, lora_all)
-    if out is None:
-        return
-    trainable = lora_all + sum(
-        p.numel() for name in bench.head_modules for p in bench.model.get_submodule(name).parameters()
-    )
-    needed = 4 * trainable * (3 * 2 + 2) + 2**20  # checkpoints, search weights + adapter, JSON and plots
-    folder = next(p for p in (out, *out.parents) if p.exists())
-    free = shutil.disk_usage(folder).free
-    if free < needed:
-        raise OptionError(
-            f"{folder} has {free / 2**20:.1f} MiB free, the run needs about {needed / 2**20:.1f} MiB "
-            "(checkpoints, search weights, adapter); free space or choose another `output_dir`"
-        )
-
-
-def _kept_parameters(dam: DAM, selected: list[Candidate]) -> int | None:
-    if dam.parameters is None:
-        return None
-    kept = set(selected)
-    return sum(p for c, p in zip(dam.candidates, dam.parameters, strict=True) if c in kept)
-
-
-def _write_selection(dam: DAM, config: FinetuneConfig, out: Path, task: str) -> None:
-    """dam.json with this selection marked, dam.png and, with a size curve, selection.png."""
-    dam.save(out / DAM_FILE, config.rho, config.selection, config.ranking, config.budget)
-    kept = set(select_modules(dam, config))
-    plot_dam(
-        dam.candidates,
-        dam.gates,
-        [c in kept for c in dam.candidates],
-        out / "dam.png",
-        title=f"DiffoRA gates, {task} {selection_label(config)}",
-    )
-    if dam.size_curve is not None:
-        chosen = dam.size_curve["sizes"][choose_size(dam.size_curve["batch_losses"])]
-        plot_size_curve(dam.size_curve, chosen, len(kept), out / "selection.png")
-
-
-def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    """Write a safetensors file atomically."""
-    with atomic_path(path) as temporary:
-        save_file(tensors, str(temporary))
 
 
 def search(
@@ -262,7 +77,7 @@ def search(
     bench = open_workbench(data_config, adapter, search_config.seed)
     check_before_training(bench, adapter, finetune_config, out)
     if out is not None:
-        start_run_dir(out, _config_document(data_config, adapter, search_config, None), overwrite, resume)
+        start_run_dir(out, config_document(data_config, adapter, search_config, None), overwrite, resume)
     outcome = search_on(
         bench,
         data_config,
@@ -317,9 +132,9 @@ def search_on(
         resume=Checkpointer(out, "search").latest() if out is not None else None,
         size_ranking=finetune_config.ranking,
     )
-    outcome.dam.config = _config_document(data_config, adapter, search_config, finetune_config)
+    outcome.dam.config = config_document(data_config, adapter, search_config, finetune_config)
     outcome.dam.info = {
-        **_run_info(bench, data_config),
+        **run_info(bench, data_config),
         "search_seconds": outcome.seconds,
         "search_steps": outcome.steps,
         "search_train_examples": len(search_train),
@@ -401,7 +216,7 @@ def _finetune_on(
         "candidate_modules": len(dam.candidates),
         "rho": config.rho,
         "budget": config.budget,
-        "lora_parameters_kept": _kept_parameters(dam, selected),
+        "lora_parameters_kept": kept_parameters(dam, selected),
         "selection": config.selection,
         "ranking": config.ranking,
         "sharing": config.sharing,
@@ -420,28 +235,6 @@ def _finetune_on(
         shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)  # the run is complete: nothing to resume
     wait_for_everyone()
     return RunResult(metrics=metrics, dam=dam, model=model, output_dir=out, selected=selected)
-
-
-def write_finetune_artifacts(
-    model: PeftModel, dam: DAM, config: FinetuneConfig, metrics: dict[str, Any], out: Path
-) -> None:
-    """The PEFT adapter, dam.json with this selection, dam.png and metrics.json."""
-    dam.config = {**dam.config, "finetune": to_dict(config)}
-    save_adapter(model, out)
-    _write_selection(dam, config, out, metrics["task"])
-    atomic_write_json(out / METRICS_FILE, metrics)
-
-
-def save_adapter(model: PeftModel, out: Path) -> None:
-    """Save a vanilla PEFT adapter; both files are renamed into place only once complete."""
-    staging = out / ".adapter.tmp"
-    staging.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(staging)
-    for name in ("adapter_model.safetensors", "adapter_config.json"):
-        (staging / name).replace(out / name)
-    for leftover in staging.iterdir():
-        leftover.replace(out / leftover.name)
-    staging.rmdir()
 
 
 def run(
@@ -467,7 +260,7 @@ def run(
     bench = open_workbench(data_config, adapter, search_config.seed)
     check_before_training(bench, adapter, finetune_config, out)
     if out is not None:
-        config = _config_document(data_config, adapter, search_config, finetune_config)
+        config = config_document(data_config, adapter, search_config, finetune_config)
         start_run_dir(out, config, overwrite, resume)
         if resume and (out / SEARCH_WEIGHTS_FILE).is_file():  # the search finished before the interruption
             dam = DAM.load(out / DAM_FILE)

@@ -8,9 +8,10 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from diffora.batching import make_dataloader
 from diffora.candidates import Candidate
 from diffora.config import AdapterConfig
-from diffora.data import TaskData, make_dataloader
+from diffora.data import TaskData
 from diffora.models import load_classifier
 from diffora.training import evaluate
 

@@ -1,0 +1,119 @@
+"""Writing a run's artifacts: dam.json and its plots, the search weights, the PEFT adapter, metrics and
+the recorded configuration."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import PeftModel
+from safetensors.torch import save_file
+
+from diffora.bilevel import SearchOutcome
+from diffora.candidates import Candidate
+from diffora.config import AdapterConfig, DataConfig, FinetuneConfig, SearchConfig, to_dict
+from diffora.dam import DAM, select_modules, selection_label
+from diffora.io import atomic_path, atomic_write_json
+from diffora.plots import plot_dam, plot_gate_history, plot_size_curve
+from diffora.run_dir import DAM_FILE, INITIAL_HEAD_FILE, METRICS_FILE, SEARCH_WEIGHTS_FILE, versions
+from diffora.selection import choose_size
+from diffora.workbench import Workbench
+
+
+def run_info(bench: Workbench, data_config: DataConfig) -> dict[str, Any]:
+    """What a run was made of (model, task, data and its fingerprint, versions, date), for dam.json."""
+    return {
+        "model": bench.model_path,
+        "task": bench.data.spec.name,
+        "num_labels": bench.data.spec.num_labels,
+        "label_names": list(bench.data.spec.label_names) if bench.data.spec.label_names else None,
+        "data_source": bench.data.source,
+        "data_fingerprint": bench.data.fingerprint(),
+        "train_examples": len(bench.data.train),
+        "eval_examples": len(bench.data.eval),
+        "head_modules": bench.head_modules,
+        "versions": versions(),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def config_document(
+    data_config: DataConfig,
+    adapter: AdapterConfig,
+    search_config: SearchConfig | None,
+    finetune_config: FinetuneConfig | None,
+) -> dict[str, Any]:
+    """The configs of a run as one JSON document (run_config.json, dam.json, metrics.json)."""
+    document = {"data": to_dict(data_config), "adapter": to_dict(adapter)}
+    if search_config is not None:
+        document["search"] = to_dict(search_config)
+    if finetune_config is not None:
+        document["finetune"] = to_dict(finetune_config)
+    return document
+
+
+def write_search_artifacts(outcome: SearchOutcome, output_dir: Path, finetune_config: FinetuneConfig) -> None:
+    """dam.json (selection at the fine-tune rho), dam.png, gates.png and the search weights.
+
+    The search weights come last: their presence marks a finished search for --resume.
+    """
+    dam = outcome.dam
+    save_tensors(outcome.initial_head, output_dir / INITIAL_HEAD_FILE)
+    _write_selection(dam, finetune_config, output_dir, dam.info.get("task", ""))
+    if outcome.history:
+        plot_gate_history(dam.candidates, outcome.history, output_dir / "gates.png")
+    save_tensors(outcome.weights, output_dir / SEARCH_WEIGHTS_FILE)
+
+
+def kept_parameters(dam: DAM, selected: list[Candidate]) -> int | None:
+    """The adapter parameters of `selected` by the search's own count (None for an old dam.json)."""
+    if dam.parameters is None:
+        return None
+    kept = set(selected)
+    return sum(p for c, p in zip(dam.candidates, dam.parameters, strict=True) if c in kept)
+
+
+def _write_selection(dam: DAM, config: FinetuneConfig, out: Path, task: str) -> None:
+    """dam.json with this selection marked, dam.png and, with a size curve, selection.png."""
+    dam.save(out / DAM_FILE, config.rho, config.selection, config.ranking, config.budget)
+    kept = set(select_modules(dam, config))
+    plot_dam(
+        dam.candidates,
+        dam.gates,
+        [c in kept for c in dam.candidates],
+        out / "dam.png",
+        title=f"DiffoRA gates, {task} {selection_label(config)}",
+    )
+    if dam.size_curve is not None:
+        chosen = dam.size_curve["sizes"][choose_size(dam.size_curve["batch_losses"])]
+        plot_size_curve(dam.size_curve, chosen, len(kept), out / "selection.png")
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Write a safetensors file atomically."""
+    with atomic_path(path) as temporary:
+        save_file(tensors, str(temporary))
+
+
+def write_finetune_artifacts(
+    model: PeftModel, dam: DAM, config: FinetuneConfig, metrics: dict[str, Any], out: Path
+) -> None:
+    """The PEFT adapter, dam.json with this selection, dam.png and metrics.json."""
+    dam.config = {**dam.config, "finetune": to_dict(config)}
+    save_adapter(model, out)
+    _write_selection(dam, config, out, metrics["task"])
+    atomic_write_json(out / METRICS_FILE, metrics)
+
+
+def save_adapter(model: PeftModel, out: Path) -> None:
+    """Save a vanilla PEFT adapter; both files are renamed into place only once complete."""
+    staging = out / ".adapter.tmp"
+    staging.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(staging)
+    for name in ("adapter_model.safetensors", "adapter_config.json"):
+        (staging / name).replace(out / name)
+    for leftover in staging.iterdir():
+        leftover.replace(out / leftover.name)
+    staging.rmdir()

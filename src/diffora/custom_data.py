@@ -1,0 +1,93 @@
+"""Custom classification or regression files (--task custom) into (texts, label) examples."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from diffora.config import DataConfig
+from diffora.datafiles import Example, Record, label_string, make_example, read_custom_file
+from diffora.errors import OptionError
+from diffora.tasks import TaskSpec
+
+
+def load_custom(config: DataConfig) -> tuple[TaskSpec, list[Example], list[Example], str]:
+    """(spec, train, eval, source) from the custom files and columns `config` names."""
+    if not config.train_file or not config.eval_file:
+        raise OptionError(
+            "`task` custom needs both `train_file` and `eval_file` (.csv, .tsv, .json or .jsonl)"
+        )
+    if not config.text_fields:
+        raise OptionError(
+            "`task` custom needs `text_fields` naming one or two text columns, e.g. `text_fields` sentence"
+        )
+    train_path, eval_path = Path(config.train_file), Path(config.eval_file)
+    columns = (*config.text_fields, config.label_field)
+    train_records = _read_records(train_path, columns)
+    eval_records = _read_records(eval_path, columns)
+    label_names = None
+    if config.problem_type == "classification":
+        label_names = _custom_label_names(train_records, config.label_field)
+    spec = TaskSpec(
+        name="custom",
+        glue_folder="",
+        train_file=str(train_path),
+        eval_file=str(eval_path),
+        has_header=True,
+        text_columns=tuple(config.text_fields),
+        label_column=config.label_field,
+        label_names=label_names,
+        metric_names=("pearson", "spearmanr") if label_names is None else ("accuracy", "f1_macro"),
+        main_metric="pearson" if label_names is None else "accuracy",
+    )
+    train = _records_to_examples(train_records, spec)
+    if label_names is not None and len(label_names) < 2:
+        # checked after the rows so a broken row is reported first, and before eval so its labels are not
+        # reported as outside a one-class set
+        raise OptionError(
+            f"{train_path} has only one label ({label_names[0]}) in {config.label_field!r}; "
+            "classification needs at least two (or use `problem_type` regression)"
+        )
+    eval_ = _records_to_examples(eval_records, spec)
+    return spec, train, eval_, f"{train_path} + {eval_path}"
+
+
+def _read_records(path: Path, columns: Sequence[str]) -> list[Record]:
+    """Every row of a custom file, checked to have the wanted columns."""
+    records = read_custom_file(path)
+    for where, values in records:
+        missing = [column for column in columns if column not in values]
+        if missing:
+            available = ", ".join(map(repr, values)) or "none"
+            raise OptionError(
+                f"{where}: no column {', '.join(map(repr, missing))} (available: {available}); "
+                "fix `text_fields`/`label_field`"
+            )
+    return records
+
+
+def _custom_label_names(records: list[Record], label_field: str) -> tuple[str, ...]:
+    labels = {label_string(values[label_field], label_field, where) for where, values in records}
+    return tuple(sorted(labels, key=_label_sort_key))
+
+
+def _label_sort_key(label: str) -> tuple[int, float, str]:
+    # integer labels sort by value so that "2" < "10" and "k" keeps class index k
+    try:
+        return 0, float(int(label)), label
+    except ValueError:
+        return 1, 0.0, label
+
+
+def _records_to_examples(records: list[Record], spec: TaskSpec) -> list[Example]:
+    return [
+        make_example(
+            [values[column] for column in spec.text_columns],
+            values[spec.label_column],
+            spec.text_columns,
+            spec.label_column,
+            spec.label_names,
+            where,
+        )
+        for where, values in records
+    ]
