@@ -118,3 +118,26 @@ def test_select_refuses_rho_and_budget_together() -> None:
     kept = dam.select(rho=0.5)
     assert dam.to_lora_config(kept, base=LoraConfig(r=4)).task_type is None  # the template's, not a guess
     assert dam.to_lora_config(kept, base=LoraConfig(r=4, task_type="CAUSAL_LM")).task_type == "CAUSAL_LM"
+
+
+def test_a_signal_during_search_dam_finishes_the_step_and_raises_interrupted() -> None:
+    import os
+    import signal
+
+    from diffora.interrupt import Interrupted
+
+    collate = DataCollatorWithPadding(tiny_tokenizer())
+    batches = {"count": 0}
+
+    def collate_and_signal(rows):  # Ctrl-C as the 3rd batch is made: step 2's train batch (each step
+        # draws a search-train, then a search-val batch)
+        batches["count"] += 1
+        if batches["count"] == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return collate(rows)
+
+    train = _dataset(32, seed=1).remove_columns("text")
+    with pytest.raises(Interrupted) as stop:
+        search_dam(_model(), train, _dataset(16, seed=2), _config(collate_fn=collate_and_signal))
+    assert stop.value.step == 2 and stop.value.checkpoint is None  # step 2 was finished, no more
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C behaves as before again

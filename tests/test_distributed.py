@@ -206,8 +206,8 @@ def test_gradient_checkpointing_and_bf16_search_run_on_the_cpu() -> None:
 @pytest.mark.parametrize(
     "options, message",
     [
-        (dict(mixed_precision="fp32"), "--mixed-precision must be one of no, bf16, fp16"),
-        (dict(gradient_accumulation_steps=0), "--gradient-accumulation-steps must be at least 1"),
+        (dict(mixed_precision="fp32"), "`mixed_precision` must be one of no, bf16, fp16"),
+        (dict(gradient_accumulation_steps=0), "`gradient_accumulation_steps` must be at least 1"),
     ],
 )
 def test_scaling_options_are_validated(options: dict, message: str) -> None:
@@ -270,6 +270,24 @@ def _two_process_cli(args: list[str]) -> subprocess.Popen:
     )
 
 
+def _resume_and_compare_with_an_uninterrupted_run(common: list[str], out: Path, reference_out: Path) -> None:
+    """`--resume` the run in `out` on two processes to its end; it must match an uninterrupted two-process
+    run (DAM and adapter) up to summation order, as in the first test of this file."""
+    resumed = _two_process_cli([*common, "--output-dir", str(out), "--resume"])
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read()[-3000:]
+    reference = _two_process_cli([*common, "--output-dir", str(reference_out)])
+    assert reference.wait(timeout=300) == 0, reference.stderr.read()[-3000:]
+    got = json.loads((out / "dam.json").read_text())["candidates"]
+    want = json.loads((reference_out / "dam.json").read_text())["candidates"]
+    assert [(c["name"], c["selected"]) for c in got] == [(c["name"], c["selected"]) for c in want]
+    logits = torch.tensor([c["logit"] for c in got]), torch.tensor([c["logit"] for c in want])
+    assert torch.allclose(*logits, atol=TOLERANCE)
+    adapter = load_file(out / "adapter_model.safetensors")
+    expected = load_file(reference_out / "adapter_model.safetensors")
+    assert adapter.keys() == expected.keys()
+    assert all(torch.allclose(adapter[key], expected[key], atol=TOLERANCE) for key in expected)
+
+
 def test_a_stop_signal_reaching_one_rank_stops_every_rank_after_the_same_step(
     tiny_bert_dir, tiny_glue_dir, tmp_path, capsys
 ) -> None:
@@ -312,14 +330,80 @@ def test_a_stop_signal_reaching_one_rank_stops_every_rank_after_the_same_step(
     # one process cannot continue a two-process run: its global batch and data shards would differ
     assert main([*common, "--output-dir", str(out), "--resume"]) == 2
     assert "was run on 2 process(es), this launch has 1" in capsys.readouterr().err
-    resumed = _two_process_cli([*common, "--output-dir", str(out), "--resume"])
-    assert resumed.wait(timeout=300) == 0, resumed.stderr.read()[-3000:]
-    reference = _two_process_cli([*common, "--output-dir", str(tmp_path / "reference")])
-    assert reference.wait(timeout=300) == 0, reference.stderr.read()[-3000:]
-    logits = json.loads((out / "dam.json").read_text())["candidates"]
-    expected = json.loads((tmp_path / "reference" / "dam.json").read_text())["candidates"]
-    assert [c["name"] for c in logits] == [c["name"] for c in expected]
-    # resumed against uninterrupted, both on two processes: only rank 0's RNG state is checkpointed, which
-    # nothing here draws from (no dropout); what remains is summation order, as in the test above
-    got, want = torch.tensor([c["logit"] for c in logits]), torch.tensor([c["logit"] for c in expected])
-    assert torch.allclose(got, want, atol=TOLERANCE)
+    _resume_and_compare_with_an_uninterrupted_run(common, out, tmp_path / "reference")
+
+
+RNG_DRIVER = textwrap.dedent(
+    """
+    import json, sys
+    from pathlib import Path
+    import torch
+    from diffora.checkpoint import Checkpointer, restore
+    from diffora.distributed import process_state
+
+    out = Path(sys.argv[1])
+    rank = process_state().process_index
+    torch.manual_seed(100 + rank)  # each rank its own stream, as dropout on different data would leave them
+    weight = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(weight.parameters(), lr=0.1)
+    checkpointer = Checkpointer(out, "search")
+    checkpointer.save(1, {"model": weight}, {"weights": optimizer}, {"train": 1})
+    expected = torch.rand(4).tolist()  # what this rank draws next, had it never stopped
+    torch.manual_seed(0)  # a fresh process: some other state
+    restore(checkpointer.latest(), {"model": weight}, {"weights": optimizer})
+    (out / f"rank{rank}.json").write_text(json.dumps({"expected": expected, "got": torch.rand(4).tolist()}))
+    """
+)
+
+
+def test_every_rank_restores_its_own_rng_state(tmp_path) -> None:
+    """Two processes with different RNG streams: after a checkpoint round trip each draws what it would have
+    drawn (before, every rank got the main process's state back)."""
+    driver = tmp_path / "rng_driver.py"
+    driver.write_text(RNG_DRIVER)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    environment = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    completed = subprocess.run(
+        [*command, str(driver), str(tmp_path)], capture_output=True, text=True, env=environment, timeout=300
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert ranks[0]["expected"] != ranks[1]["expected"]  # the streams really differ
+    assert all(rank["got"] == rank["expected"] for rank in ranks)
+
+
+def _kill_every_process_when(launcher: subprocess.Popen, marker: Path, timeout: float = 180.0) -> None:
+    """SIGKILL the launcher and all its workers (no graceful stop: a crash, an OOM kill, a lost node) as soon
+    as `marker` exists."""
+    import time
+
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    while not marker.exists():
+        assert launcher.poll() is None, "the run ended before the kill point"
+        assert time.monotonic() < deadline, f"{marker.name} never appeared"
+        time.sleep(0.005)
+    processes = [*psutil.Process(launcher.pid).children(recursive=True), psutil.Process(launcher.pid)]
+    for process in processes:
+        process.kill()
+    psutil.wait_procs(processes, timeout=30)
+    launcher.communicate(timeout=30)
+
+
+def test_sigkill_of_every_process_then_resume_matches_an_uninterrupted_two_process_run(
+    tiny_bert_dir, tiny_glue_dir, tmp_path
+) -> None:
+    common = ["run", "--task", "rte", "--data-dir", str(tiny_glue_dir), "--model", str(tiny_bert_dir)]
+    common += ["--max-length", "16", "--search-fraction", "0.5", "--rank", "2", "--batch-size", "4"]
+    common += ["--search-epochs", "3", "--epochs", "2", "--checkpoint-every", "1", "--log-every", "1"]
+    out = tmp_path / "killed"
+    checkpoints = out / "checkpoints"
+    _kill_every_process_when(
+        _two_process_cli([*common, "--output-dir", str(out)]), checkpoints / "search-00000004"
+    )
+    assert not (out / "dam.json").exists()
+    resumed = _two_process_cli([*common, "--output-dir", str(out), "--resume"])  # killed again, mid-fine-tune
+    _kill_every_process_when(resumed, checkpoints / "finetune-00000003")
+    assert (out / "dam.json").is_file() and not (out / "metrics.json").exists()
+    _resume_and_compare_with_an_uninterrupted_run(common, out, tmp_path / "reference")

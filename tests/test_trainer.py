@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import sys
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from transformers import (
 from diffora.config import SearchConfig
 from diffora.dam import DAM
 from diffora.errors import DifforaError
+from diffora.interrupt import Interrupted
 from diffora.lora import export_adapter_tensors, head_layer, lora_a_layer, lora_b_layer
 from diffora.trainer import (
     GATES_FILE,
@@ -106,6 +109,41 @@ def test_gate_state_is_checkpointed_and_resumed(tiny_bert_dir, tmp_path) -> None
     resumed._load_optimizer_and_scheduler(str(checkpoint))  # what train(resume_from_checkpoint=...) calls
     assert torch.equal(resumed.gates.logits, trainer.gates.logits)
     assert resumed.gate_history == trainer.gate_history
+
+
+class SignalDuringStep(TrainerCallback):
+    """Sends this process a SIGTERM as optimiser step `step` (1-based) begins."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step == self.step - 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_a_signal_stops_the_trainer_search_with_a_checkpoint_and_resume_matches(
+    tiny_bert_dir, tmp_path
+) -> None:
+    torch.manual_seed(0)  # the LoRA A initialisation, drawn before the Trainer seeds anything
+    reference = _search_trainer(tiny_bert_dir, tmp_path / "reference", max_steps=6)
+    reference.train()
+    torch.manual_seed(0)
+    stopped = _search_trainer(tiny_bert_dir, tmp_path / "run", max_steps=6)
+    stopped.add_callback(SignalDuringStep(4))  # after the warm-up (2 steps): gates have moved
+    with pytest.raises(Interrupted) as stop:
+        stopped.train()
+    checkpoint = tmp_path / "run" / "checkpoint-4"
+    assert (
+        stop.value.step == 4 and stop.value.checkpoint == checkpoint and (checkpoint / GATES_FILE).is_file()
+    )
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone after train()
+    resumed = _search_trainer(tiny_bert_dir, tmp_path / "run", max_steps=6)
+    resumed.train(resume_from_checkpoint=True)
+    assert resumed.state.global_step == 6 and resumed.gate_history == reference.gate_history
+    assert torch.equal(resumed.gates.logits, reference.gates.logits)
+    got, want = resumed.search_weights(), reference.search_weights()
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
 
 
 def test_lora_config_for_and_inherit_search_weights(tiny_bert_dir, tmp_path) -> None:

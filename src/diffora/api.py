@@ -100,10 +100,12 @@ def search_dam(
 
     Both splits must come from the training data (never the evaluation set). `model` is wrapped with
     LoRA on every candidate and trained in place; start the fine-tuning from a fresh copy. The returned
-    DAM carries the search weights (`dam.search_weights`) and the head modules for weight sharing.
+    DAM carries the search weights (`dam.search_weights`) and the head modules for weight sharing. A
+    SIGTERM or SIGINT (Ctrl-C) finishes the current step and raises `diffora.interrupt.Interrupted`.
     """
     from diffora.bilevel import run_search
     from diffora.candidates import find_candidates
+    from diffora.interrupt import stop_on_signals
     from diffora.models import default_heads
 
     config = config if config is not None else DiffoRAConfig()
@@ -113,18 +115,19 @@ def search_dam(
     candidates = find_candidates(model, config.include, config.exclude, heads)
     if not candidates:
         raise DifforaError("no candidate modules: check include and exclude")
-    outcome = run_search(
-        model,
-        candidates,
-        heads,
-        as_dataloader(train_data, config.batch_size, config.collate_fn, shuffle=True),
-        as_dataloader(val_data, config.batch_size, config.collate_fn, shuffle=True),
-        config.lora,
-        config.search,
-        rho=config.rho if isinstance(config.rho, float) else 0.5,
-        perturbation_batches=config.perturbation_batches,
-        size_ranking=config.ranking,
-    )
+    with stop_on_signals():
+        outcome = run_search(
+            model,
+            candidates,
+            heads,
+            as_dataloader(train_data, config.batch_size, config.collate_fn, shuffle=True),
+            as_dataloader(val_data, config.batch_size, config.collate_fn, shuffle=True),
+            config.lora,
+            config.search,
+            rho=config.rho if isinstance(config.rho, float) else 0.5,
+            perturbation_batches=config.perturbation_batches,
+            size_ranking=config.ranking,
+        )
     dam = outcome.dam
     dam.search_weights, dam.head_modules = outcome.weights, list(heads)
     dam.info = {"search_seconds": outcome.seconds, "search_steps": outcome.steps}

@@ -5,7 +5,7 @@ and `meta.json` (everything else). It is written under a temporary name and rena
 checkpoints are pruned only after that, so the newest complete checkpoint is always usable.
 
 Under `accelerate launch` only the main process writes; every process waits until the checkpoint is
-complete. The RNG state saved is the main process's.
+complete. Every process's RNG state is saved (gathered to the main process), and each restores its own.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from diffora.distributed import is_main_process, wait_for_everyone
+from diffora.distributed import gather_from_processes, is_main_process, process_state, wait_for_everyone
 from diffora.errors import OptionError
 
 CHECKPOINT_DIR = "checkpoints"
@@ -89,13 +89,11 @@ class Checkpointer:
         """Write a complete checkpoint after `step` optimiser steps; prune older ones afterwards."""
         assert self.folder is not None
         final = self.folder / f"{self.phase}-{step:08d}"
+        tensors = _rng_states()  # a collective: every process takes part before the others wait
         if not is_main_process():
             wait_for_everyone()
             self.last_saved = final
             return final
-        tensors: dict[str, torch.Tensor] = {"rng.torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            tensors["rng.cuda"] = torch.cuda.get_rng_state()
         for name, module in modules.items():
             if torch.is_tensor(module):
                 tensors[f"tensor.{name}"] = module.detach().cpu().contiguous()
@@ -184,6 +182,19 @@ class Checkpointer:
         return None
 
 
+def _rng_states() -> dict[str, torch.Tensor]:
+    """This process's RNG states as `rng.<kind>` and, launched on several processes, every process's as
+    `rng.<kind>.rank<i>`, so that a rank whose stream differs (seeded or drawn otherwise) gets its own."""
+    states = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["rng.cuda"] = torch.cuda.get_rng_state()
+    for key in list(states):
+        ranks = gather_from_processes(states[key])
+        if len(ranks) > 1:
+            states.update({f"{key}.rank{i}": state for i, state in enumerate(ranks)})
+    return states
+
+
 def _size_and_digest(path: Path) -> tuple[int, str]:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -228,6 +239,8 @@ def restore(
                 parameter.copy_(state.tensors[f"param.{name}.{key}"])
     for name, optimizer in optimizers.items():
         _restore_optimizer(f"optim.{name}", optimizer, state.tensors, state.meta["param_groups"][name])
-    torch.set_rng_state(state.tensors["rng.torch"])
-    if "rng.cuda" in state.tensors and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state.tensors["rng.cuda"])
+    rank = process_state().process_index
+    for key, setter in (("rng.torch", torch.set_rng_state), ("rng.cuda", torch.cuda.set_rng_state)):
+        own = state.tensors.get(f"{key}.rank{rank}", state.tensors.get(key))  # older checkpoints: rank 0's
+        if own is not None and (key == "rng.torch" or torch.cuda.is_available()):
+            setter(own)

@@ -74,6 +74,17 @@ def process_state() -> PartialState:
     return PartialState(cpu=not torch.cuda.is_available())
 
 
+def gather_from_processes(tensor: torch.Tensor) -> list[torch.Tensor]:
+    """Every process's copy of a tensor of the same shape, in rank order, on the CPU; every process must call
+    it. One process: `[tensor]`."""
+    state = process_state()
+    if state.num_processes == 1:
+        return [tensor]
+    from accelerate.utils import gather
+
+    return list(gather(tensor.to(state.device).unsqueeze(0)).cpu())
+
+
 def is_main_process() -> bool:
     """Whether this process writes artifacts, logs and checkpoints."""
     return process_state().is_main_process

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,7 +40,12 @@ def _handle(number: int, _frame: object) -> None:
 
 @contextmanager
 def stop_on_signals() -> Iterator[None]:
-    """Within this block SIGTERM and SIGINT request a graceful stop instead of killing the process."""
+    """Within this block SIGTERM and SIGINT request a graceful stop instead of killing the process.
+
+    Python takes signal handlers in the main thread only; elsewhere the block changes nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     previous = {number: signal.getsignal(number) for number in _SIGNALS}
     _requested["signal"] = None
     for number in _SIGNALS:

@@ -21,6 +21,7 @@ import dataclasses
 import itertools
 import os
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -34,8 +35,10 @@ from diffora.bilevel import NORM_BATCHES, size_curve
 from diffora.candidates import Candidate, find_block_stack, find_candidates, locate_module
 from diffora.config import AdapterConfig, SearchConfig
 from diffora.dam import DAM
+from diffora.distributed import stop_agreed
 from diffora.errors import DifforaError
 from diffora.gates import DAMGates
+from diffora.interrupt import Interrupted, stop_on_signals, stop_requested
 from diffora.lora import (
     ADAPTER_NAME,
     export_adapter_tensors,
@@ -94,6 +97,20 @@ def trained_heads(peft_model: PeftModel) -> list[str]:
     ]
 
 
+class _StopOnSignal(transformers.TrainerCallback):
+    """After the optimiser step in which a SIGTERM / SIGINT arrived (on any process): checkpoint and stop."""
+
+    def __init__(self, trainer: transformers.Trainer) -> None:
+        self.trainer = trainer
+        self.stopped_at: int | None = None
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        if stop_agreed(self.trainer.accelerator, stop_requested()):
+            control.should_save = control.should_training_stop = True
+            self.stopped_at = state.global_step
+        return control
+
+
 class DiffoRASearchTrainer(transformers.Trainer):
     """A Trainer that runs the DiffoRA search: its weight steps plus a gate step per optimiser step.
 
@@ -101,6 +118,10 @@ class DiffoRASearchTrainer(transformers.Trainer):
     is the search-val split, batched by the Trainer's collator. Of `diffora_config` only the gate options
     apply (relaxation, temperature, gate_lr, gate_weight_decay, warmup_fraction, budget_weight); the Trainer's
     arguments govern everything else. `rho` is the target mean gate of the budget penalty.
+
+    A SIGTERM or SIGINT during `train()` finishes the optimiser step, writes a Trainer checkpoint (gates
+    included) and raises `diffora.interrupt.Interrupted` naming it; `train(resume_from_checkpoint=True)`
+    continues from there. A second signal exits at once.
     """
 
     def __init__(
@@ -136,6 +157,19 @@ class DiffoRASearchTrainer(transformers.Trainer):
         self.gate_history: list[dict[str, float]] = []
         self._last_gate_step = -1
         self._search_batches: Iterator[dict[str, Any]] | None = None
+        self._search_batches_drawn = 0  # kept in checkpoints: a resume goes on where it was
+        self._stop = _StopOnSignal(self)
+        self.add_callback(self._stop)
+
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        """The Trainer's `train`, stopping gracefully on SIGTERM / SIGINT (see the class docstring)."""
+        self._stop.stopped_at = None
+        with stop_on_signals():
+            output = super().train(*args, **kwargs)
+        if self._stop.stopped_at is not None:
+            step = self._stop.stopped_at
+            raise Interrupted("search", step, Path(self.args.output_dir) / f"checkpoint-{step}")
+        return output
 
     @property
     def warmup_steps(self) -> int:
@@ -159,6 +193,7 @@ class DiffoRASearchTrainer(transformers.Trainer):
     def gate_step(self) -> float:
         """One Adam step of the gate logits on the next search-val batch (weights fixed); returns the loss."""
         batch = self._prepare_inputs(next(self._search_stream()))
+        self._search_batches_drawn += 1
         self.model.train()
         with self.autocast_smart_context_manager():
             loss = self.compute_loss(self.model, dict(batch))
@@ -199,6 +234,8 @@ class DiffoRASearchTrainer(transformers.Trainer):
             else:
                 loader = self.get_eval_dataloader(self.search_eval_dataset)
             self._search_batches = cycle(loader)
+            for _ in range(self._search_batches_drawn):  # a resumed search: skip what was already used
+                next(self._search_batches)
         return self._search_batches
 
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
@@ -209,11 +246,12 @@ class DiffoRASearchTrainer(transformers.Trainer):
                 "logits": self.gates.logits.detach().cpu(),
                 "optimizer": self.gate_optimizer.state_dict(),
                 "history": self.gate_history,
+                "search_batches_drawn": self._search_batches_drawn,
             }
             torch.save(state, os.path.join(output_dir, GATES_FILE))
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
-        """Resume the gates too (the search-val stream restarts from its beginning)."""
+        """Resume the gates too, and the search-val stream where it was."""
         super()._load_optimizer_and_scheduler(checkpoint)
         path = os.path.join(checkpoint, GATES_FILE) if checkpoint else None
         if path and os.path.isfile(path):
@@ -222,6 +260,8 @@ class DiffoRASearchTrainer(transformers.Trainer):
                 self.gates.logits.copy_(state["logits"])
             self.gate_optimizer.load_state_dict(state["optimizer"])
             self.gate_history = list(state["history"])
+            self._search_batches_drawn = int(state.get("search_batches_drawn", 0))
+            self._search_batches = None
 
     def dam(self, norm_batches: int = NORM_BATCHES, size_ranking: str | None = "gate") -> DAM:
         """The searched DAM: logits, gates, update norms and parameter counts (+ a size curve for 'auto')."""
