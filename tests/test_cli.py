@@ -251,3 +251,32 @@ def test_help_of_every_subcommand(capsys) -> None:
 def test_missing_dam_is_one_line(tmp_path: Path, capsys) -> None:
     assert main(["finetune", "--dam", str(tmp_path / "dam.json"), "--output-dir", str(tmp_path / "o")]) == 2
     assert "no dam.json at" in capsys.readouterr().err
+
+
+def test_lora_drop_trains_no_gates_and_ranks_by_update_norm(
+    tiny_bert_dir, tiny_glue_dir, tmp_path, capsys
+) -> None:
+    common = ["--task", "rte", "--data-dir", str(tiny_glue_dir), "--model", str(tiny_bert_dir), *FAST]
+    refused = tmp_path / "refused"
+    assert _run(["run", *common, "--lora-drop", "--ranking", "gate", "--output-dir", str(refused)]) == 2
+    assert "--ranking gate needs learned gates, which a --lora-drop search has not" in capsys.readouterr().err
+    assert not refused.exists()
+    out = tmp_path / "out"
+    assert _run(["run", *common, "--lora-drop", "--search-epochs", "2", "--output-dir", str(out)]) == 0
+    dam = json.loads((out / "dam.json").read_text())
+    assert dam["gates_searched"] is False and dam["ranking"] == "magnitude"
+    assert {row["gate"] for row in dam["candidates"]} == {1.0}  # plain LoRA: every gate 1, none learned
+    norms = {row["name"]: row["update_norm"] for row in dam["candidates"]}
+    kept = [row["name"] for row in dam["candidates"] if row["selected"]]
+    assert sorted(kept) == sorted(sorted(norms, key=norms.get, reverse=True)[: len(kept)])
+    search_steps = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    search_steps = [row for row in search_steps if row.get("phase") == "search"]
+    assert search_steps and all(row["val_loss"] is None for row in search_steps)  # no search-val batch drawn
+    # the saved search cannot be re-ranked by gates it never learned
+    again = tmp_path / "again"
+    assert (
+        _run(["finetune", "--dam", str(out / "dam.json"), "--ranking", "gate", "--output-dir", str(again)])
+        == 2
+    )
+    assert "learned no gates (--lora-drop)" in capsys.readouterr().err
+    assert not again.exists()

@@ -25,7 +25,7 @@ from peft import LoraConfig
 from torch import nn
 from torch.utils.data import DataLoader
 
-from diffora.config import RANKINGS, SearchConfig, option, parse_rho
+from diffora.config import RANKINGS, SearchConfig, check_search_ranking, option, parse_rho
 from diffora.dam import DAM
 from diffora.errors import DifforaError, OptionError
 
@@ -72,6 +72,7 @@ class DiffoRAConfig:
         if self.ranking == "perturbation" and self.perturbation_batches == 0:
             raise OptionError("`ranking` 'perturbation' needs `perturbation_batches` > 0")
         self.rho = parse_rho(self.rho)
+        check_search_ranking(self.search, self.ranking)
 
 
 def as_dataloader(

@@ -241,7 +241,7 @@ class BilevelSearch:
             train_batch = [to_device(next(train_batches), device) for _ in range(accumulation)]
             consumed["train"] += accumulation
             val_loss = None
-            if step >= warmup_steps:
+            if step >= warmup_steps and not self.config.lora_drop:
                 val_batch = [to_device(next(val_batches), device) for _ in range(accumulation)]
                 val_loss = self.gate_step(val_batch, train_batch, step)
                 consumed["val"] += accumulation
@@ -376,6 +376,7 @@ def run_search(
     gates = DAMGates(candidates, config.relaxation, config.temperature).to(
         next(peft_model.parameters()).device
     )
+    gates.constant = config.lora_drop  # LoRA-drop: plain LoRA on every candidate, no gate ever moves
     gates.attach(peft_model)
     if config.gradient_checkpointing:
         enable_gradient_checkpointing(peft_model)
@@ -399,6 +400,7 @@ def run_search(
         perturbation_scores=scores,
         update_norms=norms,
         parameters=parameters,
+        gates_searched=not config.lora_drop,
     )
     if size_ranking is not None:
         gates.attach(peft_model)

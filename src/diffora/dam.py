@@ -83,6 +83,7 @@ class DAM:
     # {"ranking": str, "sizes": [k...], "parameters": [...], "batch_losses": [[...] per size], "seconds": s}
     size_curve: dict[str, Any] | None = None
     info: dict[str, Any] = field(default_factory=dict)  # model, task, fingerprint, versions, timings
+    gates_searched: bool = True  # False after a `lora_drop` search: the gates never moved
     # in memory only (never in dam.json): the search's LoRA A/B and head tensors, for weight sharing, and the
     # modules trained in full; set by `diffora.search_dam`
     search_weights: dict[str, Any] | None = field(default=None, repr=False, compare=False)
@@ -97,6 +98,10 @@ class DAM:
         if ranking not in RANKINGS:
             raise OptionError(f"`ranking` must be one of {', '.join(RANKINGS)}, got {ranking!r}")
         if ranking == "gate":
+            if not self.gates_searched:
+                raise OptionError(
+                    "this search learned no gates (`lora_drop`); rank by `ranking` magnitude or perturbation"
+                )
             return list(self.gates)
         if ranking in PRESETS:  # a module family first; ties (within and outside it) go to the lower layer
             return preset_scores([c.type for c in self.candidates], ranking)
@@ -248,6 +253,7 @@ class DAM:
             "ranking": ranking,
             "relaxation": self.relaxation,
             "temperature": self.temperature,
+            "gates_searched": self.gates_searched,
             "seed": self.config.get("search", {}).get("seed"),
             "num_candidates": len(self.candidates),
             "num_selected": len(kept),
@@ -295,6 +301,7 @@ class DAM:
                 update_norms=[float(r["update_norm"]) for r in rows] if has_norms else None,
                 parameters=[int(r["parameters"]) for r in rows] if has_parameters else None,
                 size_curve=document.get("size_curve"),
+                gates_searched=bool(document.get("gates_searched", True)),
             )
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
             raise DifforaError(

@@ -60,14 +60,18 @@ class DAMGates(nn.Module):
         self.temperature = temperature
         self.logits = nn.Parameter(torch.full((len(self.candidates),), float(initial_logit)))
         self.mask: torch.Tensor | None = None  # multiplies the gates; zeros switch modules off
+        self.constant = False  # every gate exactly 1 whatever the logits (a `lora_drop` search: plain LoRA)
         self._current: torch.Tensor | None = None
         self._handles: list[RemovableHandle] = []
 
     def gates(self) -> torch.Tensor:
         """The relaxed gate values (times `mask` when one is set), differentiable in the logits."""
-        values = relaxed_gates(
-            self.logits, [c.layer for c in self.candidates], self.relaxation, self.temperature
-        )
+        if self.constant:
+            values = torch.ones_like(self.logits)
+        else:
+            values = relaxed_gates(
+                self.logits, [c.layer for c in self.candidates], self.relaxation, self.temperature
+            )
         return values if self.mask is None else values * self.mask.to(values)
 
     def attach(self, peft_model: nn.Module) -> None:

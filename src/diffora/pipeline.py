@@ -30,7 +30,14 @@ from diffora.artifacts import (
 from diffora.bilevel import SearchOutcome, run_search
 from diffora.candidates import Candidate
 from diffora.checkpoint import CHECKPOINT_DIR, Checkpointer
-from diffora.config import AdapterConfig, DataConfig, FinetuneConfig, SearchConfig, to_dict
+from diffora.config import (
+    AdapterConfig,
+    DataConfig,
+    FinetuneConfig,
+    SearchConfig,
+    check_search_ranking,
+    to_dict,
+)
 from diffora.dam import DAM, select_modules
 from diffora.data import split_for_search
 from diffora.distributed import is_main_process, make_accelerator, wait_for_everyone
@@ -73,6 +80,7 @@ def search(
     adapter = adapter or AdapterConfig()
     search_config = search_config or SearchConfig()
     finetune_config = finetune_config or FinetuneConfig()
+    check_search_ranking(search_config, finetune_config.ranking)
     out = prepare_output_dir(output_dir, overwrite, resume) if output_dir is not None else None
     bench = open_workbench(data_config, adapter, search_config.seed)
     check_before_training(bench, adapter, finetune_config, out)
@@ -256,6 +264,7 @@ def run(
     adapter = adapter or AdapterConfig()
     search_config = search_config or SearchConfig()
     finetune_config = finetune_config or FinetuneConfig()
+    check_search_ranking(search_config, finetune_config.ranking)
     out = prepare_output_dir(output_dir, overwrite, resume) if output_dir is not None else None
     bench = open_workbench(data_config, adapter, search_config.seed)
     check_before_training(bench, adapter, finetune_config, out)

@@ -143,6 +143,11 @@ class DiffoRASearchTrainer(transformers.Trainer):
         self.diffora_config = diffora_config or SearchConfig()
         if self.diffora_config.order != "first":
             raise DifforaError("DiffoRASearchTrainer runs the first-order search; use order='first'")
+        if self.diffora_config.lora_drop:
+            raise DifforaError(
+                "DiffoRASearchTrainer learns gates; for LoRA-drop train LoRA with your own Trainer and rank "
+                "the modules with diffora.update_norms"
+            )
         self.search_eval_dataset = search_eval_dataset
         self.rho = rho
         self.candidates = lora_candidates(self.model)
