@@ -1,4 +1,4 @@
-"""Baselines of the GLUE benchmark (not in the library): full FT, LoRA at any rank, LoRA+, AdaLoRA, random.
+"""GLUE benchmark baselines (not in the library): full FT, LoRA at any rank, LoRA+, AdaLoRA, EVA, random.
 
 Every adapter baseline is a plain PEFT model on the same candidate modules DiffoRA searches over, and every
 method trains through `diffora.training.fit` (AdamW, linear warm-up and decay), so that only the choice of
@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import torch
-from peft import AdaLoraConfig, PeftModel, get_peft_model
+from peft import AdaLoraConfig, LoraConfig, PeftModel, get_peft_model
 from peft.optimizers import create_loraplus_optimizer
 from torch import nn
 
@@ -24,7 +24,7 @@ from diffora.candidates import Candidate
 from diffora.config import AdapterConfig
 from diffora.dam import select_indices
 from diffora.errors import DifforaError
-from diffora.lora import wrap_with_lora
+from diffora.lora import lora_config, peft_task_type, wrap_with_lora
 from diffora.selection import lora_parameter_count
 from diffora.training import StepCallback
 from diffora.weight_sharing import build_finetune_model
@@ -86,6 +86,55 @@ def lora_all_model(
         )
     torch.manual_seed(seed)  # the A matrices
     return wrap_with_lora(model, list(names), head_modules, adapter)
+
+
+def eva_model(
+    model: nn.Module,
+    names: Sequence[str],
+    head_modules: Sequence[str],
+    adapter: AdapterConfig,
+    loader: Iterable[Mapping[str, torch.Tensor]],
+    rank: int,
+    max_rank_factor: float = 2.0,
+    seed: int = 0,
+) -> PeftModel:
+    """PEFT's EVA on `names` with LoRA-all at `rank`'s total rank budget (rank x modules).
+
+    EVA (`init_lora_weights="eva"`) runs forward passes over `loader`, takes an incremental SVD of every
+    module's inputs, initialises A with the top right-singular vectors and redistributes the ranks by
+    explained variance, up to `max_rank_factor` x `rank` per module; a module left with rank 0 gets no
+    adapter: a forward-only, budgeted selector, here at the budget of LoRA-all at `rank`. alpha/r as in
+    `adapter` (EVA rescales alpha for the ranks it moves). Sequence-classification batches have no token
+    labels: every non-padding token's input enters the SVD.
+    """
+    from peft import EvaConfig, initialize_lora_eva_weights
+
+    template = LoraConfig(
+        r=rank,
+        lora_alpha=adapter.lora_alpha * rank / adapter.rank,
+        lora_dropout=adapter.lora_dropout,
+        init_lora_weights="eva",
+        eva_config=EvaConfig(rho=max_rank_factor, use_label_mask=False),
+    )
+    torch.manual_seed(seed)
+    peft_model = get_peft_model(
+        model, lora_config(names, head_modules, template, peft_task_type(model)), low_cpu_mem_usage=True
+    )
+    initialize_lora_eva_weights(peft_model, dataloader=_PlainDicts(loader), show_progress_bar=False)
+    return peft_model
+
+
+class _PlainDicts:
+    """A loader whose batches (a BatchEncoding, say) reach EVA as the plain dicts it checks for."""
+
+    def __init__(self, loader: Iterable[Mapping[str, torch.Tensor]]) -> None:
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.loader)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        return (dict(batch) for batch in self.loader)
 
 
 def adalora_schedule(

@@ -48,6 +48,7 @@ LABELS = {
     "mlp": "LoRA on FFN modules only",
     "attention": "LoRA on attention modules only",
     "loradrop": "LoRA-drop (update-norm ranking)",
+    "eva": "EVA (PEFT, ranks from an SVD of the inputs)",
     "diffora_rho_auto": "DiffoRA search, update norm, automatic size",
     "diffora_budget0.25x": "DiffoRA search, update norm, 0.25x budget",
     "diffora_budget0.75x": "DiffoRA search, update norm, 0.75x budget",
@@ -56,7 +57,7 @@ LABELS = {
     "lora_r6": "LoRA (all, r=6: 0.75x)",
 }
 # the cpu profile compares selections at one adapter-parameter budget: half of LoRA-all's
-BUDGET_ROWS = (*SELECTION_METHODS, "loraplus", "adalora", "full")
+BUDGET_ROWS = (*SELECTION_METHODS, "eva", "loraplus", "adalora", "full")
 BUDGET_LABELS = {
     "diffora": "DiffoRA (0.5x LoRA-all budget)",
     "random": "Random selection (same budget)",
@@ -64,8 +65,8 @@ BUDGET_LABELS = {
     "mlp": "LoRA on FFN only (rank fits budget)",
     "attention": "LoRA on attention only (rank fits budget)",
 }
-BUDGET_ONLY_METHODS = {"diffora_magnitude", "mlp", "attention", "loradrop"}
-CHEAP_SELECTORS = ("diffora_magnitude", "diffora_perturbation", "mlp", "attention", "loradrop")
+BUDGET_ONLY_METHODS = {"diffora_magnitude", "mlp", "attention", "loradrop", "eva"}
+CHEAP_SELECTORS = ("diffora_magnitude", "diffora_perturbation", "mlp", "attention", "loradrop", "eva")
 SELECTION_BASELINES = ("random", *CHEAP_SELECTORS, "lora_r4", "lora", "lora_equal_steps")
 STABILITY_METHODS = ("diffora", "diffora_magnitude", "diffora_perturbation", "loradrop", "random")
 BUDGET_RATIO_LIMIT = 0.5

@@ -94,6 +94,7 @@ ABLATIONS = (
     "lora_equal_steps",
     *PRESETS,
     "loradrop",
+    "eva",
     *LORA_RANKS,
 )
 ALL_METHODS = MAIN_METHODS + ABLATIONS
@@ -655,6 +656,20 @@ class Job:
             model, selected, rank = self.preset_model(fresh, PRESETS[method])
             optimizer = baselines.adamw(model, s["lr"], s["weight_decay"])
             extra.update(rank=rank, selected_modules=[c.name for c in selected], **self.budget_record())
+        elif method == "eva":  # PEFT's EVA at LoRA-all's rank budget scaled to the selection budget
+            train_loader, _ = self.loaders()
+            rank = max(1, round(s["rank"] * (s["budget_fraction"] or s["rho"])))
+            model = baselines.eva_model(
+                fresh, self.names, self.bench.head_modules, self.adapter, train_loader, rank, seed=self.seed
+            )
+            optimizer = baselines.adamw(model, s["lr"], s["weight_decay"])
+            layers = [m for m in model.modules() if hasattr(m, "lora_A") and "default" in m.lora_A]
+            extra.update(
+                rank=rank,
+                eva_max_rank=2 * rank,
+                ranks=[m.lora_A["default"].weight.shape[0] for m in layers],
+                **self.budget_record(),
+            )
         elif method == "loradrop":
             model, selected, warmup = self.loradrop_model(fresh)
             optimizer = baselines.adamw(model, s["lr"], s["weight_decay"])

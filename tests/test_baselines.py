@@ -20,6 +20,7 @@ from baselines import (  # noqa: E402
     adalora_step_callback,
     adamw,
     equal_steps_epochs,
+    eva_model,
     full_finetune_model,
     lora_all_model,
     loraplus_optimizer,
@@ -181,3 +182,18 @@ def test_full_finetuning_trains_everything_and_equal_steps_adds_the_search_steps
     batches = _batches(3)
     result = fit(model, batches, adamw(model, lr=1e-4), equal_steps_epochs(3, 2, len(batches)))
     assert result.steps == 5
+
+
+def test_eva_initialises_from_the_svd_within_lora_all_s_rank_budget_and_trains() -> None:
+    model = _model()
+    names = [c.name for c in _candidates(model)]
+    peft_model = eva_model(model, names, ["classifier"], AdapterConfig(rank=4), _batches(12, seed=3), rank=2)
+    layers = {n: m for n, m in peft_model.named_modules() if hasattr(m, "lora_A") and "default" in m.lora_A}
+    ranks = [layer.lora_A["default"].weight.shape[0] for layer in layers.values()]
+    assert sum(ranks) <= 2 * len(names) and max(ranks) <= 4  # LoRA-all r=2's budget, at most 2 x 2 each
+    for layer in layers.values():  # A holds right-singular vectors of the inputs: orthonormal rows
+        a = layer.lora_A["default"].weight
+        assert torch.allclose(a @ a.T, torch.eye(a.shape[0]), atol=1e-4)
+    before = count_trainable_parameters(peft_model)
+    fit(peft_model, _batches(3, seed=4), adamw(peft_model, 1e-2), epochs=1)
+    assert count_trainable_parameters(peft_model) == before
