@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -252,3 +254,38 @@ def test_a_disk_without_room_for_the_run_is_refused_before_training(
         error
     )
     assert not out.exists()
+
+
+def _make_read_only(folder: Path) -> Callable[[], None]:
+    """A folder that really refuses writes, also to root: the immutable attribute (chattr +i), or, for
+    another user, permissions. Returns the undo. Skips only where neither is possible on this machine."""
+    import subprocess
+
+    if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode == 0:
+        return lambda: subprocess.run(["chattr", "-i", str(folder)], check=True)
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        return lambda: folder.chmod(0o755)
+    pytest.skip("root without chattr: no way to make a folder read-only here")
+
+
+@pytest.mark.parametrize("where", ["inside", "itself"])
+def test_a_read_only_output_folder_is_refused_before_training(
+    where, tiny_bert_dir, tiny_glue_dir, tmp_path, capsys
+) -> None:
+    """A real read-only folder (no injected error): one line, before any training, nothing written."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    out = folder / "out" if where == "inside" else folder  # a new folder in it, or the folder itself
+    undo = _make_read_only(folder)
+    try:
+        args = ["run", "--task", "rte", "--data-dir", str(tiny_glue_dir), "--model", str(tiny_bert_dir)]
+        assert main([*args, "--output-dir", str(out), *FAST]) == 2
+        error = capsys.readouterr().err.strip()
+        assert len(error.splitlines()) == 1, error
+        assert re.fullmatch(
+            rf"diffora: error: cannot write to {folder} \(.+\); choose an --output-dir .*", error
+        )
+        assert list(folder.iterdir()) == []
+    finally:
+        undo()

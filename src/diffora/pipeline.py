@@ -343,13 +343,14 @@ def finetune(
     select_modules(dam, finetune_config)  # fails early: missing scores, curve or parameters, a bad budget
     out = prepare_output_dir(output_dir, overwrite) if output_dir is not None else None
     bench = open_workbench(data_config, adapter, dam.config.get("search", {}).get("seed", 0))
-    if out is not None:
-        start_run_dir(out, {**dam.config, "finetune": to_dict(finetune_config)}, overwrite, resume=False)
     if [c.name for c in bench.candidates] != [c.name for c in dam.candidates]:
         raise DifforaError(
             f"{dam_path} was searched on other candidate modules than this model has; "
             "search again with this model"
         )
+    check_before_training(bench, adapter, finetune_config, out)
+    if out is not None:
+        start_run_dir(out, {**dam.config, "finetune": to_dict(finetune_config)}, overwrite, resume=False)
     weights = load_file(weights_path) if weights_path.is_file() else {}
     initial_head_path = search_dir / INITIAL_HEAD_FILE
     initial_head = (

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import platform
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -123,7 +124,8 @@ def start_run_dir(path: Path, config: dict[str, Any], overwrite: bool, resume: b
 def check_before_training(
     bench: Workbench, adapter: AdapterConfig, config: FinetuneConfig, out: Path | None
 ) -> None:
-    """One line before any training: a budget above LoRA-all, or a disk without room for the run's files.
+    """One line before any training: a budget above LoRA-all, an output folder that cannot be written, or a
+    disk without room for the run's files.
 
     Disk estimate: the LoRA weights of every candidate and the head, each stored in fp32 with Adam's two
     moments in each of the two kept checkpoints of a phase, plus the search weights and the adapter.
@@ -139,6 +141,13 @@ def check_before_training(
     )
     needed = 4 * trainable * (3 * 2 + 2) + 2**20  # checkpoints, search weights + adapter, JSON and plots
     folder = next(p for p in (out, *out.parents) if p.exists())
+    try:  # the folder itself, or the one it will be created in: permissions, a read-only mount, chattr +i
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".diffora-write-check-"):
+            pass
+    except OSError as error:
+        raise OptionError(
+            f"cannot write to {folder} ({error.strerror or error}); choose an `output_dir` you can write to"
+        ) from None
     free = shutil.disk_usage(folder).free
     if free < needed:
         raise OptionError(
