@@ -261,7 +261,11 @@ def _make_read_only(folder: Path) -> Callable[[], None]:
     another user, permissions. Returns the undo. Skips only where neither is possible on this machine."""
     import subprocess
 
-    if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode == 0:
+    try:
+        immutable = subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode == 0
+    except FileNotFoundError:  # no chattr (e2fsprogs) here
+        immutable = False
+    if immutable:
         return lambda: subprocess.run(["chattr", "-i", str(folder)], check=True)
     if os.geteuid() != 0:
         folder.chmod(0o555)
