@@ -141,7 +141,7 @@ def test_write_report_writes_json_markdown_and_plots(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------ the cpu profile: selection at one budget
 
-CPU_METHODS = SELECTION_METHODS
+CPU_METHODS = (*SELECTION_METHODS, "eva")  # every cheap selector of target c
 SELECTORS = ("diffora", "random", "diffora_magnitude", "diffora_perturbation", "loradrop")
 MODULES = [f"layer.{layer}.{kind}" for layer in (0, 1) for kind in ("query", "value", "intermediate.dense")]
 BASE = {"cola": 0.40, "rte": 0.60}  # LoRA-all learns both (rte chance: 0.527)
