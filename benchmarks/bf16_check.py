@@ -69,7 +69,7 @@ def make_random_llama(folder: Path, tokenizer_source: str, layers: int) -> None:
 
 
 def run_arguments(case: str, args: argparse.Namespace, model_dir: Path | None) -> list[str]:
-    common = ["--seed", str(args.seed), *args.extra]
+    common = ["--seed", str(args.seed), "--no-lora-drop", *args.extra]  # the gated search: gates compared
     if case == "minilm":
         return ["--task", "cola", "--data-dir", str(args.data_dir), *common]
     commonsense = Path(args.commonsense_dir)

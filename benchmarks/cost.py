@@ -187,7 +187,7 @@ def measure_one(
         peft_model = wrap_with_lora(model, names, bench.head_modules, adapter)
         gates = DAMGates(bench.candidates).to(bench.device)
         gates.attach(peft_model)
-        search = BilevelSearch(peft_model, gates, SearchConfig(order=order), rho=0.5)
+        search = BilevelSearch(peft_model, gates, SearchConfig(order=order, lora_drop=False), rho=0.5)
         peft_model.train()
 
         def step() -> None:  # one gate update on a "val" batch, then one weight update (same batch here)

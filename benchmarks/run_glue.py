@@ -395,6 +395,7 @@ class Job:
                 "batch_size": s["batch_size"],
                 "seed": self.seed,
                 "max_grad_norm": s["max_grad_norm"],
+                "lora_drop": False,  # every search here is the gated one; LoRA-drop is its own method
                 **s["search"],
                 **SEARCHES[kind],
             }

@@ -9,7 +9,12 @@ fine-tune, no dev data), then measures on the search-val split
 - the rank correlation (Spearman) of several rankings with that value: the gate, the norm of the module's
   update (||s B A||_F), gate x update norm;
 - the stability of each ranking's selection over seeds: the mean pairwise Jaccard index of the modules kept
-  under half of LoRA-all's parameter budget (two random picks give about 0.33).
+  under half of LoRA-all's parameter budget (two random picks give about 0.33);
+- the signal in the gate gradient itself (every gate step's gradient is recorded): after removing the part
+  common to all modules (which moves every gate alike and cannot rank them), is the difference between
+  modules larger than the step-to-step noise (F: the variance of the per-module mean gradients over their
+  mean squared standard error; about 1 when the differences are noise), and does it repeat between the
+  even and odd gate steps (independent search-val batches) and between the first and second half?
 
     python benchmarks/search_diagnostics.py --task cola --max-train 3000 --seeds 0 1 2 \\
         --setting default: --setting gate_lr0.1:gate_lr=0.1 \\
@@ -24,6 +29,8 @@ import itertools
 import json
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +58,63 @@ def jaccard(a: set[int], b: set[int]) -> float:
     return len(a & b) / len(a | b) if a | b else 1.0
 
 
+@contextmanager
+def recorded_gate_gradients() -> Iterator[list[list[float]]]:
+    """Every gate step's gradient of the gate logits (what the gate optimiser is about to apply)."""
+    from diffora.bilevel import BilevelSearch
+
+    recorded: list[list[float]] = []
+    original = BilevelSearch.gate_step
+
+    def gate_step(self: BilevelSearch, *args: Any, **kwargs: Any) -> float:
+        step = self.gate_optimizer.step
+
+        def recording_step(*step_args: Any, **step_kwargs: Any) -> Any:
+            recorded.append(self.gates.logits.grad.detach().cpu().tolist())
+            return step(*step_args, **step_kwargs)
+
+        self.gate_optimizer.step = recording_step
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            del self.gate_optimizer.step
+
+    BilevelSearch.gate_step = gate_step
+    try:
+        yield recorded
+    finally:
+        BilevelSearch.gate_step = original
+
+
+def gradient_signal(gradients: list[list[float]], drop: list[float]) -> dict[str, float]:
+    """How much of the gate gradient tells modules apart, and how well its sum tracks their value.
+
+    The gradient common to every module at a step (its mean over modules) is removed first: it moves every
+    gate alike. `f_statistic` ~ 1: the module differences are step-to-step noise.
+    """
+    import numpy as np
+    from scipy.stats import spearmanr
+
+    grads = np.asarray(gradients)
+    steps = len(grads)
+    differences = grads - grads.mean(axis=1, keepdims=True)
+    means = differences.mean(axis=0)
+    squared_errors = differences.var(axis=0, ddof=1) / steps
+    half = steps // 2
+    return {
+        "gate_steps": steps,
+        "common_share": float((grads.mean(axis=1) ** 2).sum() / (grads**2).sum()),
+        "f_statistic": float(means.var(ddof=1) / squared_errors.mean()),
+        "even_odd_spearman": float(
+            spearmanr(differences[0::2].mean(axis=0), differences[1::2].mean(axis=0)).statistic
+        ),
+        "early_late_spearman": float(
+            spearmanr(differences[:half].mean(axis=0), differences[half:].mean(axis=0)).statistic
+        ),
+        "summed_gradient_spearman_with_drop": float(spearmanr(-grads.sum(axis=0), drop).statistic),
+    }
+
+
 def run_one(args: argparse.Namespace, name: str, overrides: dict[str, Any], seed: int) -> dict[str, Any]:
     import torch
     from scipy.stats import spearmanr
@@ -69,8 +133,11 @@ def run_one(args: argparse.Namespace, name: str, overrides: dict[str, Any], seed
     adapter = AdapterConfig(rank=8, lora_alpha=16.0)
     bench = open_workbench(data_config, adapter, seed)
     dims = module_dims(bench.model, [c.name for c in bench.candidates])
-    search_config = SearchConfig(**{"epochs": args.search_epochs, "seed": seed, **overrides})
-    outcome = search_on(bench, data_config, adapter, search_config, FinetuneConfig(), 0, None)
+    search_config = SearchConfig(
+        **{"epochs": args.search_epochs, "seed": seed, "lora_drop": False, **overrides}
+    )
+    with recorded_gate_gradients() as gate_gradients:
+        outcome = search_on(bench, data_config, adapter, search_config, FinetuneConfig(), 0, None)
     model = outcome.peft_model
     _, search_val = split_for_search(
         bench.data.train, data_config.search_fraction, seed, stratify=not bench.data.spec.is_regression
@@ -97,6 +164,8 @@ def run_one(args: argparse.Namespace, name: str, overrides: dict[str, Any], seed
         "gate_x_norm": [g * n for g, n in zip(gate, norms, strict=True)],
         "perturbation": drop,
     }
+    if gate_gradients:  # what plain gradient descent on the gates would rank by, to first order
+        rankings["summed_gradient"] = [-sum(column) for column in zip(*gate_gradients, strict=True)]
     names = [c.name for c in outcome.dam.candidates]
     costs = [lora_parameter_count(dims, [n], 8) for n in names]
     budget = sum(costs) // 2
@@ -123,9 +192,27 @@ def run_one(args: argparse.Namespace, name: str, overrides: dict[str, Any], seed
             if key != "perturbation"
         },
         "selections_half_budget": selections,
+        "summed_gradient": rankings.get("summed_gradient"),
+        "gradient_signal": gradient_signal(gate_gradients, drop) if gate_gradients else None,
+        "gate_gradients": gate_gradients,
         "history": [{"step": h["step"], "gates": h["gates"]} for h in outcome.history],
         "search_config": dataclasses.asdict(search_config),
     }
+
+
+SCORE_FIELDS = {  # ranking -> the record's field with its per-module scores
+    "gate": "gates",
+    "update_norm": "update_norm",
+    "summed_gradient": "summed_gradient",
+    "perturbation": "drop_loss_rise",
+}
+
+
+def _mean_pairwise_spearman(score_lists: list[list[float]]) -> float | None:
+    from scipy.stats import spearmanr
+
+    pairs = [float(spearmanr(a, b).statistic) for a, b in itertools.combinations(score_lists, 2)]
+    return sum(pairs) / len(pairs) if pairs else None
 
 
 def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -150,13 +237,23 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
                 for a, b in itertools.combinations(runs, 2)
             ]
             entry["jaccard_over_seeds"][key] = statistics.mean(pairs) if pairs else None
+        entry["spearman_over_seeds"] = {
+            key: _mean_pairwise_spearman([r[field] for r in runs])
+            for key, field in SCORE_FIELDS.items()
+            if all(r.get(field) for r in runs)
+        }
+        signals = [r["gradient_signal"] for r in runs if r.get("gradient_signal")]
+        if signals:
+            entry["gradient_signal"] = {key: statistics.mean(s[key] for s in signals) for key in signals[0]}
         summary[setting] = entry
     return summary
 
 
 def markdown(document: dict[str, Any]) -> str:
     """The summary as a Markdown table: spread, Spearman with the drop value, Jaccard over seeds."""
-    rankings = ("gate", "update_norm", "gate_x_norm")
+    rankings: tuple[str, ...] = ("gate", "update_norm", "gate_x_norm")
+    if all("summed_gradient" in e["spearman_with_drop"] for e in document["summary"].values()):
+        rankings += ("summed_gradient",)
     lines = [
         "# Search diagnostics",
         "",
@@ -188,6 +285,38 @@ def markdown(document: dict[str, Any]) -> str:
             f"{low:.2f}-{high:.2f}",
         ]
         lines.append("| " + " | ".join(row + spearman + overlap) + " |")
+    signal_rows = {name: entry for name, entry in document["summary"].items() if "gradient_signal" in entry}
+    if signal_rows:
+        lines += [
+            "",
+            "## The signal in the gate gradient",
+            "",
+            "Every gate step's gradient, minus its mean over the modules (the common part moves every",
+            "gate alike). F: variance of the per-module mean gradients over their mean squared standard",
+            "error (about 1 when the module differences are step-to-step noise). even/odd, early/late:",
+            "Spearman of the per-module mean gradient between the even and odd gate steps (independent",
+            "search-val batches) and between the first and second half of the search. 'summed gradient':",
+            "the ranking plain gradient descent on the gates would give, to first order. Over seeds: mean",
+            "pairwise Spearman of each ranking's scores between seeds (how reproducible the order is).",
+            "",
+            "| setting | gate steps | common share | F | even/odd | early/late | Spearman summed gradient"
+            " with drop | over seeds: gate | summed gradient | update norm | drop value |",
+            "|" + "---|" * 11,
+        ]
+        for setting, entry in signal_rows.items():
+            signal, seeds = entry["gradient_signal"], entry.get("spearman_over_seeds", {})
+            over = [f"{seeds[k]:+.2f}" if seeds.get(k) is not None else "–" for k in SCORE_FIELDS]
+            cells = [
+                setting,
+                f"{signal['gate_steps']:.0f}",
+                f"{signal['common_share']:.2f}",
+                f"{signal['f_statistic']:.2f}",
+                f"{signal['even_odd_spearman']:+.2f}",
+                f"{signal['early_late_spearman']:+.2f}",
+                f"{signal['summed_gradient_spearman_with_drop']:+.2f}",
+                *over,
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -217,7 +217,9 @@ def time_search(preset: Preset, device: torch.device, args: argparse.Namespace) 
     model, candidates = build_model(preset, device, 1.0, args.checkpointing)
     gates = DAMGates(candidates).to(device)
     gates.attach(model)
-    config = SearchConfig(order="first", mixed_precision=preset.mixed_precision, lr=1e-4, gate_lr=1e-2)
+    config = SearchConfig(
+        order="first", mixed_precision=preset.mixed_precision, lr=1e-4, gate_lr=1e-2, lora_drop=False
+    )
     search = BilevelSearch(model, gates, config, rho=0.5)
     train = random_batches(args.warmup + args.steps, preset, device, seed=2)
     val = random_batches(args.warmup + args.steps, preset, device, seed=3)

@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         train_dataset=tokenized(tokenizer, texts[held_out:]),
         search_eval_dataset=tokenized(tokenizer, texts[:held_out]),
         data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
-        diffora_config=SearchConfig(warmup_fraction=args.warmup_fraction, gate_lr=5e-2),
+        diffora_config=SearchConfig(warmup_fraction=args.warmup_fraction, gate_lr=5e-2, lora_drop=False),
     )
     searcher.train()
     dam = searcher.dam()

@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         train_dataset=search_train,
         search_eval_dataset=search_val,
         data_collator=collator,
-        diffora_config=SearchConfig(warmup_fraction=args.warmup_fraction, gate_lr=5e-2),
+        diffora_config=SearchConfig(warmup_fraction=args.warmup_fraction, gate_lr=5e-2, lora_drop=False),
     )
     searcher.train()
     dam = searcher.dam()

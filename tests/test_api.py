@@ -37,7 +37,7 @@ def _dataset(rows: int, seed: int) -> Dataset:
 def _config(**overrides) -> DiffoRAConfig:
     values = dict(
         lora=LoraConfig(r=4, lora_alpha=8, lora_dropout=0.1, use_rslora=True),
-        search=SearchConfig(epochs=2, lr=5e-3, gate_lr=5e-2, warmup_fraction=0.0),
+        search=SearchConfig(lora_drop=False, epochs=2, lr=5e-3, gate_lr=5e-2, warmup_fraction=0.0),
         batch_size=8,
         collate_fn=DataCollatorWithPadding(tiny_tokenizer()),
     )
@@ -83,7 +83,7 @@ def test_search_dam_takes_dataloaders_too() -> None:
     # a DataLoader is used as given: the raw text column would break a collator, so drop it first
     train.dataset.set_format(columns=["input_ids", "attention_mask", "token_type_ids", "label"])
     val.dataset.set_format(columns=["input_ids", "attention_mask", "token_type_ids", "label"])
-    dam = search_dam(_model(), train, val, _config(search=SearchConfig(epochs=1)))
+    dam = search_dam(_model(), train, val, _config(search=SearchConfig(lora_drop=False, epochs=1)))
     assert len(dam.select(rho=0.25)) == 3
 
 
@@ -94,10 +94,19 @@ def test_search_dam_takes_dataloaders_too() -> None:
         (dict(ranking="best"), "`ranking` must be one of"),
         (dict(lora={"r": 8}), "`lora` must be a peft.LoraConfig"),
         (dict(ranking="perturbation"), "needs `perturbation_batches` > 0"),
-        (dict(search=lambda: SearchConfig(epochs=0)), "`epochs` must be positive"),
-        (dict(search=lambda: SearchConfig(warmup_fraction=1.0)), "`warmup_fraction` must lie in [0, 1)"),
-        (dict(search=lambda: SearchConfig(order="second", gradient_accumulation_steps=2)), "`order` second"),
-        (dict(search=lambda: SearchConfig(mixed_precision="fp16")), "`mixed_precision` fp16 is refused"),
+        (dict(search=lambda: SearchConfig(lora_drop=False, epochs=0)), "`epochs` must be positive"),
+        (
+            dict(search=lambda: SearchConfig(lora_drop=False, warmup_fraction=1.0)),
+            "`warmup_fraction` must lie in [0, 1)",
+        ),
+        (
+            dict(search=lambda: SearchConfig(lora_drop=False, order="second", gradient_accumulation_steps=2)),
+            "`order` second",
+        ),
+        (
+            dict(search=lambda: SearchConfig(lora_drop=False, mixed_precision="fp16")),
+            "`mixed_precision` fp16 is refused",
+        ),
     ],
 )
 def test_config_errors_are_one_line_and_name_the_option(overrides, message) -> None:
@@ -109,7 +118,10 @@ def test_config_errors_are_one_line_and_name_the_option(overrides, message) -> N
 
 def test_select_refuses_rho_and_budget_together() -> None:
     dam = search_dam(
-        _model(), _dataset(16, seed=1), _dataset(8, seed=2), _config(search=SearchConfig(epochs=1))
+        _model(),
+        _dataset(16, seed=1),
+        _dataset(8, seed=2),
+        _config(search=SearchConfig(lora_drop=False, epochs=1)),
     )
     with pytest.raises(DifforaError, match="rho or budget, not both"):
         dam.select(rho=0.5, budget="0.5x")

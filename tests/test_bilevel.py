@@ -29,7 +29,9 @@ def _model():
 
 def test_gates_stay_put_during_warmup_then_move_and_are_logged(tmp_path) -> None:
     model, candidates = _model()
-    config = SearchConfig(epochs=3, warmup_fraction=0.5, gate_lr=0.05, lr=1e-2, log_every=1, seed=0)
+    config = SearchConfig(
+        lora_drop=False, epochs=3, warmup_fraction=0.5, gate_lr=0.05, lr=1e-2, log_every=1, seed=0
+    )
     outcome = run_search(
         model,
         candidates,
@@ -59,7 +61,7 @@ def test_gate_logits_are_never_in_the_weight_optimiser() -> None:
     peft_model = wrap_with_lora(model, [c.name for c in candidates], ["classifier"], AdapterConfig(rank=4))
     gates = DAMGates(candidates)
     gates.attach(peft_model)
-    search = BilevelSearch(peft_model, gates, SearchConfig(), rho=0.5)
+    search = BilevelSearch(peft_model, gates, SearchConfig(lora_drop=False), rho=0.5)
     weight_ids = {id(p) for group in search.weight_optimizer.param_groups for p in group["params"]}
     assert id(gates.logits) not in weight_ids
     assert [p for group in search.gate_optimizer.param_groups for p in group["params"]] == [gates.logits]
@@ -71,7 +73,7 @@ def test_gate_logits_are_never_in_the_weight_optimiser() -> None:
 def _prepared(order: str, unrolled_lr: float):
     model, candidates = _model()
     peft_model, gates = gated_lora_model(model, candidates)
-    config = SearchConfig(order=order, unrolled_lr=unrolled_lr, lr=0.1)
+    config = SearchConfig(lora_drop=False, order=order, unrolled_lr=unrolled_lr, lr=0.1)
     return peft_model, gates, BilevelSearch(peft_model, gates, config, rho=0.5)
 
 
@@ -110,7 +112,9 @@ def test_second_order_search_leaves_weights_as_a_plain_weight_step_would() -> No
 
 def test_budget_penalty_pulls_the_mean_gate_towards_rho() -> None:
     model, candidates = _model()
-    config = SearchConfig(epochs=5, warmup_fraction=0.0, gate_lr=0.1, budget_weight=100.0, lr=1e-3)
+    config = SearchConfig(
+        lora_drop=False, epochs=5, warmup_fraction=0.0, gate_lr=0.1, budget_weight=100.0, lr=1e-3
+    )
     outcome = run_search(
         model, candidates, ["classifier"], TRAIN, VAL, AdapterConfig(rank=4), config, rho=0.2
     )
@@ -119,7 +123,9 @@ def test_budget_penalty_pulls_the_mean_gate_towards_rho() -> None:
 
 @pytest.mark.parametrize("relaxation", ["sigmoid", "softmax"])
 def test_search_is_deterministic_for_a_seed(relaxation: str) -> None:
-    config = SearchConfig(epochs=2, warmup_fraction=0.25, relaxation=relaxation, lr=1e-2, gate_lr=0.05)
+    config = SearchConfig(
+        lora_drop=False, epochs=2, warmup_fraction=0.25, relaxation=relaxation, lr=1e-2, gate_lr=0.05
+    )
     runs = [
         run_search(*_model(), ["classifier"], TRAIN, VAL, AdapterConfig(rank=4), config).dam.logits
         for _ in range(2)

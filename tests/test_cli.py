@@ -10,6 +10,7 @@ import pytest
 from diffora.cli import main
 
 FAST = [
+    "--no-lora-drop",  # the paper's gate search (LoRA-drop, the default, has its own test below)
     "--max-length",
     "16",
     "--batch-size",
@@ -259,7 +260,10 @@ def test_lora_drop_trains_no_gates_and_ranks_by_update_norm(
     common = ["--task", "rte", "--data-dir", str(tiny_glue_dir), "--model", str(tiny_bert_dir), *FAST]
     refused = tmp_path / "refused"
     assert _run(["run", *common, "--lora-drop", "--ranking", "gate", "--output-dir", str(refused)]) == 2
-    assert "--ranking gate needs learned gates, which a --lora-drop search has not" in capsys.readouterr().err
+    assert (
+        "--ranking gate needs learned gates, which a --lora-drop search (the default) has not; turn "
+        "--lora-drop off" in capsys.readouterr().err
+    )
     assert not refused.exists()
     out = tmp_path / "out"
     assert _run(["run", *common, "--lora-drop", "--search-epochs", "2", "--output-dir", str(out)]) == 0

@@ -49,7 +49,7 @@ DRIVER = textwrap.dedent(
     result = pipeline.run(
         DataConfig(task="rte", data_dir=data, max_length=16, search_fraction=0.5),
         AdapterConfig(model=model, rank=2),
-        SearchConfig(batch_size=int(batch_size), **options["search"]),
+        SearchConfig(lora_drop=False, batch_size=int(batch_size), **options["search"]),
         FinetuneConfig(batch_size=int(batch_size), **options["finetune"]),
         output_dir=out,
     )
@@ -151,7 +151,7 @@ def test_fit_accumulating_two_batches_of_4_matches_one_batch_of_8() -> None:
 def _search(accumulation: int) -> BilevelSearch:
     model, candidates = _tiny_model()
     peft_model, gates = gated_lora_model(model, candidates)
-    config = SearchConfig(gradient_accumulation_steps=accumulation, lr=1e-2, gate_lr=0.05)
+    config = SearchConfig(lora_drop=False, gradient_accumulation_steps=accumulation, lr=1e-2, gate_lr=0.05)
     search = BilevelSearch(peft_model, gates, config, rho=0.5)
     search.weight_optimizer = torch.optim.SGD(search.weights, lr=0.5)  # SGD: sensitive to gradient scale
     search.gate_optimizer = torch.optim.SGD([gates.logits], lr=5.0)
@@ -178,7 +178,12 @@ def test_gradient_checkpointing_and_bf16_search_run_on_the_cpu() -> None:
     val = [random_batch(seed=100 + s) for s in range(2)]
     config = dict(epochs=2, warmup_fraction=0.25, lr=1e-2, gate_lr=0.05)
     plain = run_search(
-        *_tiny_model(), ["classifier"], train, val, AdapterConfig(rank=4), SearchConfig(**config)
+        *_tiny_model(),
+        ["classifier"],
+        train,
+        val,
+        AdapterConfig(rank=4),
+        SearchConfig(lora_drop=False, **config),
     )
     checkpointed = run_search(
         *_tiny_model(),
@@ -186,7 +191,7 @@ def test_gradient_checkpointing_and_bf16_search_run_on_the_cpu() -> None:
         train,
         val,
         AdapterConfig(rank=4),
-        SearchConfig(gradient_checkpointing=True, **config),
+        SearchConfig(lora_drop=False, gradient_checkpointing=True, **config),
     )
     # Recomputing activations (no dropout in the tiny model) changes nothing but memory.
     assert torch.allclose(torch.tensor(plain.dam.logits), torch.tensor(checkpointed.dam.logits), atol=1e-6)
@@ -196,7 +201,7 @@ def test_gradient_checkpointing_and_bf16_search_run_on_the_cpu() -> None:
         train,
         val,
         AdapterConfig(rank=4),
-        SearchConfig(mixed_precision="bf16", **config),
+        SearchConfig(lora_drop=False, mixed_precision="bf16", **config),
     )
     assert all(torch.isfinite(torch.tensor(bf16.dam.logits)))
     # bf16 keeps ~3 significant digits: the same search, roughly.
@@ -218,7 +223,7 @@ def test_scaling_options_are_validated(options: dict, message: str) -> None:
 
 def test_fp16_search_is_refused_in_one_line_recommending_bf16(capsys) -> None:
     with pytest.raises(DifforaError, match="fp16 is refused for the search.*use bf16"):
-        SearchConfig(mixed_precision="fp16")
+        SearchConfig(lora_drop=False, mixed_precision="fp16")
     assert main(["search", "--output-dir", "unused", "--mixed-precision", "fp16"]) == 2
     error = capsys.readouterr().err
     assert error.startswith("diffora: error: --mixed-precision fp16 is refused for the search")
@@ -239,7 +244,7 @@ def test_fp16_without_cuda_is_one_clear_error_line(capsys) -> None:
 
 def test_second_order_refuses_accumulation_and_the_flags_reach_both_stages(capsys) -> None:
     with pytest.raises(DifforaError, match="`order` second"):
-        SearchConfig(order="second", gradient_accumulation_steps=2)
+        SearchConfig(lora_drop=False, order="second", gradient_accumulation_steps=2)
     from diffora.cli import _search_config, build_config, build_parser
 
     args = build_parser().parse_args(
@@ -303,6 +308,7 @@ def test_a_stop_signal_reaching_one_rank_stops_every_rank_after_the_same_step(
     import psutil
 
     common = ["run", "--task", "rte", "--data-dir", str(tiny_glue_dir), "--model", str(tiny_bert_dir)]
+    common += ["--no-lora-drop"]  # the gate search: its gates must stay identical on every process
     common += ["--max-length", "16", "--search-fraction", "0.5", "--rank", "2", "--batch-size", "4"]
     common += ["--search-epochs", "20", "--epochs", "1", "--checkpoint-every", "0", "--log-every", "1"]
     out = tmp_path / "stopped"
@@ -395,6 +401,7 @@ def test_sigkill_of_every_process_then_resume_matches_an_uninterrupted_two_proce
     tiny_bert_dir, tiny_glue_dir, tmp_path
 ) -> None:
     common = ["run", "--task", "rte", "--data-dir", str(tiny_glue_dir), "--model", str(tiny_bert_dir)]
+    common += ["--no-lora-drop"]  # the gate search: its gates must stay identical on every process
     common += ["--max-length", "16", "--search-fraction", "0.5", "--rank", "2", "--batch-size", "4"]
     common += ["--search-epochs", "3", "--epochs", "2", "--checkpoint-every", "1", "--log-every", "1"]
     out = tmp_path / "killed"

@@ -44,6 +44,7 @@ def test_minilm_rte_smoke(tmp_path) -> None:
     )
     dam = json.loads((out / "dam.json").read_text())
     assert dam["num_candidates"] == 36 and dam["num_selected"] == 18
+    assert dam["gates_searched"] is False and dam["ranking"] == "magnitude"  # the default: a LoRA-drop search
     assert dam["info"]["train_examples"] == 48 and dam["info"]["eval_examples"] == 32
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["eval_examples"] == 32 and 0.0 <= metrics["metrics"]["accuracy"] <= 1.0

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from diffora.cli import main
 
 FLAGS = [
+    "--no-lora-drop",  # the gate search: the gates and their optimiser must resume too
     "--max-length",
     "16",
     "--batch-size",

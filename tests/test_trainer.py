@@ -75,7 +75,7 @@ def _search_trainer(model_dir: Path, out: Path, max_steps: int, accumulation: in
         args=args,
         train_dataset=_rows(16, 0),
         search_eval_dataset=_rows(8, 1),
-        diffora_config=SearchConfig(warmup_fraction=0.4, gate_lr=0.1),
+        diffora_config=SearchConfig(lora_drop=False, warmup_fraction=0.4, gate_lr=0.1),
     )
 
 

@@ -24,7 +24,7 @@ def searched():
     torch.manual_seed(0)
     model = BertForSequenceClassification(tiny_bert_config())
     candidates = find_candidates(model, head_modules=["classifier"])
-    config = SearchConfig(epochs=3, warmup_fraction=0.3, lr=2e-2, gate_lr=0.1)
+    config = SearchConfig(lora_drop=False, epochs=3, warmup_fraction=0.3, lr=2e-2, gate_lr=0.1)
     return run_search(model, candidates, ["classifier"], TRAIN, VAL, ADAPTER, config)
 
 

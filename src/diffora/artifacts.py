@@ -55,14 +55,14 @@ def config_document(
 
 
 def write_search_artifacts(outcome: SearchOutcome, output_dir: Path, finetune_config: FinetuneConfig) -> None:
-    """dam.json (selection at the fine-tune rho), dam.png, gates.png and the search weights.
+    """dam.json (selection at the fine-tune rho), dam.png, gates.png (a gate search) and the search weights.
 
     The search weights come last: their presence marks a finished search for --resume.
     """
     dam = outcome.dam
     save_tensors(outcome.initial_head, output_dir / INITIAL_HEAD_FILE)
     _write_selection(dam, finetune_config, output_dir, dam.info.get("task", ""))
-    if outcome.history:
+    if outcome.history and dam.gates_searched:
         plot_gate_history(dam.candidates, outcome.history, output_dir / "gates.png")
     save_tensors(outcome.weights, output_dir / SEARCH_WEIGHTS_FILE)
 
@@ -79,12 +79,14 @@ def _write_selection(dam: DAM, config: FinetuneConfig, out: Path, task: str) -> 
     """dam.json with this selection marked, dam.png and, with a size curve, selection.png."""
     dam.save(out / DAM_FILE, config.rho, config.selection, config.ranking, config.budget)
     kept = set(select_modules(dam, config))
+    gated = dam.gates_searched or dam.update_norms is None  # a LoRA-drop search: its gates are all 1
     plot_dam(
         dam.candidates,
-        dam.gates,
+        dam.gates if gated else dam.update_norms,
         [c in kept for c in dam.candidates],
         out / "dam.png",
-        title=f"DiffoRA gates, {task} {selection_label(config)}",
+        title=f"DiffoRA {'gates' if gated else 'update norms'}, {task} {selection_label(config)}",
+        label="gate" if gated else "update norm",
     )
     if dam.size_curve is not None:
         chosen = dam.size_curve["sizes"][choose_size(dam.size_curve["batch_losses"])]

@@ -73,9 +73,9 @@ def add_config_arguments(
             group.add_argument(
                 _flag(config_class, item.name),
                 dest=dest,
-                action="store_true",
+                action=argparse.BooleanOptionalAction,
                 default=argparse.SUPPRESS,
-                help=help_text,
+                help=f"{help_text} (default: {'on' if item.default else 'off'})",
             )
             continue
         scalar = SCALARS.get(kind.removesuffix("|None").removeprefix("list[").removesuffix("]"), str)

@@ -84,6 +84,7 @@ def search(
     out = prepare_output_dir(output_dir, overwrite, resume) if output_dir is not None else None
     bench = open_workbench(data_config, adapter, search_config.seed)
     check_before_training(bench, adapter, finetune_config, out)
+    _check_search_split(bench, data_config, search_config)
     if out is not None:
         start_run_dir(out, config_document(data_config, adapter, search_config, None), overwrite, resume)
     outcome = search_on(
@@ -100,6 +101,16 @@ def search(
         write_search_artifacts(outcome, out, finetune_config)
     wait_for_everyone()
     return outcome
+
+
+def _check_search_split(bench: Workbench, data_config: DataConfig, search_config: SearchConfig) -> None:
+    """Refuse training data the search cannot split (one line), before anything is written."""
+    split_for_search(
+        bench.data.train,
+        data_config.search_fraction,
+        search_config.seed,
+        stratify=not bench.data.spec.is_regression,
+    )
 
 
 def search_on(
@@ -268,6 +279,7 @@ def run(
     out = prepare_output_dir(output_dir, overwrite, resume) if output_dir is not None else None
     bench = open_workbench(data_config, adapter, search_config.seed)
     check_before_training(bench, adapter, finetune_config, out)
+    _check_search_split(bench, data_config, search_config)
     if out is not None:
         config = config_document(data_config, adapter, search_config, finetune_config)
         start_run_dir(out, config, overwrite, resume)

@@ -38,8 +38,10 @@ def plot_dam(
     selected: Sequence[bool],
     path: str | Path,
     title: str = "DiffoRA gates",
+    label: str = "gate",
 ) -> None:
-    """Heatmap of the gates, layers as rows and module types as columns; kept modules are boxed."""
+    """Heatmap of the gates (or of any per-module score, `label`), layers as rows and module types as
+    columns; kept modules are boxed."""
     grid, rows, columns = gate_grid(candidates, gates)
     figure, axes = plt.subplots(figsize=(1.1 * len(columns) + 2.5, 0.45 * len(rows) + 2))
     image = axes.imshow(grid, cmap="viridis", aspect="auto")
@@ -67,7 +69,7 @@ def plot_dam(
     axes.set_xlabel("module type")
     axes.set_ylabel("layer")
     axes.set_title(f"{title} (red box: kept, {sum(selected)}/{len(selected)})")
-    figure.colorbar(image, ax=axes, label="gate")
+    figure.colorbar(image, ax=axes, label=label)
     _save(figure, path)
 
 

@@ -140,13 +140,13 @@ class DiffoRASearchTrainer(transformers.Trainer):
             )
         if search_eval_dataset is None:
             raise DifforaError("DiffoRASearchTrainer needs search_eval_dataset (the search-val split)")
-        self.diffora_config = diffora_config or SearchConfig()
+        self.diffora_config = diffora_config or SearchConfig(lora_drop=False)
         if self.diffora_config.order != "first":
             raise DifforaError("DiffoRASearchTrainer runs the first-order search; use order='first'")
         if self.diffora_config.lora_drop:
             raise DifforaError(
-                "DiffoRASearchTrainer learns gates; for LoRA-drop train LoRA with your own Trainer and rank "
-                "the modules with diffora.update_norms"
+                "DiffoRASearchTrainer learns gates: pass SearchConfig(lora_drop=False, ...); for LoRA-drop "
+                "train LoRA with your own Trainer and rank the modules with diffora.update_norms"
             )
         self.search_eval_dataset = search_eval_dataset
         self.rho = rho
