@@ -95,6 +95,7 @@ def test_search_dam_takes_dataloaders_too() -> None:
         (dict(lora={"r": 8}), "`lora` must be a peft.LoraConfig"),
         (dict(ranking="perturbation"), "needs `perturbation_batches` > 0"),
         (dict(search=lambda: SearchConfig(lora_drop=False, epochs=0)), "`epochs` must be positive"),
+        (dict(search=lambda: SearchConfig(gate_lr=0.1)), "`gate_lr` only applies to the gate search"),
         (
             dict(search=lambda: SearchConfig(lora_drop=False, warmup_fraction=1.0)),
             "`warmup_fraction` must lie in [0, 1)",

@@ -186,6 +186,11 @@ BAD_INPUTS = [
     (["--include", "nothing_here"], "--include pattern 'nothing_here' matches no module"),
     (["--relaxation", "tanh"], "--relaxation must be one of sigmoid, softmax"),
     (["--search-epochs", "0"], "--search-epochs must be positive"),  # the field is SearchConfig.epochs
+    # gate options would be ignored by the default LoRA-drop search (the later --lora-drop wins over FAST's)
+    (
+        ["--lora-drop", "--gate-lr", "0.1", "--relaxation", "softmax"],
+        "--relaxation, --gate-lr only apply to the gate search, which --lora-drop .the default. leaves out",
+    ),
     (["--epochs", "0"], "--epochs must be positive"),
     (["--budget", "2x"], "--budget must be a parameter count"),
     (["--data-dir", "/nonexistent/glue"], "expected"),
