@@ -41,7 +41,7 @@ for stage in "$@"; do
         --kinds lora_all search_first_order --tag accelerate --output-dir $R 2>&1 | grep -v "it/s" | tail -6 ;;
     selection)  # in the background, beside the next stages; stopped before the deadline
       (timeout $(( $(left) - 25 )) python3 benchmarks/run_glue.py --profile cpu --tasks ${SELECTION_TASKS:-cola sst2 mrpc stsb rte} \
-        --seeds 3 4 5 --methods ${SELECTION_METHODS:-selection eva diffora_rho_auto diffora_budget0.25x diffora_budget0.75x lora_r2 lora_r4 lora_r6} \
+        --seeds ${SELECTION_SEEDS:-3 4 5} --methods ${SELECTION_METHODS:-selection eva diffora_rho_auto diffora_budget0.25x diffora_budget0.75x lora_r2 lora_r4 lora_r6} \
         --workers ${SELECTION_WORKERS:-15} --threads 1 --no-cost --data-dir .device/glue --out $R > $R/selection.log 2>&1 &) ;;
     bf16)  # the cases at once (the MiniLM one hardly loads the GPU), each bf16 run beside its fp32 twin
       seed=${BF16_SEED:-0}; dir=$R; [ "$seed" = 0 ] || dir=$R/bf16_seed$seed

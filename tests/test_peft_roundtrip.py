@@ -41,7 +41,7 @@ def test_vanilla_peft_reload_and_merge_give_diffora_logits(tiny_bert_dir, tiny_g
     result = run(
         DataConfig(task="rte", data_dir=str(tiny_glue_dir), max_length=16),
         AdapterConfig(model=str(tiny_bert_dir), rank=2),
-        SearchConfig(epochs=2, batch_size=8, lr=1e-2, gate_lr=0.05),
+        SearchConfig(lora_drop=False, epochs=2, batch_size=8, lr=1e-2, gate_lr=0.05),
         FinetuneConfig(epochs=2, batch_size=8, lr=1e-2),
         output_dir=out,
     )
