@@ -86,8 +86,9 @@ def recorded_gate_gradients() -> Iterator[list[list[float]]]:
         BilevelSearch.gate_step = original
 
 
-def gradient_signal(gradients: list[list[float]], drop: list[float]) -> dict[str, float]:
-    """How much of the gate gradient tells modules apart, and how well its sum tracks their value.
+def gradient_signal(gradients: list[list[float]]) -> dict[str, float]:
+    """How much of the gate gradient tells modules apart (its sum's Spearman with the drop value is
+    `spearman_with_drop["summed_gradient"]`).
 
     The gradient common to every module at a step (its mean over modules) is removed first: it moves every
     gate alike. `f_statistic` ~ 1: the module differences are step-to-step noise.
@@ -111,7 +112,6 @@ def gradient_signal(gradients: list[list[float]], drop: list[float]) -> dict[str
         "early_late_spearman": float(
             spearmanr(differences[:half].mean(axis=0), differences[half:].mean(axis=0)).statistic
         ),
-        "summed_gradient_spearman_with_drop": float(spearmanr(-grads.sum(axis=0), drop).statistic),
     }
 
 
@@ -193,7 +193,7 @@ def run_one(args: argparse.Namespace, name: str, overrides: dict[str, Any], seed
         },
         "selections_half_budget": selections,
         "summed_gradient": rankings.get("summed_gradient"),
-        "gradient_signal": gradient_signal(gate_gradients, drop) if gate_gradients else None,
+        "gradient_signal": gradient_signal(gate_gradients) if gate_gradients else None,
         "gate_gradients": gate_gradients,
         "history": [{"step": h["step"], "gates": h["gates"]} for h in outcome.history],
         "search_config": dataclasses.asdict(search_config),
@@ -313,7 +313,7 @@ def markdown(document: dict[str, Any]) -> str:
                 f"{signal['f_statistic']:.2f}",
                 f"{signal['even_odd_spearman']:+.2f}",
                 f"{signal['early_late_spearman']:+.2f}",
-                f"{signal['summed_gradient_spearman_with_drop']:+.2f}",
+                f"{entry['spearman_with_drop']['summed_gradient']:+.2f}",
                 *over,
             ]
             lines.append("| " + " | ".join(cells) + " |")
