@@ -233,6 +233,30 @@ class Summary:
         self.budget_design = bool(BUDGET_ONLY_METHODS & set(self.methods)) or any(
             "budget_fraction" in run["config"] for run in self.runs
         )
+        self.seeds = sorted({j["seed"] for j in jobs})
+        self.complete_tasks = [t for t in self.tasks if not self.missing_runs(t)]
+
+    @property
+    def core_methods(self) -> list[str]:
+        """The methods a task needs on every seed to count as complete: the table's core that has run."""
+        core = SELECTION_METHODS if self.budget_design else MAIN_ROWS
+        return [m for m in core if m in self.methods]
+
+    @property
+    def average_label(self) -> str:
+        """The average column's header: it names the tasks it covers when some are still incomplete."""
+        if self.complete_tasks == self.tasks:
+            return "average"
+        return f"average ({', '.join(self.complete_tasks) or 'no complete task'})"
+
+    def missing_runs(self, task: str) -> list[tuple[str, int]]:
+        """The (method, seed) pairs of the core methods and the report's seeds that the task lacks."""
+        return [
+            (m, seed)
+            for m in self.core_methods
+            for seed in self.seeds
+            if seed not in self.score.get((m, task), {})
+        ]
 
     def label(self, method: str) -> str:
         """The method's row label; selections at one parameter budget say so."""
@@ -277,17 +301,16 @@ class Summary:
         return stats
 
     def average(self, method: str, tasks: Sequence[str] | None = None) -> dict[str, Any]:
-        """Per seed the mean over every task (or `tasks`), then mean and std over the seeds that have all."""
+        """Per seed the mean over the complete tasks (or `tasks`), then mean and std over the seeds."""
         per_seed = self._per_seed_average(
             lambda task, seed: self.score.get((method, task), {}).get(seed), tasks
         )
         return _mean_std(list(per_seed.values()))
 
     def _per_seed_average(self, value_of, tasks: Sequence[str] | None = None) -> dict[int, float]:
-        tasks = self.tasks if tasks is None else tasks
-        seeds = sorted({j["seed"] for j in self.jobs})
+        tasks = self.complete_tasks if tasks is None else tasks
         result = {}
-        for seed in seeds:
+        for seed in self.seeds:
             values = [value_of(task, seed) for task in tasks]
             if tasks and all(v is not None for v in values):
                 result[seed] = statistics.fmean(values)
@@ -296,7 +319,7 @@ class Summary:
     def paired(self, method: str, baseline: str, tasks: Sequence[str] | None = None) -> dict[str, Any]:
         """DiffoRA-style paired differences `method - baseline` over seeds, per task and on average.
 
-        Every task gets its row; the average covers `tasks` (default: all).
+        Every task gets its row; the average covers `tasks` (default: the complete tasks).
         """
 
         def difference(task: str, seed: int) -> float | None:
@@ -304,9 +327,8 @@ class Summary:
             b = self.score.get((baseline, task), {}).get(seed)
             return None if a is None or b is None else a - b
 
-        seeds = sorted({j["seed"] for j in self.jobs})
         table = {
-            task: _mean_std([d for s in seeds if (d := difference(task, s)) is not None])
+            task: _mean_std([d for s in self.seeds if (d := difference(task, s)) is not None])
             for task in self.tasks
         }
         table["average"] = _mean_std(list(self._per_seed_average(difference, tasks).values()))
@@ -420,13 +442,22 @@ def targets(summary: Summary, cost: dict[str, Any] | None) -> list[dict[str, Any
 
 
 def excluded_tasks(summary: Summary) -> dict[str, str]:
-    """Tasks where LoRA-all does not learn (mean score at most LEARNS_MARGIN above chance), with the reason.
+    """Tasks left out of the target averages, with the reason: incomplete, or LoRA-all does not learn.
 
-    Chance is a correlation of 0 (cola, stsb) or the dev majority class (sst2, mrpc, rte); a task without a
-    LoRA-all run or a known chance level is kept.
+    A task is incomplete while a core method lacks a seed (see `Summary.missing_runs`). It does not learn when
+    LoRA-all's mean score is at most LEARNS_MARGIN above chance: a correlation of 0 (cola, stsb) or the dev
+    majority class (sst2, mrpc, rte); a task without a LoRA-all run or a known chance level is kept.
     """
     result = {}
     for task in summary.tasks:
+        missing = summary.missing_runs(task)
+        if missing:
+            wanted = len(summary.core_methods) * len(summary.seeds)
+            result[task] = (
+                f"incomplete: {wanted - len(missing)} of {wanted} runs of the table's methods on seeds "
+                f"{', '.join(map(str, summary.seeds))}"
+            )
+            continue
         cell = summary.cell("lora", task)
         chance = chance_level(task, cell.get("main_metric"))
         if cell["n"] and chance is not None and cell["mean"] <= chance + LEARNS_MARGIN:
@@ -736,7 +767,7 @@ def _sweep_section(summary: Summary) -> list[str]:
                 _params(summary.mean_params(method, "adapter_parameters")),
             ]
         )
-    lines += _table(["selection", *tasks, "average", "adapter params"], rows)
+    lines += _table(["selection", *tasks, summary.average_label, "adapter params"], rows)
     if sweep.get("tasks"):
         lines += [
             "Automatic size against the fixed 0.5x budget and against the best fixed budget in hindsight "
@@ -987,7 +1018,8 @@ def render_markdown(
         f"{env['git']['commit']}{' (dirty)' if env['git']['dirty'] else ''}.",
         "",
         "Scores are the task's main metric x 100 on the dev set (capped as listed under Subsamples), "
-        "`mean ± std (n seeds)`; the average column averages the tasks per seed first. Every method of a "
+        "`mean ± std (n seeds)`; the average column averages the complete tasks (every core method on every "
+        "seed) per seed first. Every method of a "
         "task shares the data, seeds, max length, batch size, epochs and linear schedule; the search only "
         "ever sees a split of the training subsample.",
         "",
@@ -1057,7 +1089,7 @@ def render_markdown(
     lines += _targets_section(summary, cost)
     lines += ["## Main results", ""]
     lines += _table(
-        ["method", *tasks, "average", "trainable params"],
+        ["method", *tasks, summary.average_label, "trainable params"],
         method_rows((summary.label(m), m) for m in summary.main_rows),
     )
     lines += ["## Every metric", ""]
@@ -1088,11 +1120,12 @@ def render_markdown(
             ]
 
         main = summary.main_rows
-        lines += _table(["baseline", *tasks, "average"], paired_rows(b for b in main if b in paired))
+        header = ["baseline", *tasks, summary.average_label]
+        lines += _table(header, paired_rows(b for b in main if b in paired))
         others = [b for b in paired if b not in main]
         if others:
             lines += ["DiffoRA (rho 0.5, defaults) minus each ablation variant, paired the same way:", ""]
-            lines += _table(["variant", *tasks, "average"], paired_rows(others))
+            lines += _table(["variant", *tasks, summary.average_label], paired_rows(others))
     lines += _budget_section(summary)
     lines += _sweep_section(summary)
     lines += [
@@ -1108,7 +1141,7 @@ def render_markdown(
         if len(present) < 2:
             continue
         lines += [f"### {title}", ""]
-        lines += _table(["variant", *tasks, "average", "trainable params"], method_rows(present))
+        lines += _table(["variant", *tasks, summary.average_label, "trainable params"], method_rows(present))
     lines += _time_section(summary, jobs)
     searches = [(j["task"], record) for j in jobs for record in j.get("searches", {}).values()]
     if searches:
@@ -1205,9 +1238,9 @@ def _targets_section(summary: Summary, cost: dict[str, Any] | None) -> list[str]
     if summary.budget_design:
         lines += [
             "Computed from the numbers below: paired differences per seed (x 100, same data and seed), "
-            "averaged over the tasks that learn, with the paired standard error (SE) over seeds. A task "
-            f"learns when LoRA-all's mean score is more than {100 * LEARNS_MARGIN:.0f} points above chance "
-            "(correlation 0 for cola and stsb, the dev majority class for sst2, mrpc and rte).",
+            "averaged over the complete tasks that learn, with the paired standard error (SE) over seeds. A "
+            f"task learns when LoRA-all's mean score is more than {100 * LEARNS_MARGIN:.0f} points above "
+            "chance (correlation 0 for cola and stsb, the dev majority class for sst2, mrpc and rte).",
             "",
         ]
         excluded = excluded_tasks(summary)
@@ -1230,7 +1263,7 @@ def _budget_section(summary: Summary) -> list[str]:
         f"DiffoRA ({_params(summary.mean_params('diffora', 'adapter_parameters'))} adapter parameters on "
         "average) minus each baseline: per seed the difference of the main metric (x 100, same data and "
         "seed), then `mean ± paired standard error (n seeds)`. Positive: DiffoRA is better. The average "
-        f"averages the tasks that learn ({', '.join(learning) or 'none'}) per seed first.",
+        f"averages the complete tasks that learn ({', '.join(learning) or 'none'}) per seed first.",
         "",
     ]
     rows = [

@@ -267,6 +267,26 @@ def test_task_where_lora_does_not_learn_is_left_out_of_the_targets() -> None:
     assert _find(_by_target(jobs), "a.")["met"] is True  # cola only
 
 
+def test_incomplete_task_is_left_out_of_the_averages_and_the_targets(tmp_path: Path) -> None:
+    # rte has LoRA-all on seed 0 only (a benchmark stopped early), where DiffoRA would lose badly
+    jobs = [j for j in _cpu_jobs({"diffora": {"cola": 0.05}}) if j["task"] == "cola"]
+    jobs.append(_job("rte", 0, {"lora": _cpu_run("lora", "rte", 0, {}, STABLE)}, {}))
+    summary = Summary(jobs)
+    assert summary.complete_tasks == ["cola"]
+    assert excluded_tasks(summary)["rte"].startswith("incomplete: 1 of 27 runs")
+    cola_only = summary.average("diffora", ["cola"])
+    assert summary.average("diffora") == cola_only and cola_only["n"] == 3
+    assert _find(_by_target(jobs), "a.")["met"] is True  # measured on cola, not "not yet measured"
+    runs_dir = tmp_path / "runs" / "cpu"
+    runs_dir.mkdir(parents=True)
+    for job in jobs:
+        (runs_dir / f"{job['job']}.json").write_text(json.dumps(job))
+    write_report(tmp_path, "cpu", runs_dir, None, {"command": "test"})
+    markdown = (tmp_path / "glue_cpu.md").read_text()
+    assert "| average (cola) |" in markdown
+    assert "`rte` incomplete: 1 of 27 runs" in markdown
+
+
 def test_chance_of_a_correlation_metric_is_zero() -> None:
     jobs = _cpu_jobs({"lora": {"cola": -0.395}})  # mean MCC 0.015
     assert "cola" in excluded_tasks(Summary(jobs))
