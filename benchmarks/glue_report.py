@@ -55,9 +55,10 @@ LABELS = {
     "lora_r2": "LoRA (all, r=2: 0.25x)",
     "lora_r4": "LoRA (all, r=4: 0.5x)",
     "lora_r6": "LoRA (all, r=6: 0.75x)",
+    "diffora_default": "diffora's defaults (library LoRA-drop search)",
 }
 # the cpu profile compares selections at one adapter-parameter budget: half of LoRA-all's
-BUDGET_ROWS = (*SELECTION_METHODS, "eva", "loraplus", "adalora", "full")
+BUDGET_ROWS = (*SELECTION_METHODS, "diffora_default", "eva", "loraplus", "adalora", "full")
 BUDGET_LABELS = {
     "diffora": "DiffoRA (0.5x LoRA-all budget)",
     "random": "Random selection (same budget)",
@@ -67,8 +68,15 @@ BUDGET_LABELS = {
 }
 BUDGET_ONLY_METHODS = {"diffora_magnitude", "mlp", "attention", "loradrop", "eva"}
 CHEAP_SELECTORS = ("diffora_magnitude", "diffora_perturbation", "mlp", "attention", "loradrop", "eva")
-SELECTION_BASELINES = ("random", *CHEAP_SELECTORS, "lora_r4", "lora", "lora_equal_steps")
-STABILITY_METHODS = ("diffora", "diffora_magnitude", "diffora_perturbation", "loradrop", "random")
+SELECTION_BASELINES = ("random", *CHEAP_SELECTORS, "diffora_default", "lora_r4", "lora", "lora_equal_steps")
+STABILITY_METHODS = (
+    "diffora",
+    "diffora_magnitude",
+    "diffora_perturbation",
+    "loradrop",
+    "diffora_default",
+    "random",
+)
 BUDGET_RATIO_LIMIT = 0.5
 JACCARD_LIMIT = 0.6
 # a task "does not learn" when LoRA-all's mean score is at most this far above chance (the majority class)

@@ -86,6 +86,9 @@ VARIANTS: dict[str, Variant] = {
     "diffora_rho_auto": Variant(rho="auto", ranking="magnitude"),
     "diffora_budget0.25x": Variant(budget="0.25x", ranking="magnitude"),
     "diffora_budget0.75x": Variant(budget="0.75x", ranking="magnitude"),
+    # the package's defaults end to end: the library's own LoRA-drop search (not the `loradrop` method's
+    # re-implementation), update-norm ranking, weight sharing, at the profile's budget
+    "diffora_default": Variant(search="library", ranking="magnitude"),
 }
 # LoRA-all at lower ranks: 0.25x, 0.5x and 0.75x of rank 8's parameters (the budget sweep's reference)
 LORA_RANKS = {"lora_r2": 2, "lora_r4": 4, "lora_r6": 6}
@@ -98,7 +101,12 @@ ABLATIONS = (
     *LORA_RANKS,
 )
 ALL_METHODS = MAIN_METHODS + ABLATIONS
-SEARCHES = {"main": {}, "softmax": {"relaxation": "softmax"}, "second": {"order": "second"}}
+SEARCHES = {
+    "main": {},
+    "softmax": {"relaxation": "softmax"},
+    "second": {"order": "second"},
+    "library": {"lora_drop": True},  # SearchConfig's default search (gate settings unused)
+}
 NEEDS_MAIN_SEARCH = {"random", "lora_matched"}
 
 
@@ -368,10 +376,15 @@ class Job:
         return None if fraction is None else int(fraction * sum(self.module_costs()))
 
     def select(self, scores: list[float]) -> list[Any]:
-        """The candidates kept under the budget, best `scores` first."""
+        """The candidates kept under the budget, best `scores` first (without one: round(rho * N) of them)."""
+        from diffora.dam import select_indices
         from diffora.selection import budget_select
 
-        kept = budget_select(scores, self.module_costs(), self.budget())
+        budget = self.budget()
+        if budget is None:
+            kept = select_indices(self.bench.candidates, scores, self.settings["rho"])
+        else:
+            kept = budget_select(scores, self.module_costs(), budget)
         return [self.bench.candidates[i] for i in kept]
 
     def budget_record(self) -> dict[str, Any]:
