@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from diffora.candidates import Candidate
-from diffora.config import RANKINGS, SELECTIONS, FinetuneConfig
+from diffora.config import RANKINGS, SELECTIONS, FinetuneConfig, parse_rho
 from diffora.errors import DifforaError, OptionError
 from diffora.io import atomic_write_json
 from diffora.selection import (
@@ -24,11 +24,6 @@ from diffora.selection import (
 )
 
 DAM_FORMAT_VERSION = 1
-
-
-def _check_rho(rho: float) -> None:
-    if not 0 < rho <= 1:
-        raise OptionError(f"`rho` must lie in (0, 1], got {rho}; 0.5 keeps half the modules")
 
 
 def layer_rows(candidates: Sequence[Candidate]) -> list[list[int]]:
@@ -50,7 +45,8 @@ def select_indices(
     >>> select_indices([Candidate("a", 0, "q"), Candidate("b", 0, "v")], [0.2, 0.9], 0.5)
     [1]
     """
-    _check_rho(rho)
+    if parse_rho(rho) == "auto":
+        raise OptionError("`rho` auto is a size the search chooses: use DAM.discretize, or give a fraction")
     if selection not in SELECTIONS:
         raise OptionError(f"`selection` must be one of {', '.join(SELECTIONS)}, got {selection!r}")
     if selection == "global":
