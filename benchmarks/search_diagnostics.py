@@ -206,6 +206,12 @@ SCORE_FIELDS = {  # ranking -> the record's field with its per-module scores
     "summed_gradient": "summed_gradient",
     "perturbation": "drop_loss_rise",
 }
+SCORE_LABELS = {
+    "gate": "gate",
+    "update_norm": "update norm",
+    "summed_gradient": "summed gradient",
+    "perturbation": "drop value",
+}
 
 
 def _mean_pairwise_spearman(score_lists: list[list[float]]) -> float | None:
@@ -217,6 +223,8 @@ def _mean_pairwise_spearman(score_lists: list[list[float]]) -> float | None:
 
 def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
     import statistics
+
+    from scipy.stats import spearmanr
 
     summary: dict[str, Any] = {}
     for setting in dict.fromkeys(r["setting"] for r in records):
@@ -245,6 +253,12 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
         signals = [r["gradient_signal"] for r in runs if r.get("gradient_signal")]
         if signals:
             entry["gradient_signal"] = {key: statistics.mean(s[key] for s in signals) for key in signals[0]}
+            # within each search: do the final gates rank like their summed gradient (what SGD would give)?
+            entry["gate_vs_summed_gradient"] = [
+                float(spearmanr(r["gates"], r["summed_gradient"]).statistic)
+                for r in runs
+                if r.get("summed_gradient")
+            ]
         summary[setting] = entry
     return summary
 
@@ -298,10 +312,14 @@ def markdown(document: dict[str, Any]) -> str:
             "search-val batches) and between the first and second half of the search. 'summed gradient':",
             "the ranking plain gradient descent on the gates would give, to first order. Over seeds: mean",
             "pairwise Spearman of each ranking's scores between seeds (how reproducible the order is).",
+            "gate vs summed gradient: Spearman of the final gates with the summed gradient within each",
+            "search, per seed (high: the gates went where the gradient pushed them, Adam did not reorder).",
             "",
             "| setting | gate steps | common share | F | even/odd | early/late | Spearman summed gradient"
-            " with drop | over seeds: gate | summed gradient | update norm | drop value |",
-            "|" + "---|" * 11,
+            " with drop | "
+            + " | ".join(f"over seeds: {SCORE_LABELS[key]}" for key in SCORE_FIELDS)
+            + " | gate vs summed gradient, per seed |",
+            "|" + "---|" * 12,
         ]
         for setting, entry in signal_rows.items():
             signal, seeds = entry["gradient_signal"], entry.get("spearman_over_seeds", {})
@@ -315,6 +333,7 @@ def markdown(document: dict[str, Any]) -> str:
                 f"{signal['early_late_spearman']:+.2f}",
                 f"{entry['spearman_with_drop']['summed_gradient']:+.2f}",
                 *over,
+                ", ".join(f"{v:+.2f}" for v in entry.get("gate_vs_summed_gradient", [])) or "–",
             ]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
