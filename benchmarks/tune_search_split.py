@@ -1,0 +1,191 @@
+"""Choose a task's fine-tuning learning rate and epochs on the search split of the training data, not dev.
+
+LoRA-all (the cpu profile's rank, batch, length, schedule and clipping) is trained on the search-train split
+of each (task, seed) and scored on the search-val split, for every (lr, epochs) of a small grid. The rule: the
+package default stays unless the best setting beats it, paired over seeds, by more than twice the paired
+standard error; so one lucky seed cannot move a profile. Resumable: finished (lr, epochs, seed) runs are kept.
+
+    python benchmarks/tune_search_split.py --task cola --seeds 0 1 --lrs 2e-4 5e-4 1e-3 --epochs 3 \\
+        --out benchmarks/results/tune_search_split_cola.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH_DIR))
+if (BENCH_DIR.parent / "src" / "diffora").is_dir():  # tune with this checkout, whatever diffora is installed
+    sys.path.insert(0, str(BENCH_DIR.parent / "src"))
+
+from run_glue import DEFAULT_DATA_DIR, PROFILES, Job, environment, fingerprint  # noqa: E402
+
+SE_FACTOR = 2.0  # the best setting replaces the default only when it wins by more than this many paired SE
+
+
+def key_of(lr: float, epochs: float) -> str:
+    return f"lr={lr:g},epochs={epochs:g}"
+
+
+def choose(scores: dict[str, dict[int, float]], default: str) -> dict[str, Any]:
+    """The setting to use: `default`, unless the best mean beats it by more than SE_FACTOR paired SEs.
+
+    `scores` maps a setting to {seed: search-val score}; only seeds the default also has are paired.
+    """
+    means = {key: statistics.fmean(by_seed.values()) for key, by_seed in scores.items() if by_seed}
+    best = max(means, key=means.__getitem__)
+    seeds = sorted(set(scores[best]) & set(scores.get(default, {})))
+    differences = [scores[best][s] - scores[default][s] for s in seeds]
+    se = statistics.stdev(differences) / len(differences) ** 0.5 if len(differences) >= 2 else None
+    mean = statistics.fmean(differences) if differences else None
+    wins = best != default and mean is not None and se is not None and mean > SE_FACTOR * se
+    return {
+        "chosen": best if wins else default,
+        "best": best,
+        "default": default,
+        "best_minus_default": mean,
+        "paired_se": se,
+        "paired_seeds": seeds,
+        "means": means,
+        "rule": f"default unless the best mean beats it by > {SE_FACTOR:g} paired SE over seeds",
+    }
+
+
+def tune_one(task: str, seed: int, lr: float, epochs: float, args: argparse.Namespace) -> dict[str, Any]:
+    """LoRA-all on the (task, seed) search-train split, scored on its search-val split."""
+    from diffora.data import TaskData
+
+    settings = PROFILES[args.profile].for_task(task)
+    spec = {
+        "task": task,
+        "seed": seed,
+        "settings": settings,
+        "fingerprint": fingerprint(settings),
+        "methods": ["lora"],
+        "data_dir": args.data_dir,
+        "path": str(Path(tempfile.mkdtemp()) / "unused.json"),  # Job's own file: never written here
+        "profile": args.profile,
+        "threads": args.threads,
+    }
+    job = Job(spec)
+    search_train, search_val = job.search_split()
+    search_val = sorted(search_val, key=lambda example: sum(len(text) for text in example[0]))
+    data = job.bench.data
+    job.bench.data = TaskData(spec=data.spec, train=search_train, eval=search_val, source=data.source)
+    job.settings = {**settings, "lr": lr, "epochs": epochs}
+    record = job.run_method("lora")
+    return {
+        "task": task,
+        "seed": seed,
+        "lr": lr,
+        "epochs": epochs,
+        "score": record["score"],
+        "metrics": record["metrics"],
+        "main_metric": record["main_metric"],
+        "search_train_examples": len(search_train),
+        "search_val_examples": len(search_val),
+        "finetune_steps": record["finetune_steps"],
+        "seconds": record["seconds"],
+    }
+
+
+def markdown(document: dict[str, Any]) -> str:
+    decision = document["decision"]
+    lines = [
+        f"# Learning rate and epochs for `{document['task']}`, chosen on the search split",
+        "",
+        f"Command: `{document['command']}`",
+        "",
+        f"LoRA-all trained on the search-train split and scored ({document['main_metric']} x 100) on the "
+        "search-val split of the training data; the dev set is not used. Rule: "
+        f"{decision['rule']}.",
+        "",
+        "| setting | " + " | ".join(f"seed {s}" for s in document["seeds"]) + " | mean |",
+        "|---|" + "---|" * (len(document["seeds"]) + 1),
+    ]
+    for key, by_seed in document["scores"].items():
+        cells = [f"{100 * by_seed[str(s)]:.2f}" if str(s) in by_seed else "–" for s in document["seeds"]]
+        mark = " (default)" if key == decision["default"] else ""
+        lines.append(f"| {key}{mark} | " + " | ".join(cells) + f" | {100 * decision['means'][key]:.2f} |")
+    difference = decision["best_minus_default"]
+    se = decision["paired_se"]
+    lines += [
+        "",
+        f"Best: {decision['best']}; best minus default "
+        + ("–" if difference is None else f"{100 * difference:+.2f}")
+        + (f" ± {100 * se:.2f} (paired SE)" if se is not None else " (one seed: no SE)")
+        + f". **Chosen: {decision['chosen']}.**",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", default="cola")
+    parser.add_argument("--profile", default="cpu", choices=sorted(PROFILES))
+    parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--lrs", type=float, nargs="+", default=[2e-4, 5e-4, 1e-3])
+    parser.add_argument("--epochs", type=float, nargs="+", default=[3.0])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    from diffora.io import atomic_write, atomic_write_json
+
+    hf_logging.set_verbosity_error()
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    settings = PROFILES[args.profile].for_task(args.task)
+    default = key_of(settings["lr"], settings["epochs"])
+    document = json.loads(out.read_text()) if out.is_file() else {"runs": []}
+    if document.get("settings_fingerprint", fingerprint(settings)) != fingerprint(settings):
+        raise SystemExit(f"{out} was tuned with other profile settings; pass another --out")
+    done = {(r["lr"], r["epochs"], r["seed"]) for r in document["runs"]}
+    grid = [(lr, e) for e in args.epochs for lr in args.lrs]
+    if default not in {key_of(lr, e) for lr, e in grid}:
+        grid.insert(0, (settings["lr"], settings["epochs"]))  # the default is always measured
+    for seed in args.seeds:
+        for lr, epochs in grid:
+            if (lr, epochs, seed) in done:
+                continue
+            started = time.perf_counter()
+            document["runs"].append(tune_one(args.task, seed, lr, epochs, args))
+            print(
+                f"{args.task} seed {seed} {key_of(lr, epochs)}: {document['runs'][-1]['score']:.4f} "
+                f"({time.perf_counter() - started:.0f} s)",
+                flush=True,
+            )
+            scores: dict[str, dict[str, float]] = {}
+            for run in document["runs"]:
+                scores.setdefault(key_of(run["lr"], run["epochs"]), {})[str(run["seed"])] = run["score"]
+            as_ints = {k: {int(s): v for s, v in by_seed.items()} for k, by_seed in scores.items()}
+            document.update(
+                task=args.task,
+                command=" ".join(sys.argv),
+                settings_fingerprint=fingerprint(settings),
+                environment=environment(args.threads),
+                main_metric=document["runs"][-1]["main_metric"],
+                seeds=sorted({r["seed"] for r in document["runs"]}),
+                scores=scores,
+                decision=choose(as_ints, default),
+            )
+            atomic_write_json(out, document)
+            text = markdown(document)
+            atomic_write(out.with_suffix(".md"), lambda handle, text=text: handle.write(text))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

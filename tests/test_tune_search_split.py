@@ -1,0 +1,33 @@
+"""The rule that picks a task's learning rate and epochs on the search split."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+from tune_search_split import choose  # noqa: E402
+
+DEFAULT = "lr=0.0005,epochs=3"
+
+
+def test_the_default_stays_when_the_best_wins_within_the_noise() -> None:
+    scores = {DEFAULT: {0: 0.20, 1: 0.25}, "lr=0.001,epochs=3": {0: 0.26, 1: 0.22}}
+    decision = choose(scores, DEFAULT)
+    assert decision["best"] == "lr=0.001,epochs=3" and decision["chosen"] == DEFAULT
+    assert decision["best_minus_default"] == pytest.approx(0.015)
+
+
+def test_a_clear_winner_over_seeds_replaces_the_default() -> None:
+    scores = {DEFAULT: {0: 0.20, 1: 0.25, 2: 0.22}, "lr=0.001,epochs=3": {0: 0.30, 1: 0.34, 2: 0.33}}
+    decision = choose(scores, DEFAULT)
+    assert decision["chosen"] == "lr=0.001,epochs=3"
+    assert decision["paired_seeds"] == [0, 1, 2] and decision["paired_se"] > 0
+
+
+def test_one_seed_never_moves_the_default() -> None:
+    decision = choose({DEFAULT: {0: 0.10}, "lr=0.001,epochs=3": {0: 0.50}}, DEFAULT)
+    assert decision["chosen"] == DEFAULT and decision["paired_se"] is None
