@@ -287,6 +287,27 @@ def test_incomplete_task_is_left_out_of_the_averages_and_the_targets(tmp_path: P
     assert "`rte` incomplete: 1 of 27 runs" in markdown
 
 
+def test_the_package_default_is_compared_with_the_benchmark_loradrop(tmp_path: Path) -> None:
+    from glue_report import default_comparison
+
+    jobs = _cpu_jobs(
+        {"diffora_default": {"cola": 0.03, "rte": 0.03}}, methods=(*CPU_METHODS, "diffora_default")
+    )
+    score = {(r["method"], r["task"], r["seed"]): r["score"] for j in jobs for r in j["runs"].values()}
+    per_seed = [
+        sum(score["diffora_default", t, s] - score["loradrop", t, s] for t in ("cola", "rte")) / 2
+        for s in (0, 1, 2)
+    ]
+    row = default_comparison(Summary(jobs))["loradrop"]["average"]
+    assert row["mean"] == pytest.approx(sum(per_seed) / 3) and row["n"] == 3 and row["se"] is not None
+    runs_dir = tmp_path / "runs" / "cpu"
+    runs_dir.mkdir(parents=True)
+    for job in jobs:
+        (runs_dir / f"{job['job']}.json").write_text(json.dumps(job))
+    write_report(tmp_path, "cpu", runs_dir, None, {"command": "test"})
+    assert "## The package's defaults, end to end" in (tmp_path / "glue_cpu.md").read_text()
+
+
 def test_chance_of_a_correlation_metric_is_zero() -> None:
     jobs = _cpu_jobs({"lora": {"cola": -0.395}})  # mean MCC 0.015
     assert "cola" in excluded_tasks(Summary(jobs))
