@@ -253,9 +253,7 @@ class Summary:
     @property
     def average_label(self) -> str:
         """The average column's header: it names the tasks it covers when some are still incomplete."""
-        if self.complete_tasks == self.tasks:
-            return "average"
-        return f"average ({', '.join(self.complete_tasks) or 'no complete task'})"
+        return _average_header(self.tasks, self.complete_tasks)
 
     def missing_runs(self, task: str) -> list[tuple[str, int]]:
         """The (method, seed) pairs of the core methods and the report's seeds that the task lacks."""
@@ -1277,13 +1275,21 @@ def _budget_section(summary: Summary) -> list[str]:
         "",
     ]
     rows = [
-        [summary.label(baseline)]
-        + [_fmt_se(entry["paired"][t]) for t in tasks]
-        + [_fmt_se(entry["paired"]["average"]), _params(entry["adapter_parameters"])]
+        _paired_se_row(summary.label(baseline), entry["paired"], tasks)
+        + [_params(entry["adapter_parameters"])]
         for baseline, entry in comparison.items()
     ]
-    average = "average" if learning == tasks else f"average ({', '.join(learning)})"
-    return lines + _table(["baseline", *tasks, average, "baseline adapter params"], rows)
+    header = ["baseline", *tasks, _average_header(tasks, learning), "baseline adapter params"]
+    return lines + _table(header, rows)
+
+
+def _paired_se_row(label: str, paired: dict[str, Any], tasks: Sequence[str]) -> list[str]:
+    """A table row: the label, then `mean ± paired SE (n)` per task and on average."""
+    return [label] + [_fmt_se(paired[t]) for t in tasks] + [_fmt_se(paired["average"])]
+
+
+def _average_header(tasks: Sequence[str], learning: Sequence[str]) -> str:
+    return "average" if list(learning) == list(tasks) else f"average ({', '.join(learning) or 'none'})"
 
 
 DEFAULT_METHOD = "diffora_default"
@@ -1321,12 +1327,8 @@ def _default_section(summary: Summary) -> list[str]:
         "checks that the library does what the evidence measured.",
         "",
     ]
-    rows = [
-        [summary.label(baseline)] + [_fmt_se(paired[t]) for t in tasks] + [_fmt_se(paired["average"])]
-        for baseline, paired in comparison.items()
-    ]
-    average = "average" if learning == tasks else f"average ({', '.join(learning) or 'none'})"
-    return lines + _table(["baseline", *tasks, average], rows)
+    rows = [_paired_se_row(summary.label(baseline), paired, tasks) for baseline, paired in comparison.items()]
+    return lines + _table(["baseline", *tasks, _average_header(tasks, learning)], rows)
 
 
 def _time_section(summary: Summary, jobs: list[dict[str, Any]]) -> list[str]:
