@@ -634,6 +634,11 @@ def selection_stability(summary: Summary) -> list[dict[str, Any]]:
     return rows
 
 
+def _paired_with_se(summary: Summary, method: str, baseline: str, tasks: Sequence[str]) -> dict[str, Any]:
+    """`method - baseline` paired over seeds, per task and on average over `tasks`, each with its SE."""
+    return {key: _with_se(stat) for key, stat in summary.paired(method, baseline, tasks).items()}
+
+
 def budget_comparison(summary: Summary) -> dict[str, dict[str, Any]]:
     """DiffoRA minus each same-budget baseline, paired over seeds with standard errors, and the adapter sizes.
 
@@ -645,9 +650,8 @@ def budget_comparison(summary: Summary) -> dict[str, dict[str, Any]]:
     tasks = target_tasks(summary)
     result = {}
     for baseline in (b for b in SELECTION_BASELINES if b in summary.methods):
-        paired = summary.paired("diffora", baseline, tasks)
         result[baseline] = {
-            "paired": {key: _with_se(stat) for key, stat in paired.items()},
+            "paired": _paired_with_se(summary, "diffora", baseline, tasks),
             "adapter_parameters": summary.mean_params(baseline, "adapter_parameters"),
         }
     return result
@@ -1305,9 +1309,7 @@ def default_comparison(summary: Summary) -> dict[str, dict[str, Any]]:
         return {}
     tasks = target_tasks(summary)
     return {
-        baseline: {
-            key: _with_se(stat) for key, stat in summary.paired(DEFAULT_METHOD, baseline, tasks).items()
-        }
+        baseline: _paired_with_se(summary, DEFAULT_METHOD, baseline, tasks)
         for baseline in DEFAULT_BASELINES
         if baseline in summary.methods
     }
