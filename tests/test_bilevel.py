@@ -131,3 +131,13 @@ def test_search_is_deterministic_for_a_seed(relaxation: str) -> None:
         for _ in range(2)
     ]
     assert runs[0] == runs[1]
+
+
+def test_a_default_search_lora_drop_ends_with_a_dam_ranked_by_update_norm() -> None:
+    """The default search learns no gates; its DAM (and size curve) rank by the update norm, not the gates."""
+    outcome = run_search(*_model(), ["classifier"], TRAIN, VAL, AdapterConfig(rank=4), SearchConfig(epochs=1))
+    dam = outcome.dam
+    assert not dam.gates_searched and dam.size_curve["ranking"] == "magnitude"
+    norms = dam.update_norms
+    top = sorted(range(len(norms)), key=lambda i: -norms[i])[: len(norms) // 2]
+    assert [c.name for c in dam.discretize(0.5)] == [dam.candidates[i].name for i in sorted(top)]

@@ -29,16 +29,25 @@ def _dam(**extra) -> DAM:
 
 def test_budget_keeps_modules_in_gate_order_while_they_fit() -> None:
     dam = _dam(parameters=[10, 40, 10, 30, 10, 20])  # LoRA-all: 120
-    assert [c.name for c in dam.discretize(budget="60")] == ["l0.q", "l1.q", "l1.v"]  # 10 + 30 + 20
-    assert [c.name for c in dam.discretize(budget="0.5x")] == ["l0.q", "l1.q", "l1.v"]
-    assert [c.name for c in dam.discretize(budget="25")] == ["l0.q", "l0.v"]  # 30 skipped, 10 fits
-    per_layer = dam.discretize(budget="60", selection="per_layer")  # each row: half of its own 60
+    assert [c.name for c in dam.discretize(ranking="gate", budget="60")] == [
+        "l0.q",
+        "l1.q",
+        "l1.v",
+    ]  # 10 + 30 + 20
+    assert [c.name for c in dam.discretize(ranking="gate", budget="0.5x")] == ["l0.q", "l1.q", "l1.v"]
+    assert [c.name for c in dam.discretize(ranking="gate", budget="25")] == [
+        "l0.q",
+        "l0.v",
+    ]  # 30 skipped, 10 fits
+    per_layer = dam.discretize(
+        ranking="gate", budget="60", selection="per_layer"
+    )  # each row: half of its own 60
     assert [c.name for c in per_layer] == ["l0.q", "l0.v", "l1.q"]
     assert sum(10 if c.name != "l1.q" else 30 for c in per_layer) <= 60
     with pytest.raises(DifforaError, match=r"`budget` 121 is above LoRA-all on every candidate \(120"):
-        dam.discretize(budget="121")
+        dam.discretize(ranking="gate", budget="121")
     with pytest.raises(DifforaError, match="no parameter counts"):
-        _dam().discretize(budget="60")
+        _dam().discretize(ranking="gate", budget="60")
 
 
 def _curve(losses: list[list[float]], ranking: str = "gate") -> dict:
@@ -48,16 +57,20 @@ def _curve(losses: list[list[float]], ranking: str = "gate") -> dict:
 def test_auto_takes_the_smallest_size_within_one_standard_error_of_the_best() -> None:
     flat_after_three = [[2.0, 2.2], [1.5, 1.7], [1.0, 1.3], [1.02, 1.2], [0.98, 1.25], [1.01, 1.3]]
     dam = _dam(parameters=[10] * 6, size_curve=_curve(flat_after_three))
-    assert [c.name for c in dam.discretize(rho="auto")] == ["l0.q", "l1.q", "l1.v"]  # top 3 by gate
-    assert dam.discretize(budget="auto") == dam.discretize(rho="auto")
+    assert [c.name for c in dam.discretize(ranking="gate", rho="auto")] == [
+        "l0.q",
+        "l1.q",
+        "l1.v",
+    ]  # top 3 by gate
+    assert dam.discretize(ranking="gate", budget="auto") == dam.discretize(ranking="gate", rho="auto")
     with pytest.raises(DifforaError, match="measured for `ranking` gate"):
         _dam(update_norms=[1.0] * 6, size_curve=_curve(flat_after_three)).discretize(
             rho="auto", ranking="magnitude"
         )
     with pytest.raises(DifforaError, match="`rho` auto chooses a global top-k"):
-        dam.discretize(rho="auto", selection="per_layer")
+        dam.discretize(ranking="gate", rho="auto", selection="per_layer")
     with pytest.raises(DifforaError, match="no size curve"):
-        _dam().discretize(rho="auto")
+        _dam().discretize(ranking="gate", rho="auto")
 
 
 def _cli(args: list[str]) -> int:

@@ -53,14 +53,14 @@ def test_any_rho_from_one_search_and_json_round_trip(tmp_path) -> None:
         config={"search": {"seed": 3}},
     )
     path = tmp_path / "dam.json"
-    dam.save(path, rho=0.5)
+    dam.save(path, rho=0.5, ranking="gate")
     document = json.loads(path.read_text())
     assert document["rho"] == 0.5 and document["seed"] == 3 and document["num_selected"] == 6
     assert [row["selected"] for row in document["candidates"]] == [False] * 6 + [True] * 6
     assert set(document["candidates"][0]) == {"name", "layer", "type", "logit", "gate", "selected"}
     loaded = DAM.load(path)
     assert loaded.candidates == GRID and loaded.gates == dam.gates
-    assert [c.name for c in loaded.discretize(0.25)] == ["l2.k", "l2.v", "l2.o"]
+    assert [c.name for c in loaded.discretize(0.25, ranking="gate")] == ["l2.k", "l2.v", "l2.o"]
 
 
 def test_perturbation_ranking_needs_scores_and_uses_them() -> None:

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from diffora.candidates import Candidate
 from diffora.checkpoint import Checkpointer, TrainingState, restore
-from diffora.config import AdapterConfig, SearchConfig
+from diffora.config import DEFAULT_RANKING, AdapterConfig, SearchConfig
 from diffora.dam import DAM
 from diffora.distributed import (
     all_reduce_mean,
@@ -360,7 +360,7 @@ def run_search(
     checkpointer: Checkpointer | None = None,
     resume: TrainingState | None = None,
     accelerator: Accelerator | None = None,
-    size_ranking: str | None = "gate",
+    size_ranking: str | None = DEFAULT_RANKING,
 ) -> SearchOutcome:
     """Search the DAM of `model` (a plain transformers model; it is wrapped with LoRA in place).
 

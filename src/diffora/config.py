@@ -17,6 +17,9 @@ RELAXATIONS = ("sigmoid", "softmax")
 SELECTIONS = ("global", "per_layer")
 SHARING = ("inherit", "inherit_fold", "reinit")
 RANKINGS = ("gate", "perturbation", "magnitude", "mlp", "attention")
+# What every ranking argument defaults to: the update norm predicts a module's value, the gates hardly do
+# (README, "Why the gates hardly decide"); 'gate' is the paper's ranking.
+DEFAULT_RANKING = "magnitude"
 # SearchConfig fields that only the gate search uses (a `lora_drop` search refuses them)
 GATE_OPTIONS = (
     "relaxation",
@@ -378,7 +381,7 @@ class FinetuneConfig:
         "global", "'global' (top rho of all candidates) or 'per_layer' (top ceil(rho * M) of each layer)."
     )
     ranking: str = option(
-        "magnitude",
+        DEFAULT_RANKING,
         "Rank candidates by 'gate' value (needs the gate search: `lora_drop` off), by a 'perturbation' "
         "check (the rise in "
         "search-val loss when a module is dropped) or by 'magnitude' (the size of each module's "

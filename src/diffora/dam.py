@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from diffora.candidates import Candidate
-from diffora.config import RANKINGS, SELECTIONS, FinetuneConfig, parse_rho
+from diffora.config import DEFAULT_RANKING, RANKINGS, SELECTIONS, FinetuneConfig, parse_rho
 from diffora.errors import DifforaError, OptionError
 from diffora.io import atomic_write_json
 from diffora.selection import (
@@ -89,7 +89,7 @@ class DAM:
         if not len(self.candidates) == len(self.logits) == len(self.gates):
             raise DifforaError("dam.json is inconsistent: candidates, logits and gates differ in length")
 
-    def scores(self, ranking: str = "gate") -> list[float]:
+    def scores(self, ranking: str = DEFAULT_RANKING) -> list[float]:
         """The values candidates are ranked by: gates, the perturbation check's loss rises or update norms."""
         if ranking not in RANKINGS:
             raise OptionError(f"`ranking` must be one of {', '.join(RANKINGS)}, got {ranking!r}")
@@ -119,7 +119,7 @@ class DAM:
         self,
         rho: float | str = 0.5,
         selection: str = "global",
-        ranking: str = "gate",
+        ranking: str = DEFAULT_RANKING,
         budget: str | int | None = None,
     ) -> list[Candidate]:
         """The candidates that keep an adapter, in module order.
@@ -135,7 +135,7 @@ class DAM:
         *,
         rho: float | str | None = None,
         budget: str | int | None = None,
-        ranking: str = "magnitude",
+        ranking: str = DEFAULT_RANKING,
         selection: str = "global",
     ) -> list[Candidate]:
         """The kept candidates, by module count (`rho`) or adapter parameters (`budget`); rho 0.5 if neither.
@@ -163,7 +163,7 @@ class DAM:
         self,
         rho: float | str = 0.5,
         selection: str = "global",
-        ranking: str = "gate",
+        ranking: str = DEFAULT_RANKING,
         budget: str | int | None = None,
     ) -> list[int]:
         """Indices (in candidate order) of the modules `discretize` keeps."""
@@ -220,7 +220,7 @@ class DAM:
         self,
         rho: float | str,
         selection: str = "global",
-        ranking: str = "gate",
+        ranking: str = DEFAULT_RANKING,
         budget: str | int | None = None,
     ) -> dict[str, Any]:
         """The dam.json document, with the selection (at `rho` or `budget`) marked."""
@@ -267,7 +267,7 @@ class DAM:
         path: str | Path,
         rho: float | str,
         selection: str = "global",
-        ranking: str = "gate",
+        ranking: str = DEFAULT_RANKING,
         budget: str | int | None = None,
     ) -> None:
         """Write dam.json atomically."""

@@ -33,7 +33,7 @@ from torch import nn
 
 from diffora.bilevel import NORM_BATCHES, size_curve
 from diffora.candidates import Candidate, find_block_stack, find_candidates, locate_module
-from diffora.config import AdapterConfig, SearchConfig
+from diffora.config import DEFAULT_RANKING, AdapterConfig, SearchConfig
 from diffora.dam import DAM
 from diffora.distributed import stop_agreed
 from diffora.errors import DifforaError
@@ -268,7 +268,7 @@ class DiffoRASearchTrainer(transformers.Trainer):
             self._search_batches_drawn = int(state.get("search_batches_drawn", 0))
             self._search_batches = None
 
-    def dam(self, norm_batches: int = NORM_BATCHES, size_ranking: str | None = "gate") -> DAM:
+    def dam(self, norm_batches: int = NORM_BATCHES, size_ranking: str | None = DEFAULT_RANKING) -> DAM:
         """The searched DAM: logits, gates, update norms and parameter counts (+ a size curve for 'auto')."""
         names = [c.name for c in self.candidates]
         batches = [
