@@ -640,7 +640,7 @@ class Job:
             rank = LORA_RANKS.get(method, s["rank"])
             if method == "lora_matched":
                 outcome = self.search("main")
-                kept = [c.name for c in outcome["dam"].discretize(s["rho"])]
+                kept = [c.name for c in outcome["dam"].discretize(s["rho"], ranking="gate")]
                 dims = module_dims(fresh, self.names)
                 target = lora_parameter_count(dims, kept, s["rank"])
                 rank = baselines.matched_rank(dims, self.names, target)
