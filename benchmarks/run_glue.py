@@ -177,8 +177,9 @@ PROFILES = {
     ),
     # A 2-core CPU where every task can learn: whole training sets (SST-2: a seeded 8,000-example subsample),
     # whole dev sets, max length 128, the package's defaults (3 epochs, lr 5e-4, batch 32). Every selector
-    # fills half of LoRA-all's adapter parameters; AdaLoRA is budget matched (6 -> 4). The main table of one
-    # (task, seed) is about an hour of CPU: resumable, run over several sessions.
+    # fills half of LoRA-all's adapter parameters; AdaLoRA is budget matched (6 -> 4). The selection table
+    # of one (task, seed), measured on one thread: about an hour for CoLA, about 6 h for SST-2 (8,000
+    # examples, 750 steps per fine-tune), RTE's long pairs in between: resumable, run over several sessions.
     "cpu": Profile(
         name="cpu",
         seeds=[0, 1, 2],

@@ -25,7 +25,7 @@ from peft import LoraConfig
 from torch import nn
 from torch.utils.data import DataLoader
 
-from diffora.config import RANKINGS, SearchConfig, check_search_ranking, option, parse_rho
+from diffora.config import DEFAULT_RANKING, RANKINGS, SearchConfig, check_search_ranking, option, parse_rho
 from diffora.dam import DAM
 from diffora.errors import DifforaError, OptionError
 
@@ -49,7 +49,7 @@ class DiffoRAConfig:
     )
     rho: float | str = option(0.5, "Fraction of modules the search's budget penalty aims at, or 'auto'.")
     ranking: str = option(
-        "magnitude",
+        DEFAULT_RANKING,
         "The ranking the size curve (rho or budget 'auto') is measured in; `DAM.select`'s default too.",
     )
     perturbation_batches: int = option(
