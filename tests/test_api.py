@@ -93,7 +93,7 @@ def test_search_dam_takes_dataloaders_too() -> None:
         (dict(rho=0), "`rho` must lie in (0, 1]"),
         (dict(ranking="best"), "`ranking` must be one of"),
         (dict(lora={"r": 8}), "`lora` must be a peft.LoraConfig"),
-        (dict(ranking="perturbation"), "needs `perturbation_batches` > 0"),
+        (dict(ranking="perturbation"), "`ranking` perturbation needs the perturbation check"),
         (dict(search=lambda: SearchConfig(lora_drop=False, epochs=0)), "`epochs` must be positive"),
         (dict(search=lambda: SearchConfig(gate_lr=0.1)), "`gate_lr` only applies to the gate search"),
         (

@@ -193,6 +193,16 @@ BAD_INPUTS = [
     ),
     (["--epochs", "0"], "--epochs must be positive"),
     (["--budget", "2x"], "--budget must be a parameter count"),
+    # refused before the search, not after it
+    (
+        ["--ranking", "perturbation"],
+        "--ranking perturbation needs the perturbation check: give --perturbation-batches",
+    ),
+    (
+        ["--rho", "auto", "--selection", "per_layer"],
+        "--rho auto chooses a global top-k; use --selection global",
+    ),
+    (["--budget", "auto", "--selection", "per_layer"], "--budget auto chooses a global top-k"),
     (["--data-dir", "/nonexistent/glue"], "expected"),
     (["--model", "/nonexistent/model"], "cannot load model '/nonexistent/model'"),
 ]

@@ -69,10 +69,8 @@ class DiffoRAConfig:
             raise OptionError(f"`ranking` must be one of {', '.join(RANKINGS)}, got {self.ranking!r}")
         if self.perturbation_batches < 0 or self.batch_size < 1:
             raise OptionError("`perturbation_batches` must be >= 0 and `batch_size` >= 1")
-        if self.ranking == "perturbation" and self.perturbation_batches == 0:
-            raise OptionError("`ranking` 'perturbation' needs `perturbation_batches` > 0")
         self.rho = parse_rho(self.rho)
-        check_search_ranking(self.search, self.ranking)
+        check_search_ranking(self.search, self.ranking, self.perturbation_batches)
 
 
 def as_dataloader(

@@ -416,6 +416,12 @@ class FinetuneConfig:
             _require_choice("selection", self.selection, SELECTIONS)
             _require_choice("ranking", self.ranking, RANKINGS)
             _require_choice("sharing", self.sharing, SHARING)
+            automatic = self.budget == "auto" or (self.budget is None and self.rho == "auto")
+            _require(
+                not (automatic and self.selection != "global"),
+                f"`{'budget' if self.budget == 'auto' else 'rho'}` auto chooses a global top-k; use "
+                "`selection` global",
+            )
             _require(self.epochs > 0, f"`epochs` must be positive, got {self.epochs}")
             _require(self.lr > 0, f"`lr` must be positive, got {self.lr}")
             _require_fraction("warmup_ratio", self.warmup_ratio, allow_one=False)
@@ -423,12 +429,18 @@ class FinetuneConfig:
             _validate_scaling(self)
 
 
-def check_search_ranking(search: SearchConfig, ranking: str) -> None:
-    """A ranking the search will supply: a `lora_drop` search learns no gates."""
+def check_search_ranking(search: SearchConfig, ranking: str, perturbation_batches: int = 0) -> None:
+    """A ranking the search will supply, refused before it runs: a `lora_drop` search learns no gates, and
+    perturbation scores need perturbation batches."""
     _require(
         not (search.lora_drop and ranking == "gate"),
         f"`ranking` {ranking} needs learned gates, which a `lora_drop` search (the default) has not; "
         "turn `lora_drop` off for the gate search, or use `ranking` magnitude",
+    )
+    _require(
+        ranking != "perturbation" or perturbation_batches > 0,
+        "`ranking` perturbation needs the perturbation check: give `perturbation_batches` N (N > 0), "
+        "or use `ranking` magnitude",
     )
 
 

@@ -104,14 +104,14 @@ class DAM:
         if ranking == "magnitude":
             if self.update_norms is None:
                 raise OptionError(
-                    "this dam.json has no update norms (written by an older diffora); search again or "
-                    "use `ranking` gate"
+                    "this DAM has no update norms (a dam.json from an older diffora, or a DAM built by "
+                    "hand); search again, or pass `ranking` gate / perturbation / mlp / attention"
                 )
             return list(self.update_norms)
         if self.perturbation_scores is None:
             raise OptionError(
                 "this search has no perturbation scores; search again with "
-                "`perturbation_batches` N (N > 0) or use `ranking` gate"
+                "`perturbation_batches` N (N > 0) or use `ranking` magnitude"
             )
         return list(self.perturbation_scores)
 

@@ -80,7 +80,7 @@ def search(
     adapter = adapter or AdapterConfig()
     search_config = search_config or SearchConfig()
     finetune_config = finetune_config or FinetuneConfig()
-    check_search_ranking(search_config, finetune_config.ranking)
+    check_search_ranking(search_config, finetune_config.ranking, perturbation_batches)
     out = prepare_output_dir(output_dir, overwrite, resume) if output_dir is not None else None
     bench = open_workbench(data_config, adapter, search_config.seed)
     check_before_training(bench, adapter, finetune_config, out)
@@ -275,7 +275,7 @@ def run(
     adapter = adapter or AdapterConfig()
     search_config = search_config or SearchConfig()
     finetune_config = finetune_config or FinetuneConfig()
-    check_search_ranking(search_config, finetune_config.ranking)
+    check_search_ranking(search_config, finetune_config.ranking, perturbation_batches)
     out = prepare_output_dir(output_dir, overwrite, resume) if output_dir is not None else None
     bench = open_workbench(data_config, adapter, search_config.seed)
     check_before_training(bench, adapter, finetune_config, out)
