@@ -11,7 +11,7 @@ from datasets import Dataset
 from peft import LoraConfig, get_peft_model
 from transformers import BertForSequenceClassification, DataCollatorWithPadding
 
-from diffora import DiffoRAConfig, SearchConfig, inherit_search_weights, search_dam
+from diffora import DAM, DiffoRAConfig, SearchConfig, inherit_search_weights, search_dam
 from diffora.errors import DifforaError
 from diffora.lora import lora_a_layer, lora_b_layer
 
@@ -45,7 +45,7 @@ def _config(**overrides) -> DiffoRAConfig:
     return DiffoRAConfig(**values)
 
 
-def test_search_dam_on_datasets_returns_a_standard_lora_config_and_the_search_weights() -> None:
+def test_search_dam_on_datasets_returns_a_standard_lora_config_and_the_search_weights(tmp_path) -> None:
     config = _config()
     model = _model()
     dam = search_dam(model, _dataset(48, seed=1), _dataset(16, seed=2), config)
@@ -66,6 +66,10 @@ def test_search_dam_on_datasets_returns_a_standard_lora_config_and_the_search_we
     assert lora.use_rslora and lora.lora_dropout == 0.1 and lora.r == 4
     assert lora.modules_to_save == ["classifier"]
     assert config.lora.target_modules is None  # the template itself is not modified
+    dam.save(tmp_path / "dam.json", rho=0.5)  # the head survives the file: a task-type-less template needs it
+    assert DAM.load(tmp_path / "dam.json").to_lora_config(kept, base=config.lora).modules_to_save == [
+        "classifier"
+    ]
 
     peft_model = get_peft_model(_model(seed=1), lora)  # a fresh base: any PEFT / Trainer code from here
     inherit_search_weights(peft_model, dam.search_weights, kept, dam.head_modules)

@@ -97,6 +97,7 @@ def test_gates_move_after_warmup_only_with_their_own_optimizer(tiny_bert_dir, tm
     dam = trainer.dam()
     assert dam.update_norms and all(n > 0 for n in dam.update_norms)
     assert dam.discretize(budget="auto") and dam.parameters[0] == 4 * (32 + 32)
+    assert dam.head_modules == trainer.head_modules == ["classifier"]  # lora_config_for trains the head too
 
 
 def test_gate_state_is_checkpointed_and_resumed(tiny_bert_dir, tmp_path) -> None:

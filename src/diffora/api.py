@@ -128,6 +128,5 @@ def search_dam(
             size_ranking=config.ranking,
         )
     dam = outcome.dam
-    dam.search_weights, dam.head_modules = outcome.weights, list(heads)
     dam.info = {"search_seconds": outcome.seconds, "search_steps": outcome.steps}
     return dam

@@ -401,6 +401,7 @@ def run_search(
         update_norms=norms,
         parameters=parameters,
         gates_searched=not config.lora_drop,
+        head_modules=list(head_modules),
     )
     if size_ranking is not None:
         gates.attach(peft_model)
@@ -408,6 +409,7 @@ def run_search(
         dam.size_curve["ranking"] = size_ranking
         gates.detach()
     weights = export_adapter_tensors(peft_model, [c.name for c in candidates], head_modules)
+    dam.search_weights = weights  # the DAM carries what weight sharing needs: these and its head_modules
     return SearchOutcome(
         dam=dam,
         weights=weights,

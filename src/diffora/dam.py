@@ -256,6 +256,7 @@ class DAM:
             "budget": None if budget is None else parse_budget(str(budget)),
             "selected_parameters": sum(self.parameters[i] for i in kept) if self.parameters else None,
             "lora_all_parameters": sum(self.parameters) if self.parameters else None,
+            "head_modules": self.head_modules,
             "size_curve": self.size_curve,
             "config": self.config,
             "info": self.info,
@@ -298,6 +299,10 @@ class DAM:
                 parameters=[int(r["parameters"]) for r in rows] if has_parameters else None,
                 size_curve=document.get("size_curve"),
                 gates_searched=bool(document.get("gates_searched", True)),
+                # trained in full beside the adapters; older files have them only in the run's info
+                head_modules=list(
+                    document.get("head_modules", document.get("info", {}).get("head_modules", []))
+                ),
             )
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
             raise DifforaError(

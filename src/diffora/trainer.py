@@ -294,6 +294,7 @@ class DiffoRASearchTrainer(transformers.Trainer):
             update_norms=norms,
             parameters=parameters,
             info={"trainer": type(self).__name__, "steps": self.state.global_step},
+            head_modules=list(self.head_modules),
         )
         if size_ranking is not None:
             dam.size_curve = size_curve(self.model, self.gates, dam.scores(size_ranking), parameters, batches)
