@@ -11,6 +11,7 @@ from transformers import BertForSequenceClassification
 from diffora.bilevel import BilevelSearch, run_search
 from diffora.candidates import find_candidates
 from diffora.config import AdapterConfig, SearchConfig
+from diffora.errors import DifforaError
 from diffora.gates import DAMGates
 from diffora.io import JsonlLog
 from diffora.lora import wrap_with_lora
@@ -141,3 +142,12 @@ def test_a_default_search_lora_drop_ends_with_a_dam_ranked_by_update_norm() -> N
     norms = dam.update_norms
     top = sorted(range(len(norms)), key=lambda i: -norms[i])[: len(norms) // 2]
     assert [c.name for c in dam.discretize(0.5)] == [dam.candidates[i].name for i in sorted(top)]
+
+
+def test_bilevel_search_with_the_default_lora_drop_config_trains_plain_lora_and_takes_no_gate_step() -> None:
+    model, candidates = _model()
+    peft_model, gates = gated_lora_model(model, candidates)
+    search = BilevelSearch(peft_model, gates, SearchConfig(), rho=0.5)
+    assert gates.constant and torch.all(gates.gates() == 1.0)
+    with pytest.raises(DifforaError, match="learns no gates"):
+        search.gate_step(VAL[0], TRAIN[0])

@@ -88,6 +88,7 @@ class BilevelSearch:
             config.mixed_precision, config.gradient_accumulation_steps
         )
         self.gates = gates
+        gates.constant = config.lora_drop  # LoRA-drop: plain LoRA on every candidate, no gate ever moves
         self.config = config
         self.rho = rho
         self.checkpointer: Checkpointer | None = None
@@ -119,6 +120,8 @@ class BilevelSearch:
 
         The gate gradient is averaged across processes before the step, so every rank keeps the same DAM.
         """
+        if self.config.lora_drop:
+            raise OptionError("a `lora_drop` search learns no gates: turn `lora_drop` off to take gate steps")
         if self.config.order == "second":
             loss, gradient = self._unrolled_gate_gradient(
                 _micro_batches(val_batch)[0], _micro_batches(train_batch)[0]
@@ -376,7 +379,6 @@ def run_search(
     gates = DAMGates(candidates, config.relaxation, config.temperature).to(
         next(peft_model.parameters()).device
     )
-    gates.constant = config.lora_drop  # LoRA-drop: plain LoRA on every candidate, no gate ever moves
     gates.attach(peft_model)
     if config.gradient_checkpointing:
         enable_gradient_checkpointing(peft_model)
