@@ -159,3 +159,16 @@ def test_a_signal_during_search_dam_finishes_the_step_and_raises_interrupted() -
         search_dam(_model(), train, _dataset(16, seed=2), _config(collate_fn=collate_and_signal))
     assert stop.value.step == 2 and stop.value.checkpoint is None  # step 2 was finished, no more
     assert signal.getsignal(signal.SIGINT) is before  # Ctrl-C behaves as before again
+
+
+def test_the_configs_ranking_is_the_dams_default_in_memory_and_in_dam_json(tmp_path) -> None:
+    config = _config(ranking="perturbation", perturbation_batches=1)
+    dam = search_dam(_model(), _dataset(32, seed=1), _dataset(16, seed=2), config)
+    by_perturbation = dam.select(rho=0.25, ranking="perturbation")
+    assert dam.ranking == "perturbation" and dam.select(rho=0.25) == by_perturbation
+    assert dam.select(budget="auto") == dam.select(
+        budget="auto", ranking="perturbation"
+    )  # the curve's ranking
+    dam.save(tmp_path / "dam.json", rho=0.25)
+    loaded = DAM.load(tmp_path / "dam.json")
+    assert loaded.ranking == "perturbation" and loaded.select(rho=0.25) == by_perturbation

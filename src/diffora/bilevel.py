@@ -403,6 +403,7 @@ def run_search(
         update_norms=norms,
         parameters=parameters,
         gates_searched=not config.lora_drop,
+        ranking=size_ranking or DEFAULT_RANKING,
         head_modules=list(head_modules),
     )
     if size_ranking is not None:

@@ -80,17 +80,24 @@ class DAM:
     size_curve: dict[str, Any] | None = None
     info: dict[str, Any] = field(default_factory=dict)  # model, task, fingerprint, versions, timings
     gates_searched: bool = True  # False after a `lora_drop` search: the gates never moved
-    # in memory only (never in dam.json): the search's LoRA A/B and head tensors, for weight sharing, and the
-    # modules trained in full; set by `diffora.search_dam`
+    # what `select`, `discretize` and `save` rank by when not told: the search's ranking (its size curve's),
+    # or the one a loaded dam.json was marked with
+    ranking: str = DEFAULT_RANKING
+    # the search's LoRA A/B and head tensors, for weight sharing (in memory only, never in dam.json), and the
+    # modules trained in full beside the adapters
     search_weights: dict[str, Any] | None = field(default=None, repr=False, compare=False)
     head_modules: list[str] = field(default_factory=list, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not len(self.candidates) == len(self.logits) == len(self.gates):
             raise DifforaError("dam.json is inconsistent: candidates, logits and gates differ in length")
+        if self.ranking not in RANKINGS:
+            raise OptionError(f"`ranking` must be one of {', '.join(RANKINGS)}, got {self.ranking!r}")
 
-    def scores(self, ranking: str = DEFAULT_RANKING) -> list[float]:
-        """The values candidates are ranked by: gates, the perturbation check's loss rises or update norms."""
+    def scores(self, ranking: str | None = None) -> list[float]:
+        """The values candidates are ranked by (`ranking`, default the DAM's own): gates, the perturbation
+        check's loss rises, update norms or a preset's order."""
+        ranking = ranking or self.ranking
         if ranking not in RANKINGS:
             raise OptionError(f"`ranking` must be one of {', '.join(RANKINGS)}, got {ranking!r}")
         if ranking == "gate":
@@ -119,7 +126,7 @@ class DAM:
         self,
         rho: float | str = 0.5,
         selection: str = "global",
-        ranking: str = DEFAULT_RANKING,
+        ranking: str | None = None,
         budget: str | int | None = None,
     ) -> list[Candidate]:
         """The candidates that keep an adapter, in module order.
@@ -135,12 +142,13 @@ class DAM:
         *,
         rho: float | str | None = None,
         budget: str | int | None = None,
-        ranking: str = DEFAULT_RANKING,
+        ranking: str | None = None,
         selection: str = "global",
     ) -> list[Candidate]:
         """The kept candidates, by module count (`rho`) or adapter parameters (`budget`); rho 0.5 if neither.
 
-        The ranking defaults to the update norm (what the benchmarks found to work); 'gate' is the paper's.
+        The ranking defaults to the DAM's own (`self.ranking`: the search's, the update norm unless it was
+        told otherwise, which is what the benchmarks found to work); 'gate' is the paper's.
         """
         if rho is not None and budget is not None:
             raise DifforaError("give rho or budget, not both")
@@ -163,10 +171,11 @@ class DAM:
         self,
         rho: float | str = 0.5,
         selection: str = "global",
-        ranking: str = DEFAULT_RANKING,
+        ranking: str | None = None,
         budget: str | int | None = None,
     ) -> list[int]:
         """Indices (in candidate order) of the modules `discretize` keeps."""
+        ranking = ranking or self.ranking
         scores = self.scores(ranking)
         if budget is None and rho != "auto":
             return select_indices(self.candidates, scores, float(rho), selection)
@@ -220,10 +229,11 @@ class DAM:
         self,
         rho: float | str,
         selection: str = "global",
-        ranking: str = DEFAULT_RANKING,
+        ranking: str | None = None,
         budget: str | int | None = None,
     ) -> dict[str, Any]:
         """The dam.json document, with the selection (at `rho` or `budget`) marked."""
+        ranking = ranking or self.ranking
         kept = set(self.kept_indices(rho, selection, ranking, budget))
         rows = []
         for index, candidate in enumerate(self.candidates):
@@ -268,7 +278,7 @@ class DAM:
         path: str | Path,
         rho: float | str,
         selection: str = "global",
-        ranking: str = DEFAULT_RANKING,
+        ranking: str | None = None,
         budget: str | int | None = None,
     ) -> None:
         """Write dam.json atomically."""
@@ -299,6 +309,7 @@ class DAM:
                 parameters=[int(r["parameters"]) for r in rows] if has_parameters else None,
                 size_curve=document.get("size_curve"),
                 gates_searched=bool(document.get("gates_searched", True)),
+                ranking=document.get("ranking", DEFAULT_RANKING),
                 # trained in full beside the adapters; older files have them only in the run's info
                 head_modules=list(
                     document.get("head_modules", document.get("info", {}).get("head_modules", []))

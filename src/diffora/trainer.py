@@ -294,6 +294,7 @@ class DiffoRASearchTrainer(transformers.Trainer):
             update_norms=norms,
             parameters=parameters,
             info={"trainer": type(self).__name__, "steps": self.state.global_step},
+            ranking=size_ranking or DEFAULT_RANKING,
             head_modules=list(self.head_modules),
         )
         if size_ranking is not None:
