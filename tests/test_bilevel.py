@@ -151,3 +151,18 @@ def test_bilevel_search_with_the_default_lora_drop_config_trains_plain_lora_and_
     assert gates.constant and torch.all(gates.gates() == 1.0)
     with pytest.raises(DifforaError, match="learns no gates"):
         search.gate_step(VAL[0], TRAIN[0])
+
+
+def test_measurement_batches_follow_the_loaders_subset_and_keep_its_own_batches() -> None:
+    from torch.utils.data import DataLoader, SubsetRandomSampler
+
+    from diffora.bilevel import measurement_batches
+
+    rows = [{"idx": torch.tensor(i)} for i in range(40)]
+    whole = measurement_batches(DataLoader(rows, batch_size=4, shuffle=True), 1)[0]["idx"]
+    assert whole.tolist() == list(range(len(whole)))  # the dataset in order, whatever the shuffling
+    subset = DataLoader(rows, batch_size=4, sampler=SubsetRandomSampler([30, 5, 12]))
+    assert measurement_batches(subset, 2)[0]["idx"].tolist() == [5, 12, 30]  # search-val only, in order
+    batched = [{"idx": torch.tensor([7, 8])}, {"idx": torch.tensor([9])}]
+    given = measurement_batches(DataLoader(batched, batch_size=None), 5)
+    assert [b["idx"].tolist() for b in given] == [[7, 8], [9]]

@@ -22,7 +22,7 @@ import torch
 from accelerate import Accelerator
 from peft import LoraConfig, PeftModel
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, RandomSampler, SequentialSampler, Subset
 from tqdm.auto import tqdm
 
 from diffora.candidates import Candidate
@@ -304,12 +304,22 @@ def measurement_batches(loader: DataLoader, count: int) -> list[dict[str, torch.
     """The first `count` batches of NORM_BATCH_SIZE examples of `loader`'s dataset, in order, unshuffled.
 
     Independent of the batch size, shuffling and number of processes of the search, so the update norms and
-    the size curve are the same on every process and with any launch.
+    the size curve are the same on every process and with any launch. A loader that samples a subset
+    (`SubsetRandomSampler`: anything with `indices`) is measured on that subset; one that batches itself
+    (`batch_size` None) or samples otherwise, and any other iterable of batches, is used as it is.
     """
-    if isinstance(loader, DataLoader):  # any other iterable of batches is used as it is
-        loader = DataLoader(
-            loader.dataset, batch_size=NORM_BATCH_SIZE, shuffle=False, collate_fn=loader.collate_fn
-        )
+    if isinstance(loader, DataLoader) and loader.batch_size is not None:
+        sampler = loader.sampler
+        if isinstance(sampler, SequentialSampler | RandomSampler):
+            dataset = loader.dataset
+        elif hasattr(sampler, "indices"):
+            dataset = Subset(loader.dataset, sorted(int(i) for i in sampler.indices))
+        else:
+            dataset = None
+        if dataset is not None:
+            loader = DataLoader(
+                dataset, batch_size=NORM_BATCH_SIZE, shuffle=False, collate_fn=loader.collate_fn
+            )
     return [batch for _, batch in zip(range(count), loader, strict=False)]
 
 
