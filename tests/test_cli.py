@@ -254,6 +254,7 @@ def test_existing_run_is_refused_unless_overwrite(tiny_bert_dir, tiny_glue_dir, 
     assert (out / "dam.json").read_text() == "{}"
     assert _run([*args, "--overwrite"]) == 0
     assert json.loads((out / "dam.json").read_text())["num_candidates"] == 12
+    assert not (out / "checkpoints").exists()  # a finished search keeps no checkpoints
 
 
 def test_help_of_every_subcommand(capsys) -> None:

@@ -99,6 +99,7 @@ def search(
     )
     if out is not None and is_main_process():
         write_search_artifacts(outcome, out, finetune_config)
+        shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)  # the search is complete: nothing to resume
     wait_for_everyone()
     return outcome
 
