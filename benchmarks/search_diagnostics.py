@@ -128,7 +128,11 @@ def run_one(args: argparse.Namespace, name: str, overrides: dict[str, Any], seed
     from diffora.selection import budget_select, lora_parameter_count, module_dims
 
     data_config = DataConfig(
-        task=args.task, data_dir=args.data_dir, max_train_samples=args.max_train, max_length=args.max_length
+        task=args.task,
+        data_dir=args.data_dir,
+        max_train_samples=args.max_train,
+        max_length=args.max_length,
+        subsample_seed=seed,  # each seed its own subsample, as when the committed tables were made
     )
     adapter = AdapterConfig(rank=8, lora_alpha=16.0)
     bench = open_workbench(data_config, adapter, seed)

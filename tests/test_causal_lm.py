@@ -314,13 +314,13 @@ def test_real_commonsense_sets_load_and_subsample() -> None:
     config = DataConfig(
         task="causal", eval_tasks=tasks, commonsense_dir=str(SHARED_COMMONSENSE), max_eval_samples=20
     )
-    sets = load_commonsense_sets(config, seed=0)
+    sets = load_commonsense_sets(config)
     assert list(sets) == tasks and len(tasks) >= 7
     for task, questions in sets.items():
         assert len(questions) == 20
         assert all(q.gold in q.choices and q.prompt.endswith("### Response:\n") for q in questions)
         assert set(questions[0].choices) <= set(question_choices(task, ""))
-    assert load_commonsense_sets(config, seed=0) == sets  # seeded
+    assert load_commonsense_sets(config) == sets  # seeded
     boolq = read_instruct_file(SHARED_COMMONSENSE / "boolq" / "train.json", DataConfig(task="causal"))
     assert boolq[0][1] in ("the correct answer is true", "the correct answer is false")
 

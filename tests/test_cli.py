@@ -155,6 +155,19 @@ def test_finetune_at_another_rho_reuses_the_search_and_eval_matches(
     assert scores["accuracy"] == pytest.approx(metrics["metrics"]["accuracy"])
 
 
+def test_the_subsamples_do_not_depend_on_the_run_seed(tiny_bert_dir, tiny_glue_dir) -> None:
+    """Runs with different --seed (and `diffora eval` of their adapters) see the same examples: paired."""
+    from diffora.config import AdapterConfig, DataConfig
+    from diffora.pipeline import open_workbench
+
+    data = DataConfig(task="sst2", data_dir=str(tiny_glue_dir), max_train_samples=20, max_eval_samples=8)
+    adapter = AdapterConfig(model=str(tiny_bert_dir))
+    first, other = (open_workbench(data, adapter, seed).data for seed in (0, 3))
+    assert first.train == other.train and first.eval == other.eval and len(first.eval) == 8
+    moved = open_workbench(DataConfig(**{**data.__dict__, "subsample_seed": 1}), adapter, 0).data
+    assert moved.eval != first.eval  # the subsample has its own seed
+
+
 def test_regression_task_reports_pearson_and_spearman(tiny_bert_dir, tiny_glue_dir, tmp_path) -> None:
     out = tmp_path / "stsb"
     assert (

@@ -615,7 +615,9 @@ def test_load_applies_max_samples(tmp_path: Path) -> None:
     rows = [((f"premise {i}", f"hypothesis {i}"), ("entailment", "not_entailment")[i % 2]) for i in range(20)]
     write_glue_task(tmp_path, "rte", train=rows, eval_=rows)
     data = load_task_data(
-        DataConfig(task="rte", data_dir=str(tmp_path), max_train_samples=5, max_eval_samples=3), seed=1
+        DataConfig(
+            task="rte", data_dir=str(tmp_path), max_train_samples=5, max_eval_samples=3, subsample_seed=1
+        )
     )
     assert len(data.train) == 5 and len(data.eval) == 3
     full = load(tmp_path)

@@ -57,8 +57,8 @@ def _require_model(model: str | None) -> str:
 
 def open_causal_workbench(data_config: DataConfig, adapter: AdapterConfig, seed: int) -> CausalWorkbench:
     """Load and validate instruction data, commonsense sets, tokenizer and causal LM; find the candidates."""
-    data = load_instruct_data(data_config, seed=seed)
-    eval_sets = load_commonsense_sets(data_config, seed=seed)
+    data = load_instruct_data(data_config)
+    eval_sets = load_commonsense_sets(data_config)
     model_path = _require_model(adapter.model)
     tokenizer = load_tokenizer(model_path, adapter.trust_remote_code)
     model = load_causal_lm(model_path, tokenizer, adapter.trust_remote_code)
@@ -116,7 +116,11 @@ def evaluate_causal_adapter(
         )
     eval_sets = load_commonsense_sets(data_config)
     eval_examples = (
-        subsample(read_instruct_file(Path(data_config.eval_file), data_config), data_config.max_eval_samples)
+        subsample(
+            read_instruct_file(Path(data_config.eval_file), data_config),
+            data_config.max_eval_samples,
+            data_config.subsample_seed,
+        )
         if data_config.eval_file
         else []
     )

@@ -24,7 +24,7 @@ from diffora.workbench import Workbench
 
 def open_classifier_workbench(data_config: DataConfig, adapter: AdapterConfig, seed: int) -> Workbench:
     """Load and validate data, tokenizer and classifier (fresh head seeded by `seed`); find the candidates."""
-    data = load_task_data(data_config, seed=seed)
+    data = load_task_data(data_config)
     model_path = resolve_model_path(adapter.model)
     tokenizer = load_tokenizer(model_path, adapter.trust_remote_code)
     model = load_classifier(model_path, data.spec, tokenizer, adapter.trust_remote_code, seed=seed)

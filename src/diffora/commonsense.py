@@ -95,7 +95,7 @@ def load_questions(path: Path, task: str, config: DataConfig) -> list[Question]:
     return questions
 
 
-def load_commonsense_sets(config: DataConfig, seed: int = 0) -> dict[str, list[Question]]:
+def load_commonsense_sets(config: DataConfig) -> dict[str, list[Question]]:
     """The seeded-subsampled (--max-eval-samples) questions of every --eval-tasks entry."""
     if not config.eval_tasks:
         return {}
@@ -108,7 +108,9 @@ def load_commonsense_sets(config: DataConfig, seed: int = 0) -> dict[str, list[Q
                 f"file {path} does not exist; `commonsense_dir` must hold <task>/test.json for each of "
                 f"{', '.join(config.eval_tasks)} (tasks: {', '.join(COMMONSENSE_TASKS)})"
             )
-        sets[task] = subsample(load_questions(path, task, config), config.max_eval_samples, seed)
+        sets[task] = subsample(
+            load_questions(path, task, config), config.max_eval_samples, config.subsample_seed
+        )
     return sets
 
 

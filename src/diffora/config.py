@@ -175,6 +175,11 @@ class DataConfig:
         None, "Use at most this many training examples (seeded subsample)."
     )
     max_eval_samples: int | None = option(None, "Evaluate on at most this many examples (seeded subsample).")
+    subsample_seed: int = option(
+        0,
+        "Seed of the max_train_samples / max_eval_samples subsamples, apart from the run's seed: runs with "
+        "different seeds, and a later evaluation of their adapters, see the same examples.",
+    )
     max_length: int = option(128, "Truncate inputs to this many tokens (batches are padded dynamically).")
     search_fraction: float = option(
         0.2, "Fraction of the training data held out as the search-val split (stratified for classification)."

@@ -44,7 +44,7 @@ class TaskData:
         return digest.hexdigest()[:16]
 
 
-def load_task_data(config: DataConfig, seed: int = 0) -> TaskData:
+def load_task_data(config: DataConfig) -> TaskData:
     """Read, validate and subsample the train and eval examples the config names."""
     if config.task == "custom":
         spec, train, eval_, source = load_custom(config)
@@ -62,8 +62,8 @@ def load_task_data(config: DataConfig, seed: int = 0) -> TaskData:
             train, eval_, source = load_glue_hub(spec)
     return TaskData(
         spec=spec,
-        train=subsample(train, config.max_train_samples, seed),
-        eval=subsample(eval_, config.max_eval_samples, seed),
+        train=subsample(train, config.max_train_samples, config.subsample_seed),
+        eval=subsample(eval_, config.max_eval_samples, config.subsample_seed),
         source=source,
     )
 

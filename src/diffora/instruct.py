@@ -118,7 +118,7 @@ def causal_spec(config: DataConfig) -> TaskSpec:
     )
 
 
-def load_instruct_data(config: DataConfig, seed: int = 0) -> TaskData:
+def load_instruct_data(config: DataConfig) -> TaskData:
     """The seeded-subsampled training examples (and, with --eval-file, held-out ones for the eval loss)."""
     if not config.train_file:
         raise OptionError(
@@ -130,8 +130,8 @@ def load_instruct_data(config: DataConfig, seed: int = 0) -> TaskData:
     source = str(config.train_file) + (f" + {config.eval_file}" if config.eval_file else "")
     return TaskData(
         spec=causal_spec(config),
-        train=subsample(train, config.max_train_samples, seed),
-        eval=subsample(eval_, config.max_eval_samples, seed),
+        train=subsample(train, config.max_train_samples, config.subsample_seed),
+        eval=subsample(eval_, config.max_eval_samples, config.subsample_seed),
         source=source,
     )
 
