@@ -1,12 +1,15 @@
 """Choose a task's fine-tuning learning rate and epochs on the search split of the training data, not dev.
 
-LoRA-all (the cpu profile's rank, batch, length, schedule and clipping) is trained on the search-train split
-of each (task, seed) and scored on the search-val split, for every (lr, epochs) of a small grid. The rule: the
+LoRA-all (the cpu profile's rank, batch, length, schedule and clipping; or, with `--method loraplus`, LoRA+
+at the profile's ratio) is trained on the search-train split of each (task, seed) and scored on the
+search-val split, for every (lr, epochs) of a small grid. The rule: the
 package default stays unless the best setting beats it, paired over seeds, by more than twice the paired
 standard error; so one lucky seed cannot move a profile. Resumable: finished (lr, epochs, seed) runs are kept.
 
     python benchmarks/tune_search_split.py --task cola --seeds 0 1 --lrs 2e-4 5e-4 1e-3 --epochs 3 \\
         --out benchmarks/results/tune_search_split_cola.json
+    python benchmarks/tune_search_split.py --method loraplus --task cola --seeds 0 1 --lrs 1e-4 2.5e-4 \\
+        --out benchmarks/results/tune_search_split_cola_loraplus.json
 """
 
 from __future__ import annotations
@@ -58,8 +61,11 @@ def choose(scores: dict[str, dict[int, float]], default: str) -> dict[str, Any]:
     }
 
 
+METHOD_LABELS = {"lora": "LoRA-all", "loraplus": "LoRA+ (all modules)"}
+
+
 def tune_one(task: str, seed: int, lr: float, epochs: float, args: argparse.Namespace) -> dict[str, Any]:
-    """LoRA-all on the (task, seed) search-train split, scored on its search-val split."""
+    """`args.method` on the (task, seed) search-train split, scored on its search-val split."""
     from diffora.data import TaskData
 
     settings = PROFILES[args.profile].for_task(task)
@@ -68,7 +74,7 @@ def tune_one(task: str, seed: int, lr: float, epochs: float, args: argparse.Name
         "seed": seed,
         "settings": settings,
         "fingerprint": fingerprint(settings),
-        "methods": ["lora"],
+        "methods": [args.method],
         "data_dir": args.data_dir,
         "path": str(Path(tempfile.mkdtemp()) / "unused.json"),  # Job's own file: never written here
         "profile": args.profile,
@@ -80,8 +86,9 @@ def tune_one(task: str, seed: int, lr: float, epochs: float, args: argparse.Name
     data = job.bench.data
     job.bench.data = TaskData(spec=data.spec, train=search_train, eval=search_val, source=data.source)
     job.settings = {**settings, "lr": lr, "epochs": epochs}
-    record = job.run_method("lora")
+    record = job.run_method(args.method)
     return {
+        "method": args.method,
         "task": task,
         "seed": seed,
         "lr": lr,
@@ -99,11 +106,14 @@ def tune_one(task: str, seed: int, lr: float, epochs: float, args: argparse.Name
 def markdown(document: dict[str, Any]) -> str:
     decision = document["decision"]
     lines = [
-        f"# Learning rate and epochs for `{document['task']}`, chosen on the search split",
+        f"# Learning rate and epochs for `{document['task']}`"
+        + ("" if document.get("method", "lora") == "lora" else f" ({document['method']})")
+        + ", chosen on the search split",
         "",
         f"Command: `{document['command']}`",
         "",
-        f"LoRA-all trained on the search-train split and scored ({document['main_metric']} x 100) on the "
+        f"{METHOD_LABELS[document.get('method', 'lora')]} trained on the search-train split and scored "
+        f"({document['main_metric']} x 100) on the "
         "search-val split of the training data; the dev set is not used. Rule: "
         f"{decision['rule']}.",
         "",
@@ -130,6 +140,7 @@ def markdown(document: dict[str, Any]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="cola")
+    parser.add_argument("--method", default="lora", choices=sorted(METHOD_LABELS))
     parser.add_argument("--profile", default="cpu", choices=sorted(PROFILES))
     parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
@@ -152,6 +163,10 @@ def main() -> int:
     document = json.loads(out.read_text()) if out.is_file() else {"runs": []}
     if document.get("settings_fingerprint", fingerprint(settings)) != fingerprint(settings):
         raise SystemExit(f"{out} was tuned with other profile settings; pass another --out")
+    if document.get("method", "lora") != args.method:
+        raise SystemExit(
+            f"{out} tunes {document.get('method', 'lora')}, not {args.method}; pass another --out"
+        )
     done = {(r["lr"], r["epochs"], r["seed"]) for r in document["runs"]}
     grid = [(lr, e) for e in args.epochs for lr in args.lrs]
     if default not in {key_of(lr, e) for lr, e in grid}:
@@ -172,6 +187,7 @@ def main() -> int:
                 scores.setdefault(key_of(run["lr"], run["epochs"]), {})[str(run["seed"])] = run["score"]
             as_ints = {k: {int(s): v for s, v in by_seed.items()} for k, by_seed in scores.items()}
             document.update(
+                method=args.method,
                 task=args.task,
                 command=" ".join(sys.argv),
                 settings_fingerprint=fingerprint(settings),

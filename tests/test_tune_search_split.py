@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from tune_search_split import choose  # noqa: E402
+from tune_search_split import choose, markdown  # noqa: E402
 
 DEFAULT = "lr=0.0005,epochs=3"
 
@@ -31,3 +31,20 @@ def test_a_clear_winner_over_seeds_replaces_the_default() -> None:
 def test_one_seed_never_moves_the_default() -> None:
     decision = choose({DEFAULT: {0: 0.10}, "lr=0.001,epochs=3": {0: 0.50}}, DEFAULT)
     assert decision["chosen"] == DEFAULT and decision["paired_se"] is None
+
+
+def test_the_table_names_the_tuned_method() -> None:
+    scores = {DEFAULT: {0: 0.0, 1: 0.1}, "lr=0.0001,epochs=3": {0: 0.2, 1: 0.25}}
+    document = {
+        "method": "loraplus",
+        "task": "cola",
+        "command": "tune",
+        "main_metric": "matthews_correlation",
+        "seeds": [0, 1],
+        "scores": {k: {str(s): v for s, v in by_seed.items()} for k, by_seed in scores.items()},
+        "decision": choose(scores, DEFAULT),
+    }
+    text = markdown(document)
+    assert text.startswith("# Learning rate and epochs for `cola` (loraplus), chosen on the search split")
+    assert "LoRA+ (all modules) trained on the search-train split" in text
+    assert "| lr=0.0001,epochs=3 | 20.00 | 25.00 | 22.50 |" in text
