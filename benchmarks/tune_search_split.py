@@ -1,7 +1,7 @@
 """Choose a task's fine-tuning learning rate and epochs on the search split of the training data, not dev.
 
-LoRA-all (the cpu profile's rank, batch, length, schedule and clipping; or, with `--method loraplus`, LoRA+
-at the profile's ratio) is trained on the search-train split of each (task, seed) and scored on the
+LoRA-all (the cpu profile's rank, batch, length, schedule and clipping; or, with `--method loraplus` /
+`adalora`, LoRA+ at the profile's ratio / AdaLoRA at its ranks) is trained on the search-train split of each (task, seed) and scored on the
 search-val split, for every (lr, epochs) of a small grid. The rule: the
 package default stays unless the best setting beats it, paired over seeds, by more than twice the paired
 standard error; so one lucky seed cannot move a profile. Resumable: finished (lr, epochs, seed) runs are kept.
@@ -61,7 +61,7 @@ def choose(scores: dict[str, dict[int, float]], default: str) -> dict[str, Any]:
     }
 
 
-METHOD_LABELS = {"lora": "LoRA-all", "loraplus": "LoRA+ (all modules)"}
+METHOD_LABELS = {"lora": "LoRA-all", "loraplus": "LoRA+ (all modules)", "adalora": "AdaLoRA (budget matched)"}
 
 
 def tune_one(task: str, seed: int, lr: float, epochs: float, args: argparse.Namespace) -> dict[str, Any]:
