@@ -1,8 +1,8 @@
 """Choose a task's fine-tuning learning rate and epochs on the search split of the training data, not dev.
 
 LoRA-all (the cpu profile's rank, batch, length, schedule and clipping; or, with `--method loraplus` /
-`adalora`, LoRA+ at the profile's ratio / AdaLoRA at its ranks) is trained on the search-train split of each (task, seed) and scored on the
-search-val split, for every (lr, epochs) of a small grid. The rule: the
+`adalora`, LoRA+ at the profile's ratio / AdaLoRA at its ranks) is trained on the search-train split of
+each (task, seed) and scored on the search-val split, for every (lr, epochs) of a small grid. The rule: the
 package default stays unless the best setting beats it, paired over seeds, by more than twice the paired
 standard error; so one lucky seed cannot move a profile. Resumable: finished (lr, epochs, seed) runs are kept.
 
@@ -163,10 +163,9 @@ def main() -> int:
     document = json.loads(out.read_text()) if out.is_file() else {"runs": []}
     if document.get("settings_fingerprint", fingerprint(settings)) != fingerprint(settings):
         raise SystemExit(f"{out} was tuned with other profile settings; pass another --out")
-    if document.get("method", "lora") != args.method:
-        raise SystemExit(
-            f"{out} tunes {document.get('method', 'lora')}, not {args.method}; pass another --out"
-        )
+    tuned = document.get("method", "lora" if document["runs"] else args.method)  # older files: lora
+    if tuned != args.method:
+        raise SystemExit(f"{out} tunes {tuned}, not {args.method}; pass another --out")
     done = {(r["lr"], r["epochs"], r["seed"]) for r in document["runs"]}
     grid = [(lr, e) for e in args.epochs for lr in args.lrs]
     if default not in {key_of(lr, e) for lr, e in grid}:
