@@ -474,6 +474,30 @@ def excluded_tasks(summary: Summary) -> dict[str, str]:
     return result
 
 
+def methods_at_chance(summary: Summary) -> dict[tuple[str, str], str]:
+    """(method, task) pairs where every run of a method is at chance on a task that LoRA-all learns.
+
+    Such a row is a model that learned nothing at the shared settings (a collapsed baseline), so the
+    differences against it measure the settings, not the method.
+    """
+    excluded = excluded_tasks(summary)
+    result = {}
+    for task in summary.tasks:
+        if excluded.get(task, "").startswith("does not learn"):
+            continue
+        for method in summary.methods:
+            runs = summary.cell_runs(method, task)
+            chance = chance_level(task, runs[0]["main_metric"]) if runs else None
+            if (
+                chance is not None
+                and method != "lora"
+                and all(r["score"] <= chance + LEARNS_MARGIN for r in runs)
+            ):
+                scores = " / ".join(f"{100 * r['score']:.2f}" for r in sorted(runs, key=lambda r: r["seed"]))
+                result[(method, task)] = f"{scores} (seeds {', '.join(str(r['seed']) for r in runs)})"
+    return result
+
+
 def target_tasks(summary: Summary) -> list[str]:
     """The tasks the budget targets average over: every task present that learns."""
     excluded = excluded_tasks(summary)
@@ -985,6 +1009,10 @@ def write_report(
         "cost": cost,
         "targets": report_targets(summary, cost),
         "excluded_tasks": excluded_tasks(summary),
+        "methods_at_chance": [
+            {"method": m, "task": t, "scores": scores}
+            for (m, t), scores in methods_at_chance(summary).items()
+        ],
         "budget_comparison": budget_comparison(summary),
         "default_comparison": default_comparison(summary),
         "budget_sweep": budget_sweep(summary),
@@ -1257,7 +1285,13 @@ def _targets_section(summary: Summary, cost: dict[str, Any] | None) -> list[str]
         ]
         excluded = excluded_tasks(summary)
         lines += [f"- `{t}` {reason}; left out of the target averages." for t, reason in excluded.items()]
-        lines += [""] if excluded else []
+        collapsed = methods_at_chance(summary)
+        lines += [
+            f"- {summary.label(m)} on `{t}` is at chance on every run, {scores}: it learned nothing at the "
+            "shared settings, so differences against it measure those settings, not the method."
+            for (m, t), scores in collapsed.items()
+        ]
+        lines += [""] if excluded or collapsed else []
     verdict = {True: "met", False: "**not met**", None: "not yet measured"}
     rows = [[g["target"], g["detail"], verdict[g["met"]]] for g in goals]
     return lines + _table(["target", "measured", "verdict"], rows)

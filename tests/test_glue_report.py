@@ -368,3 +368,17 @@ def test_budget_sweep_pairs_auto_with_the_half_budget_and_the_best_fixed_one(tmp
     markdown = (tmp_path / "glue_test.md").read_text()
     assert "## Budgets and the automatic size" in markdown and "| cola | " in markdown
     assert (tmp_path / "glue_test_budgets.png").is_file()
+
+
+def test_a_method_at_chance_on_a_task_that_learns_is_flagged(tmp_path: Path) -> None:
+    from glue_report import methods_at_chance
+
+    jobs = _cpu_jobs({"attention": {"cola": -0.41}, "mlp": {"rte": -0.05}})  # cola: MCC <= 0; rte: 55-57
+    assert list(methods_at_chance(Summary(jobs))) == [("attention", "cola")]
+    runs_dir = tmp_path / "runs" / "cpu"
+    runs_dir.mkdir(parents=True)
+    for job in jobs:
+        (runs_dir / f"{job['job']}.json").write_text(json.dumps(job))
+    write_report(tmp_path, "cpu", runs_dir, None, {"command": "test"})
+    markdown = (tmp_path / "glue_cpu.md").read_text()
+    assert "on `cola` is at chance on every run, -1.00 / 0.00 / 1.00 (seeds 0, 1, 2)" in markdown
