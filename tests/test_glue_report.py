@@ -267,6 +267,16 @@ def test_task_where_lora_does_not_learn_is_left_out_of_the_targets() -> None:
     assert _find(_by_target(jobs), "a.")["met"] is True  # cola only
 
 
+def _cpu_report(tmp_path: Path, jobs: list[dict]) -> str:
+    """glue_cpu.md as the runner writes it from these job files."""
+    runs_dir = tmp_path / "runs" / "cpu"
+    runs_dir.mkdir(parents=True)
+    for job in jobs:
+        (runs_dir / f"{job['job']}.json").write_text(json.dumps(job))
+    write_report(tmp_path, "cpu", runs_dir, None, {"command": "test"})
+    return (tmp_path / "glue_cpu.md").read_text()
+
+
 def test_incomplete_task_is_left_out_of_the_averages_and_the_targets(tmp_path: Path) -> None:
     # rte has LoRA-all on seed 0 only (a benchmark stopped early), where DiffoRA would lose badly
     jobs = [j for j in _cpu_jobs({"diffora": {"cola": 0.05}}) if j["task"] == "cola"]
@@ -277,12 +287,7 @@ def test_incomplete_task_is_left_out_of_the_averages_and_the_targets(tmp_path: P
     cola_only = summary.average("diffora", ["cola"])
     assert summary.average("diffora") == cola_only and cola_only["n"] == 3
     assert _find(_by_target(jobs), "a.")["met"] is True  # measured on cola, not "not yet measured"
-    runs_dir = tmp_path / "runs" / "cpu"
-    runs_dir.mkdir(parents=True)
-    for job in jobs:
-        (runs_dir / f"{job['job']}.json").write_text(json.dumps(job))
-    write_report(tmp_path, "cpu", runs_dir, None, {"command": "test"})
-    markdown = (tmp_path / "glue_cpu.md").read_text()
+    markdown = _cpu_report(tmp_path, jobs)
     assert "| average (cola) |" in markdown
     assert "`rte` incomplete: 1 of 27 runs" in markdown
 
@@ -375,10 +380,5 @@ def test_a_method_at_chance_on_a_task_that_learns_is_flagged(tmp_path: Path) -> 
 
     jobs = _cpu_jobs({"attention": {"cola": -0.41}, "mlp": {"rte": -0.05}})  # cola: MCC <= 0; rte: 55-57
     assert list(methods_at_chance(Summary(jobs))) == [("attention", "cola")]
-    runs_dir = tmp_path / "runs" / "cpu"
-    runs_dir.mkdir(parents=True)
-    for job in jobs:
-        (runs_dir / f"{job['job']}.json").write_text(json.dumps(job))
-    write_report(tmp_path, "cpu", runs_dir, None, {"command": "test"})
-    markdown = (tmp_path / "glue_cpu.md").read_text()
+    markdown = _cpu_report(tmp_path, jobs)
     assert "on `cola` is at chance on every run, -1.00 / 0.00 / 1.00 (seeds 0, 1, 2)" in markdown
