@@ -126,6 +126,12 @@ def markdown(document: dict[str, Any]) -> str:
         lines.append(f"| {key}{mark} | " + " | ".join(cells) + f" | {100 * decision['means'][key]:.2f} |")
     difference = decision["best_minus_default"]
     se = decision["paired_se"]
+    planned = document.get("planned", len(document.get("runs", [])))
+    if len(document.get("runs", [])) < planned:
+        lines += [
+            "",
+            f"**Incomplete: {len(document['runs'])} of {planned} runs; the choice below is provisional.**",
+        ]
     lines += [
         "",
         f"Best: {decision['best']}; best minus default "
@@ -186,6 +192,7 @@ def main() -> int:
                 scores.setdefault(key_of(run["lr"], run["epochs"]), {})[str(run["seed"])] = run["score"]
             as_ints = {k: {int(s): v for s, v in by_seed.items()} for k, by_seed in scores.items()}
             document.update(
+                planned=len(grid) * len(args.seeds),
                 method=args.method,
                 task=args.task,
                 command=" ".join(sys.argv),

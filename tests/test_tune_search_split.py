@@ -47,4 +47,6 @@ def test_the_table_names_the_tuned_method() -> None:
     text = markdown(document)
     assert text.startswith("# Learning rate and epochs for `cola` (loraplus), chosen on the search split")
     assert "LoRA+ (all modules) trained on the search-train split" in text
-    assert "| lr=0.0001,epochs=3 | 20.00 | 25.00 | 22.50 |" in text
+    assert "| lr=0.0001,epochs=3 | 20.00 | 25.00 | 22.50 |" in text and "Incomplete" not in text
+    partial = markdown({**document, "runs": [{}] * 4, "planned": 6})
+    assert "**Incomplete: 4 of 6 runs; the choice below is provisional.**" in partial
