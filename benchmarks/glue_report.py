@@ -16,7 +16,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from methods import SELECTION_METHODS  # noqa: E402
+from methods import SELECTION_METHODS, TUNED_METHODS  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
 from diffora.candidates import Candidate  # noqa: E402
@@ -25,13 +25,26 @@ from diffora.io import atomic_path, atomic_write, atomic_write_json  # noqa: E40
 from diffora.plots import plot_dam, plot_gate_history  # noqa: E402
 
 TASK_ORDER = ("cola", "sst2", "mrpc", "stsb", "rte")
-MAIN_ROWS = ("full", "lora", "lora_matched", "loraplus", "adalora", "random", "diffora", "lora_equal_steps")
+MAIN_ROWS = (
+    "full",
+    "lora",
+    "lora_matched",
+    "loraplus",
+    "loraplus_tuned",
+    "adalora",
+    "adalora_tuned",
+    "random",
+    "diffora",
+    "lora_equal_steps",
+)
 LABELS = {
     "full": "Full fine-tuning",
     "lora": "LoRA (all, r=8)",
     "lora_matched": "LoRA (all, param-matched r)",
     "loraplus": "LoRA+ (ratio 16)",
     "adalora": "AdaLoRA (12 -> 8)",
+    "loraplus_tuned": "LoRA+ (ratio 16), lr from the search split",
+    "adalora_tuned": "AdaLoRA (12 -> 8), lr from the search split",
     "random": "Random selection (rho 0.5)",
     "diffora": "DiffoRA (rho 0.5)",
     "lora_equal_steps": "LoRA (all, r=8), equal total steps",
@@ -58,11 +71,21 @@ LABELS = {
     "diffora_default": "diffora's defaults (library LoRA-drop search)",
 }
 # the cpu profile compares selections at one adapter-parameter budget: half of LoRA-all's
-BUDGET_ROWS = (*SELECTION_METHODS, "diffora_default", "eva", "loraplus", "adalora", "full")
+BUDGET_ROWS = (
+    *SELECTION_METHODS,
+    "diffora_default",
+    "eva",
+    "loraplus",
+    "loraplus_tuned",
+    "adalora",
+    "adalora_tuned",
+    "full",
+)
 BUDGET_LABELS = {
     "diffora": "DiffoRA (0.5x LoRA-all budget)",
     "random": "Random selection (same budget)",
     "adalora": "AdaLoRA (0.5x LoRA-all budget)",
+    "adalora_tuned": "AdaLoRA (0.5x LoRA-all budget), lr from the search split",
     "mlp": "LoRA on FFN only (rank fits budget)",
     "attention": "LoRA on attention only (rank fits budget)",
 }
@@ -1053,8 +1076,8 @@ def render_markdown(
         f"Model: all-MiniLM-L6-v2 (embedded). Generated {time.strftime('%Y-%m-%d %H:%M')} from {len(jobs)} "
         f"job file(s) ({sum(j['complete'] for j in jobs)} complete). Device: {env['gpu'] or env['cpu']} "
         f"({env['torch_threads']} torch thread(s) per job). diffora {versions['diffora']}, torch "
-        f"{versions['torch']}, transformers {versions['transformers']}, peft {versions['peft']}; git "
-        f"{env['git']['commit']}{' (dirty)' if env['git']['dirty'] else ''}.",
+        f"{versions['torch']}, transformers {versions['transformers']}, peft {versions['peft']}; "
+        f"{_commits_text(summary, env)}.",
         "",
         "Scores are the task's main metric x 100 on the dev set (capped as listed under Subsamples), "
         "`mean ± std (n seeds)`; the average column averages the complete tasks (every core method on every "
@@ -1103,7 +1126,8 @@ def render_markdown(
             "order while they fit."
             if budget
             else ""
-        ),
+        )
+        + _tuned_text(summary),
         "",
     ]
 
@@ -1255,6 +1279,37 @@ def render_markdown(
 
 
 DATA_SEED_TEXT = "0"
+
+
+def _commits_text(summary: Summary, env: dict[str, Any]) -> str:
+    """The commit(s) the runs came from: a job resumed from a later commit keeps each run's own."""
+    counts: dict[str, int] = {}
+    for run in summary.runs:
+        commit = run.get("git_commit") or env["git"]["commit"]
+        counts[commit] = counts.get(commit, 0) + 1
+    if len(counts) == 1:
+        return f"git {next(iter(counts))}{' (dirty)' if env['git']['dirty'] else ''}"
+    return "runs from git " + ", ".join(f"{commit} ({n} runs)" for commit, n in counts.items())
+
+
+def _tuned_text(summary: Summary) -> str:
+    """The lr and epochs each `*_tuned` method ran at, per task, and the tuner file they came from."""
+    parts = []
+    for method in TUNED_METHODS:
+        settings = {
+            task: sorted({(r["config"]["lr"], r["epochs"], r["config"]["tuned_from"]) for r in runs})
+            for task in summary.tasks
+            if (runs := summary.cell_runs(method, task))
+        }
+        cells = [
+            f"{task} lr {lr:g}, {epochs:g} epochs" + (" (mixed runs)" if len(values) > 1 else "")
+            for task, values in settings.items()
+            for lr, epochs, _ in values[:1]
+        ]
+        if cells:
+            sources = sorted({source for values in settings.values() for *_, source in values})
+            parts.append(f"{summary.label(method)}: {'; '.join(cells)} (chosen in {', '.join(sources)}).")
+    return "".join(f" {part}" for part in parts)
 
 
 def _ratio(value: float | None) -> str:

@@ -12,3 +12,7 @@ SELECTION_METHODS = (
     "attention",
     "loradrop",
 )
+
+# Methods run at the learning rate and epochs their tuner chose on the task's search split
+# (benchmarks/tune_search_split.py --method <base>), read back from its committed file: name -> base method.
+TUNED_METHODS = {"loraplus_tuned": "loraplus", "adalora_tuned": "adalora"}

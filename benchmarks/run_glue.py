@@ -13,6 +13,10 @@ Each (task, seed) job runs as its own subprocess (--workers of them at once) and
 <out>/runs/<profile>/<task>_seed<seed>.json after every method; finished jobs are skipped when the script runs
 again, unfinished ones continue with the methods they lack. At the end the parent merges every job file into
 <out>/glue_<profile>.json and <out>/glue_<profile>.md and draws the plots.
+
+`loraplus_tuned` and `adalora_tuned` run LoRA+ / AdaLoRA at the lr and epochs `tune_search_split.py` chose
+for them on the task's search split, read from <out>/tune_search_split_<task>_<method>.json (refused while
+that file is missing, provisional or from other profile settings).
 """
 
 from __future__ import annotations
@@ -38,8 +42,9 @@ if (REPO_ROOT / "src" / "diffora").is_dir():  # benchmark this checkout, whateve
     sys.path.insert(0, str(REPO_ROOT / "src"))
 
 from cost import PeakMemory, cpu_name, measure_cost  # noqa: E402
-from methods import SELECTION_METHODS  # noqa: E402
+from methods import SELECTION_METHODS, TUNED_METHODS  # noqa: E402
 from provenance import git_commit  # noqa: E402
+from tuned_settings import chosen_setting  # noqa: E402
 
 DEFAULT_DATA_DIR = os.environ.get("DIFFORA_DATA_DIR") or str(REPO_ROOT.parent / "shared" / "data" / "glue")
 TASKS = ("cola", "sst2", "mrpc", "stsb", "rte")
@@ -101,6 +106,8 @@ ABLATIONS = (
     *LORA_RANKS,
 )
 ALL_METHODS = MAIN_METHODS + ABLATIONS
+# named only: they need their tuner's committed file for every task they run on (see the docstring)
+KNOWN_METHODS = ALL_METHODS + tuple(TUNED_METHODS)
 SEARCHES = {
     "main": {},
     "softmax": {"relaxation": "softmax"},
@@ -260,6 +267,8 @@ class Job:
         self.settings = spec["settings"]
         self.task, self.seed = spec["task"], spec["seed"]
         self.path = Path(spec["path"])
+        # where the tuners' files are: the --out folder (<out>/runs/<profile>/<job>.json)
+        self.results_dir = Path(spec.get("results_dir") or self.path.parents[2])
         self.adapter = AdapterConfig(
             model=None, rank=self.settings["rank"], lora_alpha=self.settings["lora_alpha"]
         )
@@ -626,9 +635,14 @@ class Job:
         from diffora.weight_sharing import build_finetune_model
 
         s = self.settings
+        extra: dict[str, Any] = {}
+        base = TUNED_METHODS.get(method, method)
+        if base != method:  # the base method at the lr and epochs its tuner chose on the search split
+            chosen = chosen_setting(self.results_dir, self.task, base, self.spec["fingerprint"])
+            s = {**s, "lr": chosen["lr"], "epochs": chosen["epochs"]}
+            extra.update(tuned_from=chosen["source"], base_method=base)
         spec_epochs = s["epochs"]
         fresh = self.bench.fresh_model(self.seed)
-        extra: dict[str, Any] = {}
         search_kind: str | None = None
         search_seconds = 0.0
         after_step = None
@@ -637,7 +651,7 @@ class Job:
             model = baselines.full_finetune_model(fresh)
             optimizer = baselines.adamw(model, s["full_lr"], s["weight_decay"])
             extra["lr"] = s["full_lr"]
-        elif method in ("lora", "loraplus", "lora_equal_steps", "lora_matched", *LORA_RANKS):
+        elif base in ("lora", "loraplus", "lora_equal_steps", "lora_matched", *LORA_RANKS):
             rank = LORA_RANKS.get(method, s["rank"])
             if method == "lora_matched":
                 outcome = self.search("main")
@@ -654,7 +668,7 @@ class Job:
                 fresh, self.names, self.bench.head_modules, self.adapter, rank, seed=self.seed
             )
             extra["rank"] = rank
-            if method == "loraplus":
+            if base == "loraplus":
                 optimizer = baselines.loraplus_optimizer(
                     model, s["lr"], s["weight_decay"], s["loraplus_ratio"]
                 )
@@ -696,7 +710,7 @@ class Job:
                 update_norms=warmup["update_norms"],
                 **self.budget_record(),
             )
-        elif method == "adalora":
+        elif base == "adalora":
             train_loader, _ = self.loaders()
             total = math.ceil(spec_epochs * len(train_loader))
             model = baselines.adalora_model(
@@ -773,7 +787,7 @@ class Job:
         if method != "full":
             extra.setdefault("lr", s["lr"])
         result = self.train_and_evaluate(method, model, optimizer, epochs, after_step)
-        if method == "adalora":
+        if base == "adalora":
             result["final_rank_budget"] = baselines.adalora_rank_budget(model)
             result["effective_adapter_parameters"] = baselines.adalora_effective_parameters(model)
             result["rank_pattern"] = {
@@ -818,7 +832,7 @@ class Job:
         self.todo = set(todo)
         self.log(f"{len(todo)} method(s) to run: {', '.join(todo)}")
         # methods sharing a search run next to each other, so each search model is needed only once
-        order = {m: i for i, m in enumerate(ALL_METHODS)}
+        order = {m: i for i, m in enumerate(KNOWN_METHODS)}
         todo.sort(key=lambda m: (VARIANTS.get(m, Variant()).search if m in VARIANTS else "", order[m]))
         started = time.perf_counter()
         for method in todo:
@@ -867,9 +881,9 @@ def resolve_methods(requested: list[str]) -> list[str]:
             "all": ALL_METHODS,
         }.get(name, (name,))
         for method in expanded:
-            if method not in ALL_METHODS:
+            if method not in KNOWN_METHODS:
                 raise SystemExit(
-                    f"unknown method {method!r}; choose from main, ablations, all, {', '.join(ALL_METHODS)}"
+                    f"unknown method {method!r}; choose from main, ablations, all, {', '.join(KNOWN_METHODS)}"
                 )
             if method not in methods:
                 methods.append(method)
@@ -908,6 +922,9 @@ def run_parent(args: argparse.Namespace) -> int:
     specs = []
     for task in args.tasks:
         settings = profile.for_task(task)
+        for method in methods:  # a tuned method needs its tuner's final choice: refused here, not mid-run
+            if method in TUNED_METHODS:
+                chosen_setting(out, task, TUNED_METHODS[method], fingerprint(settings))
         for seed in profile.seeds:
             path = runs_dir / f"{task}_seed{seed}.json"
             spec = {
@@ -918,6 +935,7 @@ def run_parent(args: argparse.Namespace) -> int:
                 "methods": methods,
                 "data_dir": args.data_dir,
                 "path": str(path),
+                "results_dir": str(out),
                 "profile": profile.name,
                 "threads": threads,
             }
@@ -1094,7 +1112,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--methods",
         nargs="+",
         default=["all"],
-        help=f"main, selection, ablations, all, or names: {', '.join(ALL_METHODS)}",
+        help=f"main, selection, ablations, all, or names: {', '.join(KNOWN_METHODS)}",
     )
     parser.add_argument("--workers", type=int, default=None, help="concurrent (task, seed) jobs")
     parser.add_argument(

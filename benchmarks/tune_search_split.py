@@ -29,12 +29,9 @@ if (BENCH_DIR.parent / "src" / "diffora").is_dir():  # tune with this checkout, 
     sys.path.insert(0, str(BENCH_DIR.parent / "src"))
 
 from run_glue import DEFAULT_DATA_DIR, PROFILES, Job, environment, fingerprint  # noqa: E402
+from tuned_settings import key_of  # noqa: E402
 
 SE_FACTOR = 2.0  # the best setting replaces the default only when it wins by more than this many paired SE
-
-
-def key_of(lr: float, epochs: float) -> str:
-    return f"lr={lr:g},epochs={epochs:g}"
 
 
 def choose(scores: dict[str, dict[int, float]], default: str) -> dict[str, Any]:

@@ -382,3 +382,21 @@ def test_a_method_at_chance_on_a_task_that_learns_is_flagged(tmp_path: Path) -> 
     assert list(methods_at_chance(Summary(jobs))) == [("attention", "cola")]
     markdown = _cpu_report(tmp_path, jobs)
     assert "on `cola` is at chance on every run, -1.00 / 0.00 / 1.00 (seeds 0, 1, 2)" in markdown
+
+
+def test_a_tuned_baseline_states_its_lr_and_the_runs_commits(tmp_path: Path) -> None:
+    jobs = _cpu_jobs({})
+    for job in jobs:
+        job["runs"] = {m: {**run, "git_commit": "old"} for m, run in job["runs"].items()}
+        if job["task"] == "cola":
+            config = {"lr": 1e-4, "tuned_from": "tune_search_split_cola_loraplus.json"}
+            run = _run("loraplus_tuned", "cola", job["seed"], 0.3, params=1100, config=config)
+            job["runs"]["loraplus_tuned"] = {**run, "epochs": 3.0, "git_commit": "new"}
+    markdown = _cpu_report(tmp_path, jobs)
+    assert (
+        "LoRA+ (ratio 16), lr from the search split: cola lr 0.0001, 3 epochs "
+        "(chosen in tune_search_split_cola_loraplus.json)." in markdown
+    )
+    assert "| LoRA+ (ratio 16), lr from the search split | 30.00 ± 0.00 (3) |" in markdown
+    runs = sum(len(job["runs"]) for job in jobs)
+    assert f"runs from git old ({runs - 3} runs), new (3 runs)." in markdown

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -50,3 +51,53 @@ def test_the_table_names_the_tuned_method() -> None:
     assert "| lr=0.0001,epochs=3 | 20.00 | 25.00 | 22.50 |" in text and "Incomplete" not in text
     partial = markdown({**document, "runs": [{}] * 4, "planned": 6})
     assert "**Incomplete: 4 of 6 runs; the choice below is provisional.**" in partial
+
+
+def _tuner_file(tmp_path: Path, runs: int, planned: int, fingerprint: str = "f1") -> Path:
+    from tuned_settings import tuner_file
+
+    grid = [(5e-4, 0.0), (1e-4, 0.2), (2.5e-4, 0.1)]  # (lr, search-val score)
+    document = {
+        "runs": [{"lr": lr, "epochs": 3.0, "seed": 0, "score": score} for lr, score in grid][:runs],
+        "planned": planned,
+        "settings_fingerprint": fingerprint,
+        "decision": {"chosen": "lr=0.0001,epochs=3"},
+    }
+    path = tuner_file(tmp_path, "cola", "loraplus")
+    path.write_text(json.dumps(document))
+    return path
+
+
+def test_a_tuned_method_runs_at_the_tuners_final_choice(tmp_path: Path) -> None:
+    from tuned_settings import chosen_setting
+
+    path = _tuner_file(tmp_path, runs=3, planned=3)
+    assert path.name == "tune_search_split_cola_loraplus.json"
+    chosen = chosen_setting(tmp_path, "cola", "loraplus", "f1")
+    assert chosen == {"lr": 1e-4, "epochs": 3.0, "source": path.name}
+
+
+@pytest.mark.parametrize(
+    ("runs", "planned", "fingerprint", "message"),
+    [
+        (2, 3, "f1", r"is provisional \(2 of 3 runs\); finish it first"),
+        (3, 3, "f0", "was tuned with other profile settings"),
+    ],
+)
+def test_a_provisional_or_stale_choice_is_refused(
+    tmp_path: Path, runs: int, planned: int, fingerprint: str, message: str
+) -> None:
+    from tuned_settings import chosen_setting
+
+    _tuner_file(tmp_path, runs, planned, fingerprint)
+    with pytest.raises(SystemExit, match=message):
+        chosen_setting(tmp_path, "cola", "loraplus", "f1")
+    with pytest.raises(SystemExit, match="not found: choose adalora's lr on the search split first"):
+        chosen_setting(tmp_path, "cola", "adalora", "f1")
+
+
+def test_tuned_methods_are_run_only_by_name() -> None:
+    from run_glue import resolve_methods
+
+    assert "loraplus_tuned" not in resolve_methods(["all"])
+    assert resolve_methods(["lora", "loraplus_tuned"]) == ["lora", "loraplus_tuned"]
