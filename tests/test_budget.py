@@ -104,6 +104,21 @@ def test_budget_run_matches_peft_count_and_auto_finetune_reuses_the_search(
     assert auto["rho"] == "auto" and auto["num_selected"] in curve["sizes"]
 
 
+def test_finetune_without_ranking_uses_the_ranking_the_search_was_made_with(
+    tiny_bert_dir, tiny_glue_dir, tmp_path
+) -> None:
+    out = tmp_path / "search"
+    common = ["--task", "rte", "--data-dir", str(tiny_glue_dir), "--model", str(tiny_bert_dir)]
+    ranked = ["--ranking", "perturbation", "--perturbation-batches", "1"]
+    assert _cli(["search", *common, "--output-dir", str(out), *ranked, *FAST]) == 0
+    assert json.loads((out / "dam.json").read_text())["size_curve"]["ranking"] == "perturbation"
+    tuned = tmp_path / "auto"
+    finetune = ["finetune", "--dam", str(out / "dam.json"), "--epochs", "1", "--batch-size", "8"]
+    assert _cli([*finetune, "--rho", "auto", "--output-dir", str(tuned)]) == 0  # no --ranking given
+    assert json.loads((tuned / "metrics.json").read_text())["ranking"] == "perturbation"
+    assert json.loads((tuned / "dam.json").read_text())["ranking"] == "perturbation"
+
+
 @pytest.mark.parametrize(
     "budget, message",
     [

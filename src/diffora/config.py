@@ -385,15 +385,16 @@ class FinetuneConfig:
     selection: str = option(
         "global", "'global' (top rho of all candidates) or 'per_layer' (top ceil(rho * M) of each layer)."
     )
-    ranking: str = option(
-        DEFAULT_RANKING,
+    ranking: str | None = option(
+        None,
         "Rank candidates by 'gate' value (needs the gate search: `lora_drop` off), by a 'perturbation' "
         "check (the rise in "
         "search-val loss when a module is dropped) or by 'magnitude' (the size of each module's "
         "search-stage LoRA update on search-val inputs, gates ignored: LoRA-drop's score); or the presets "
-        "'mlp' / 'attention' (that module family first, in layer order). Default "
-        "magnitude: on CoLA it predicts each module's value (loss rise when dropped) with rank "
-        "correlation 0.55 against 0.11 for the gates (README, 'Why the gates hardly decide').",
+        "'mlp' / 'attention' (that module family first, in layer order). Default: the search's own "
+        "ranking (the one its dam.json and size curve were made with), magnitude for a new search: on CoLA "
+        "it predicts each module's value (loss rise when dropped) with rank correlation 0.55 against 0.11 "
+        "for the gates (README, 'Why the gates hardly decide').",
     )
     sharing: str = option(
         "inherit",
@@ -411,6 +412,11 @@ class FinetuneConfig:
     gradient_checkpointing: bool = _scaling_options()["gradient_checkpointing"]
     max_grad_norm: float = _scaling_options()["max_grad_norm"]
 
+    @property
+    def search_ranking(self) -> str:
+        """The ranking a new search measures its size curve in: `ranking`, or the package default."""
+        return self.ranking or DEFAULT_RANKING
+
     def __post_init__(self) -> None:
         with _options_of(self):
             self.rho = parse_rho(self.rho)
@@ -419,7 +425,8 @@ class FinetuneConfig:
 
                 self.budget = parse_budget(self.budget)
             _require_choice("selection", self.selection, SELECTIONS)
-            _require_choice("ranking", self.ranking, RANKINGS)
+            if self.ranking is not None:
+                _require_choice("ranking", self.ranking, RANKINGS)
             _require_choice("sharing", self.sharing, SHARING)
             automatic = self.budget == "auto" or (self.budget is None and self.rho == "auto")
             _require(

@@ -80,7 +80,7 @@ def search(
     adapter = adapter or AdapterConfig()
     search_config = search_config or SearchConfig()
     finetune_config = finetune_config or FinetuneConfig()
-    check_search_ranking(search_config, finetune_config.ranking, perturbation_batches)
+    check_search_ranking(search_config, finetune_config.search_ranking, perturbation_batches)
     out = prepare_output_dir(output_dir, overwrite, resume) if output_dir is not None else None
     bench = open_workbench(data_config, adapter, search_config.seed)
     check_before_training(bench, adapter, finetune_config, out)
@@ -150,7 +150,7 @@ def search_on(
         log=log,
         checkpointer=Checkpointer(out, "search", checkpoint_every) if out is not None else None,
         resume=Checkpointer(out, "search").latest() if out is not None else None,
-        size_ranking=finetune_config.ranking,
+        size_ranking=finetune_config.search_ranking,
     )
     outcome.dam.config = config_document(data_config, adapter, search_config, finetune_config)
     outcome.dam.info = {
@@ -238,7 +238,7 @@ def _finetune_on(
         "budget": config.budget,
         "lora_parameters_kept": kept_parameters(dam, selected),
         "selection": config.selection,
-        "ranking": config.ranking,
+        "ranking": config.ranking or dam.ranking,
         "sharing": config.sharing,
         "seed": config.seed,
         "finetune_steps": fitted.steps,
@@ -276,7 +276,7 @@ def run(
     adapter = adapter or AdapterConfig()
     search_config = search_config or SearchConfig()
     finetune_config = finetune_config or FinetuneConfig()
-    check_search_ranking(search_config, finetune_config.ranking, perturbation_batches)
+    check_search_ranking(search_config, finetune_config.search_ranking, perturbation_batches)
     out = prepare_output_dir(output_dir, overwrite, resume) if output_dir is not None else None
     bench = open_workbench(data_config, adapter, search_config.seed)
     check_before_training(bench, adapter, finetune_config, out)
