@@ -16,7 +16,7 @@ again, unfinished ones continue with the methods they lack. At the end the paren
 
 `loraplus_tuned` and `adalora_tuned` run LoRA+ / AdaLoRA at the lr and epochs `tune_search_split.py` chose
 for them on the task's search split, read from <out>/tune_search_split_<task>_<method>.json (refused while
-that file is missing, provisional or from other profile settings).
+that file is missing, provisional or from other profile settings), and run again when its choice changes.
 """
 
 from __future__ import annotations
@@ -267,8 +267,7 @@ class Job:
         self.settings = spec["settings"]
         self.task, self.seed = spec["task"], spec["seed"]
         self.path = Path(spec["path"])
-        # where the tuners' files are: the --out folder (<out>/runs/<profile>/<job>.json)
-        self.results_dir = Path(spec.get("results_dir") or self.path.parents[2])
+        self.results_dir = results_dir_of(spec)
         self.adapter = AdapterConfig(
             model=None, rank=self.settings["rank"], lora_alpha=self.settings["lora_alpha"]
         )
@@ -828,7 +827,8 @@ class Job:
         return record
 
     def run(self) -> None:
-        todo = [m for m in self.spec["methods"] if m not in self.document["runs"]]
+        done = finished_methods(self.spec, self.document["runs"])
+        todo = [m for m in self.spec["methods"] if m not in done]
         self.todo = set(todo)
         self.log(f"{len(todo)} method(s) to run: {', '.join(todo)}")
         # methods sharing a search run next to each other, so each search model is needed only once
@@ -855,6 +855,28 @@ class Job:
         for kind in list(self.outcomes):
             if kind not in needed:
                 del self.outcomes[kind]
+
+
+def results_dir_of(spec: dict[str, Any]) -> Path:
+    """Where the tuners' files are: the --out folder (the job file is <out>/runs/<profile>/<job>.json)."""
+    return Path(spec.get("results_dir") or Path(spec["path"]).parents[2])
+
+
+def finished_methods(spec: dict[str, Any], runs: dict[str, Any]) -> set[str]:
+    """The spec's methods that a job file's `runs` already holds and need no rerun: a `*_tuned` run only
+    while its lr and epochs are still the ones its tuner chooses (a widened grid can change the choice)."""
+    results_dir = results_dir_of(spec)
+    done = set()
+    for method in spec["methods"]:
+        run = runs.get(method)
+        if run is None:
+            continue
+        if method in TUNED_METHODS:
+            chosen = chosen_setting(results_dir, spec["task"], TUNED_METHODS[method], spec["fingerprint"])
+            if (run["config"]["lr"], run["epochs"]) != (chosen["lr"], chosen["epochs"]):
+                continue
+        done.add(method)
+    return done
 
 
 def run_job(spec_path: Path) -> int:
@@ -963,7 +985,7 @@ def run_parent(args: argparse.Namespace) -> int:
         for spec in specs:
             path = Path(spec["path"])
             runs = json.loads(path.read_text()).get("runs", {}) if path.is_file() else {}
-            if all(m in runs for m in wave):
+            if set(wave) <= finished_methods({**spec, "methods": wave}, runs):
                 skipped += 1
             else:
                 jobs.append({**spec, "methods": wave})

@@ -101,3 +101,22 @@ def test_tuned_methods_are_run_only_by_name() -> None:
 
     assert "loraplus_tuned" not in resolve_methods(["all"])
     assert resolve_methods(["lora", "loraplus_tuned"]) == ["lora", "loraplus_tuned"]
+
+
+def test_a_tuned_run_is_redone_when_its_tuner_chooses_again(tmp_path: Path) -> None:
+    from run_glue import finished_methods
+
+    _tuner_file(tmp_path, runs=3, planned=3)
+    methods = ["lora", "loraplus_tuned"]
+    spec = {"task": "cola", "fingerprint": "f1", "methods": methods, "results_dir": tmp_path}
+    runs = {
+        "lora": {"config": {"lr": 5e-4}, "epochs": 3.0},
+        "loraplus_tuned": {"config": {"lr": 1e-4}, "epochs": 3.0},
+    }
+    assert finished_methods(spec, runs) == {"lora", "loraplus_tuned"}
+    assert finished_methods(spec, {"lora": runs["lora"]}) == {"lora"}
+    path = tmp_path / "tune_search_split_cola_loraplus.json"
+    document = json.loads(path.read_text())
+    document["decision"]["chosen"] = "lr=0.00025,epochs=3"  # a widened grid changed the choice
+    path.write_text(json.dumps(document))
+    assert finished_methods(spec, runs) == {"lora"}
