@@ -29,7 +29,7 @@ if (BENCH_DIR.parent / "src" / "diffora").is_dir():  # tune with this checkout, 
     sys.path.insert(0, str(BENCH_DIR.parent / "src"))
 
 from run_glue import DEFAULT_DATA_DIR, PROFILES, Job, environment, fingerprint  # noqa: E402
-from tuned_settings import key_of  # noqa: E402
+from tuned_settings import key_of, missing_runs  # noqa: E402
 
 SE_FACTOR = 2.0  # the best setting replaces the default only when it wins by more than this many paired SE
 
@@ -123,11 +123,12 @@ def markdown(document: dict[str, Any]) -> str:
         lines.append(f"| {key}{mark} | " + " | ".join(cells) + f" | {100 * decision['means'][key]:.2f} |")
     difference = decision["best_minus_default"]
     se = decision["paired_se"]
-    planned = document.get("planned", len(document.get("runs", [])))
-    if len(document.get("runs", [])) < planned:
+    missing = missing_runs(document)
+    if missing:
+        planned = document["planned"]
         lines += [
             "",
-            f"**Incomplete: {len(document['runs'])} of {planned} runs; the choice below is provisional.**",
+            f"**Incomplete: {planned - missing} of {planned} runs; the choice below is provisional.**",
         ]
     lines += [
         "",
@@ -188,8 +189,10 @@ def main() -> int:
             for run in document["runs"]:
                 scores.setdefault(key_of(run["lr"], run["epochs"]), {})[str(run["seed"])] = run["score"]
             as_ints = {k: {int(s): v for s, v in by_seed.items()} for k, by_seed in scores.items()}
+            done.add((lr, epochs, seed))
             document.update(
                 planned=len(grid) * len(args.seeds),
+                missing=sum((lr, e, s) not in done for s in args.seeds for lr, e in grid),
                 method=args.method,
                 task=args.task,
                 command=" ".join(sys.argv),

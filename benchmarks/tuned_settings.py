@@ -22,6 +22,14 @@ def tuner_file(results_dir: Path, task: str, method: str) -> Path:
     return Path(results_dir) / f"tune_search_split_{task}{suffix}.json"
 
 
+def missing_runs(document: dict[str, Any]) -> int:
+    """How many runs of the tuner's last planned grid are not done yet (0: its choice is final)."""
+    if "missing" in document:
+        return document["missing"]
+    runs = len(document.get("runs", []))  # older files: every run counted against the plan
+    return max(0, document.get("planned", runs) - runs)
+
+
 def chosen_setting(results_dir: Path, task: str, method: str, settings_fingerprint: str) -> dict[str, Any]:
     """{"lr", "epochs", "source"} of the tuner's choice; SystemExit if it is missing, provisional or stale."""
     path = tuner_file(results_dir, task, method)
@@ -31,8 +39,9 @@ def chosen_setting(results_dir: Path, task: str, method: str, settings_fingerpri
     document = json.loads(path.read_text())
     if document.get("settings_fingerprint") != settings_fingerprint:
         raise SystemExit(f"{path} was tuned with other profile settings; rerun the tuner ({command})")
-    done, planned = len(document.get("runs", [])), document.get("planned")
-    if planned is None or done < planned:
+    planned = document.get("planned")
+    if planned is None or missing_runs(document):
+        done = None if planned is None else planned - missing_runs(document)
         raise SystemExit(f"{path} is provisional ({done} of {planned} runs); finish it first ({command})")
     chosen = document["decision"]["chosen"]
     for run in document["runs"]:

@@ -51,9 +51,13 @@ def test_the_table_names_the_tuned_method() -> None:
     assert "| lr=0.0001,epochs=3 | 20.00 | 25.00 | 22.50 |" in text and "Incomplete" not in text
     partial = markdown({**document, "runs": [{}] * 4, "planned": 6})
     assert "**Incomplete: 4 of 6 runs; the choice below is provisional.**" in partial
+    widened = markdown({**document, "runs": [{}] * 6, "planned": 6, "missing": 1})
+    assert "**Incomplete: 5 of 6 runs; the choice below is provisional.**" in widened
 
 
-def _tuner_file(tmp_path: Path, runs: int, planned: int, fingerprint: str = "f1") -> Path:
+def _tuner_file(
+    tmp_path: Path, runs: int, planned: int, fingerprint: str = "f1", missing: int | None = None
+) -> Path:
     from tuned_settings import tuner_file
 
     grid = [(5e-4, 0.0), (1e-4, 0.2), (2.5e-4, 0.1)]  # (lr, search-val score)
@@ -62,6 +66,7 @@ def _tuner_file(tmp_path: Path, runs: int, planned: int, fingerprint: str = "f1"
         "planned": planned,
         "settings_fingerprint": fingerprint,
         "decision": {"chosen": "lr=0.0001,epochs=3"},
+        **({} if missing is None else {"missing": missing}),
     }
     path = tuner_file(tmp_path, "cola", "loraplus")
     path.write_text(json.dumps(document))
@@ -78,18 +83,20 @@ def test_a_tuned_method_runs_at_the_tuners_final_choice(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("runs", "planned", "fingerprint", "message"),
+    ("runs", "planned", "missing", "fingerprint", "message"),
     [
-        (2, 3, "f1", r"is provisional \(2 of 3 runs\); finish it first"),
-        (3, 3, "f0", "was tuned with other profile settings"),
+        (2, 3, None, "f1", r"is provisional \(2 of 3 runs\); finish it first"),
+        # a widened grid: as many runs as planned, one of them outside the grid, one grid run to go
+        (3, 3, 1, "f1", r"is provisional \(2 of 3 runs\); finish it first"),
+        (3, 3, 0, "f0", "was tuned with other profile settings"),
     ],
 )
 def test_a_provisional_or_stale_choice_is_refused(
-    tmp_path: Path, runs: int, planned: int, fingerprint: str, message: str
+    tmp_path: Path, runs: int, planned: int, missing: int | None, fingerprint: str, message: str
 ) -> None:
     from tuned_settings import chosen_setting
 
-    _tuner_file(tmp_path, runs, planned, fingerprint)
+    _tuner_file(tmp_path, runs, planned, fingerprint, missing)
     with pytest.raises(SystemExit, match=message):
         chosen_setting(tmp_path, "cola", "loraplus", "f1")
     with pytest.raises(SystemExit, match="not found: choose adalora's lr on the search split first"):
