@@ -1301,11 +1301,11 @@ def _tuned_text(summary: Summary) -> str:
             for task in summary.tasks
             if (runs := summary.cell_runs(method, task))
         }
-        cells = [
-            f"{task} lr {lr:g}, {epochs:g} epochs" + (" (mixed runs)" if len(values) > 1 else "")
-            for task, values in settings.items()
-            for lr, epochs, _ in values[:1]
-        ]
+        cells = []
+        for task, values in settings.items():
+            lr, epochs, _ = values[0]
+            mixed = " (mixed runs)" if len(values) > 1 else ""
+            cells.append(f"{task} lr {lr:g}, {epochs:g} epochs{mixed}")
         if cells:
             sources = sorted({source for values in settings.values() for *_, source in values})
             parts.append(f"{summary.label(method)}: {'; '.join(cells)} (chosen in {', '.join(sources)}).")

@@ -39,9 +39,9 @@ def chosen_setting(results_dir: Path, task: str, method: str, settings_fingerpri
     document = json.loads(path.read_text())
     if document.get("settings_fingerprint") != settings_fingerprint:
         raise SystemExit(f"{path} was tuned with other profile settings; rerun the tuner ({command})")
-    planned = document.get("planned")
-    if planned is None or missing_runs(document):
-        done = None if planned is None else planned - missing_runs(document)
+    planned, missing = document.get("planned"), missing_runs(document)
+    if planned is None or missing:
+        done = None if planned is None else planned - missing
         raise SystemExit(f"{path} is provisional ({done} of {planned} runs); finish it first ({command})")
     chosen = document["decision"]["chosen"]
     for run in document["runs"]:
