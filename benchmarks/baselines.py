@@ -221,6 +221,20 @@ def adalora_effective_parameters(model: PeftModel) -> int:
     return total
 
 
+def delta_weight_norms(model: PeftModel) -> dict[str, float]:
+    """||delta W||_F of every adapted module (the active adapter), LoRA and AdaLoRA alike: what each adds.
+
+    LoRA's is s B A, AdaLoRA's s / r P diag(E) Q; both come from PEFT's own `get_delta_weight`.
+    """
+    adapter_name = model.active_adapter
+    with torch.no_grad():
+        return {
+            name: float(module.get_delta_weight(adapter_name).norm())
+            for name, module in model.base_model.model.named_modules()
+            if hasattr(module, "get_delta_weight") and adapter_name in getattr(module, "lora_A", {})
+        }
+
+
 def random_selection(candidates: Sequence[Candidate], rho: float, seed: int) -> list[Candidate]:
     """A uniform random subset of the candidates, as many as DiffoRA keeps at `rho` (global), in module order.
 

@@ -61,28 +61,35 @@ def choose(scores: dict[str, dict[int, float]], default: str) -> dict[str, Any]:
 METHOD_LABELS = {"lora": "LoRA-all", "loraplus": "LoRA+ (all modules)", "adalora": "AdaLoRA (budget matched)"}
 
 
-def tune_one(task: str, seed: int, lr: float, epochs: float, args: argparse.Namespace) -> dict[str, Any]:
-    """`args.method` on the (task, seed) search-train split, scored on its search-val split."""
+def search_split_job(task: str, seed: int, method: str, profile: str, data_dir: str, threads: int) -> Job:
+    """A GLUE job of `profile` whose training data is the (task, seed) search-train split, its eval data
+    the search-val split (in length order): the dev set never enters."""
     from diffora.data import TaskData
 
-    settings = PROFILES[args.profile].for_task(task)
+    settings = PROFILES[profile].for_task(task)
     spec = {
         "task": task,
         "seed": seed,
         "settings": settings,
         "fingerprint": fingerprint(settings),
-        "methods": [args.method],
-        "data_dir": args.data_dir,
+        "methods": [method],
+        "data_dir": data_dir,
         "path": str(Path(tempfile.mkdtemp()) / "unused.json"),  # Job's own file: never written here
-        "profile": args.profile,
-        "threads": args.threads,
+        "profile": profile,
+        "threads": threads,
     }
     job = Job(spec)
     search_train, search_val = job.search_split()
     search_val = sorted(search_val, key=lambda example: sum(len(text) for text in example[0]))
     data = job.bench.data
     job.bench.data = TaskData(spec=data.spec, train=search_train, eval=search_val, source=data.source)
-    job.settings = {**settings, "lr": lr, "epochs": epochs}
+    return job
+
+
+def tune_one(task: str, seed: int, lr: float, epochs: float, args: argparse.Namespace) -> dict[str, Any]:
+    """`args.method` on the (task, seed) search-train split, scored on its search-val split."""
+    job = search_split_job(task, seed, args.method, args.profile, args.data_dir, args.threads)
+    job.settings = {**job.settings, "lr": lr, "epochs": epochs}
     record = job.run_method(args.method)
     return {
         "method": args.method,
@@ -93,8 +100,8 @@ def tune_one(task: str, seed: int, lr: float, epochs: float, args: argparse.Name
         "score": record["score"],
         "metrics": record["metrics"],
         "main_metric": record["main_metric"],
-        "search_train_examples": len(search_train),
-        "search_val_examples": len(search_val),
+        "search_train_examples": len(job.bench.data.train),
+        "search_val_examples": len(job.bench.data.eval),
         "finetune_steps": record["finetune_steps"],
         "seconds": record["seconds"],
     }

@@ -19,6 +19,7 @@ from baselines import (  # noqa: E402
     adalora_schedule,
     adalora_step_callback,
     adamw,
+    delta_weight_norms,
     equal_steps_epochs,
     eva_model,
     full_finetune_model,
@@ -197,3 +198,26 @@ def test_eva_initialises_from_the_svd_within_lora_all_s_rank_budget_and_trains()
     before = count_trainable_parameters(peft_model)
     fit(peft_model, _batches(3, seed=4), adamw(peft_model, 1e-2), epochs=1)
     assert count_trainable_parameters(peft_model) == before
+
+
+def test_delta_weight_norms_are_zero_at_init_and_grow_with_training() -> None:
+    model = _model()
+    names = [c.name for c in _candidates(model)]
+    peft_model = adalora_model(
+        model, names, ["classifier"], AdapterConfig(), total_steps=10, init_r=4, target_r=2
+    )
+    norms = delta_weight_norms(peft_model)
+    assert sorted(norms) == sorted(names) and set(norms.values()) == {0.0}  # E starts at zero
+    fit(
+        peft_model,
+        _batches(10),
+        adamw(peft_model, lr=1e-2),
+        epochs=1,
+        after_step=adalora_step_callback(peft_model),
+    )
+    pattern = peft_model.peft_config["default"].rank_pattern
+    kept = {key.removesuffix(".lora_E.default"): any(v) for key, v in pattern.items()}
+    grown = delta_weight_norms(peft_model)
+    assert any(kept.values()) and all((grown[name] > 0) == kept[name] for name in names)  # pruned: 0
+    lora = lora_all_model(_model(), names, ["classifier"], AdapterConfig(rank=4))
+    assert set(delta_weight_norms(lora).values()) == {0.0}  # B starts at zero
