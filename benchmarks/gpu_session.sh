@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU session of issue 14, run by the device tool in a copy of the working tree (no .git, no network):
-#   bash benchmarks/gpu_session.sh SECONDS STAGE...      stages: throughput bf16 selection
+#   bash benchmarks/gpu_session.sh SECONDS STAGE...      stages: throughput bf16 selection baselines
 # It needs, in git-ignored folders that travel with the call: .device/minilm-fp16 (the embedded MiniLM in
 # fp16: the tree may carry at most 64 MiB), .device/glue (CoLA SST-2 MRPC STS-B RTE), .device/commonsense
 # (ARC-Easy), .device/COMMIT (the commit of the tree), .whl (peft 0.21.2, the version the CPU runs use).
@@ -43,6 +43,22 @@ for stage in "$@"; do
       (timeout $(( $(left) - 25 )) python3 benchmarks/run_glue.py --profile cpu --tasks ${SELECTION_TASKS:-cola sst2 mrpc stsb rte} \
         --seeds ${SELECTION_SEEDS:-3 4 5} --methods ${SELECTION_METHODS:-selection eva diffora_rho_auto diffora_budget0.25x diffora_budget0.75x lora_r2 lora_r4 lora_r6} \
         --workers ${SELECTION_WORKERS:-15} --threads 1 --no-cost --data-dir .device/glue --out $R > $R/selection.log 2>&1 &) ;;
+    baselines)  # LoRA+ / AdaLoRA: lr tuned per task on the search split (one tuner per file, all at once),
+      # then loraplus_tuned / adalora_tuned at the tuners' final choices, and EVA, in the background like selection
+      for task in ${BASELINE_TASKS:-cola sst2 mrpc stsb rte}; do
+        for method in loraplus adalora; do
+          lrs=${LORAPLUS_LRS:-5e-5 1e-4 2.5e-4}; [ $method = adalora ] && lrs=${ADALORA_LRS:-2e-3 5e-3 1e-2 2e-2}
+          timeout $(( $(left) - 120 )) python3 benchmarks/tune_search_split.py --method $method --task $task \
+            --seeds ${TUNE_SEEDS:-0 1} --lrs $lrs --epochs 3 --threads 1 --data-dir .device/glue \
+            --out $R/tune_search_split_${task}_$method.json > $R/tune_${task}_$method.log 2>&1 &
+        done
+      done
+      wait
+      grep -h "seed" $R/tune_*.log | tail -40
+      glue() { timeout $(( $(left) - 25 )) python3 benchmarks/run_glue.py --profile cpu --tasks ${BASELINE_TASKS:-cola sst2 mrpc stsb rte} \
+        --seeds ${SELECTION_SEEDS:-3 4 5} --workers ${SELECTION_WORKERS:-15} --threads 1 --no-cost --data-dir .device/glue --out $R "$@"; }
+      # the runner refuses a provisional tuner file before any job starts: then EVA alone
+      ( (glue --methods loraplus_tuned adalora_tuned eva || glue --methods eva) > $R/baselines.log 2>&1 &) ;;
     bf16)  # the cases at once (the MiniLM one hardly loads the GPU), each bf16 run beside its fp32 twin
       seed=${BF16_SEED:-0}; dir=$R; [ "$seed" = 0 ] || dir=$R/bf16_seed$seed
       for case in ${BF16_CASES:-llama-1b minilm}; do
@@ -56,6 +72,6 @@ for stage in "$@"; do
 done
 while [ "$(left)" -gt 25 ] && pgrep -f run_glue.py > /dev/null; do sleep 5; done
 pkill -f run_glue.py; sleep 2
-grep -a "^\[\|FAILED\|wave" $R/selection.log 2>/dev/null | tail -25
+grep -a "^\[\|FAILED\|wave\|refus" $R/selection.log $R/baselines.log 2>/dev/null | tail -25
 tar czf "$OUT/results_gpu.tgz" --exclude=specs -C /tmp gpu-results
 ls -la "$OUT"
