@@ -9,7 +9,7 @@ standard error; so one lucky seed cannot move a profile. Resumable: finished (lr
     python benchmarks/tune_search_split.py --task cola --seeds 0 1 --lrs 2e-4 5e-4 1e-3 --epochs 3 \\
         --out benchmarks/results/tune_search_split_cola.json
     python benchmarks/tune_search_split.py --method loraplus --task cola --seeds 0 1 --lrs 1e-4 2.5e-4 \\
-        --out benchmarks/results/tune_search_split_cola_loraplus.json
+        --workers 2 --out benchmarks/results/tune_search_split_cola_loraplus.json
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,38 @@ def tune_one(task: str, seed: int, lr: float, epochs: float, args: argparse.Name
     }
 
 
+def _timed_tune(
+    args: argparse.Namespace, seed: int, lr: float, epochs: float
+) -> tuple[dict[str, Any], float]:
+    """One grid run, in this process or a worker's (threads set here: a spawned worker starts afresh)."""
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    record = tune_one(args.task, seed, lr, epochs, args)
+    return record, time.perf_counter() - started
+
+
+def run_grid(
+    args: argparse.Namespace, todo: list[tuple[int, float, float]]
+) -> Iterator[tuple[tuple[int, float, float], dict[str, Any], float]]:
+    """((seed, lr, epochs), record, seconds) of every run in `todo`: in order with one worker, as they finish
+    with more (each run in its own spawned process; only this process writes the results file)."""
+    if args.workers <= 1:
+        for run in todo:
+            yield (run, *_timed_tune(args, *run))
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(_timed_tune, args, *run): run for run in todo}
+        for future in as_completed(futures):
+            yield (futures[future], *future.result())
+
+
 def markdown(document: dict[str, Any]) -> str:
     decision = document["decision"]
     lines = [
@@ -157,7 +190,8 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--lrs", type=float, nargs="+", default=[2e-4, 5e-4, 1e-3])
     parser.add_argument("--epochs", type=float, nargs="+", default=[3.0])
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    parser.add_argument("--workers", type=int, default=1, help="grid runs at once, each its own process")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
 
@@ -181,38 +215,34 @@ def main() -> int:
     grid = [(lr, e) for e in args.epochs for lr in args.lrs]
     if default not in {key_of(lr, e) for lr, e in grid}:
         grid.insert(0, (settings["lr"], settings["epochs"]))  # the default is always measured
-    for seed in args.seeds:
-        for lr, epochs in grid:
-            if (lr, epochs, seed) in done:
-                continue
-            started = time.perf_counter()
-            document["runs"].append(tune_one(args.task, seed, lr, epochs, args))
-            print(
-                f"{args.task} seed {seed} {key_of(lr, epochs)}: {document['runs'][-1]['score']:.4f} "
-                f"({time.perf_counter() - started:.0f} s)",
-                flush=True,
-            )
-            scores: dict[str, dict[str, float]] = {}
-            for run in document["runs"]:
-                scores.setdefault(key_of(run["lr"], run["epochs"]), {})[str(run["seed"])] = run["score"]
-            as_ints = {k: {int(s): v for s, v in by_seed.items()} for k, by_seed in scores.items()}
-            done.add((lr, epochs, seed))
-            document.update(
-                planned=len(grid) * len(args.seeds),
-                missing=sum((lr, e, s) not in done for s in args.seeds for lr, e in grid),
-                method=args.method,
-                task=args.task,
-                command=" ".join(sys.argv),
-                settings_fingerprint=fingerprint(settings),
-                environment=environment(args.threads),
-                main_metric=document["runs"][-1]["main_metric"],
-                seeds=sorted({r["seed"] for r in document["runs"]}),
-                scores=scores,
-                decision=choose(as_ints, default),
-            )
-            atomic_write_json(out, document)
-            text = markdown(document)
-            atomic_write(out.with_suffix(".md"), lambda handle, text=text: handle.write(text))
+    todo = [(seed, lr, e) for seed in args.seeds for lr, e in grid if (lr, e, seed) not in done]
+    for (seed, lr, epochs), record, seconds in run_grid(args, todo):
+        document["runs"].append(record)
+        print(
+            f"{args.task} seed {seed} {key_of(lr, epochs)}: {record['score']:.4f} ({seconds:.0f} s)",
+            flush=True,
+        )
+        scores: dict[str, dict[str, float]] = {}
+        for run in document["runs"]:
+            scores.setdefault(key_of(run["lr"], run["epochs"]), {})[str(run["seed"])] = run["score"]
+        as_ints = {k: {int(s): v for s, v in by_seed.items()} for k, by_seed in scores.items()}
+        done.add((lr, epochs, seed))
+        document.update(
+            planned=len(grid) * len(args.seeds),
+            missing=sum((lr, e, s) not in done for s in args.seeds for lr, e in grid),
+            method=args.method,
+            task=args.task,
+            command=" ".join(sys.argv),
+            settings_fingerprint=fingerprint(settings),
+            environment=environment(args.threads),
+            main_metric=record["main_metric"],
+            seeds=sorted({r["seed"] for r in document["runs"]}),
+            scores=scores,
+            decision=choose(as_ints, default),
+        )
+        atomic_write_json(out, document)
+        text = markdown(document)
+        atomic_write(out.with_suffix(".md"), lambda handle, text=text: handle.write(text))
     return 0
 
 
