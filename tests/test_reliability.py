@@ -62,6 +62,8 @@ malformed = st.one_of(
 @given(case=malformed)
 # found by this test: two classes of one example each cannot be split for the search (checked before writing)
 @example(case=(".jsonl", '{"text": "0", "label": "0"}\n{"text": "0", "label": "00"}'))
+# and this: a quoted CSV label holding a line break made the "only one label" error two lines
+@example(case=(".csv", 'text,label\n0,",\n0'))
 def test_malformed_custom_files_give_one_clean_line_and_no_output(
     case, tiny_bert_dir, tmp_path_factory, capsys
 ) -> None:

@@ -237,6 +237,11 @@ def dispatch(args: argparse.Namespace) -> None:
 INTERRUPTED = 130  # the exit status of a graceful stop on SIGTERM / SIGINT
 
 
+def _one_line(message: str) -> str:
+    """An error message as the one line the CLI promises: line breaks from a file's values shown escaped."""
+    return message.replace("\r", "\\r").replace("\n", "\\n")
+
+
 def _resume_hint(stop: Interrupted, argv: Sequence[str] | None) -> str:
     """One line: where the run stopped, its checkpoint and the exact command that continues it."""
     words = [word for word in (sys.argv[1:] if argv is None else list(argv)) if word != "--overwrite"]
@@ -262,10 +267,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"diffora: interrupted: {_resume_hint(stop, argv)}", file=sys.stderr)
         return INTERRUPTED
     except OptionError as error:  # the library names options; here they are flags
-        print(f"diffora: error: {error.render(spell_flag)}", file=sys.stderr)
+        print(f"diffora: error: {_one_line(error.render(spell_flag))}", file=sys.stderr)
         return 2
     except DifforaError as error:
-        print(f"diffora: error: {error}", file=sys.stderr)
+        print(f"diffora: error: {_one_line(str(error))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("diffora: interrupted", file=sys.stderr)

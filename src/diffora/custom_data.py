@@ -45,7 +45,7 @@ def load_custom(config: DataConfig) -> tuple[TaskSpec, list[Example], list[Examp
         # checked after the rows so a broken row is reported first, and before eval so its labels are not
         # reported as outside a one-class set
         raise OptionError(
-            f"{train_path} has only one label ({label_names[0]}) in {config.label_field!r}; "
+            f"{train_path} has only one label ({label_names[0]!r}) in {config.label_field!r}; "
             "classification needs at least two (or use `problem_type` regression)"
         )
     eval_ = _records_to_examples(eval_records, spec)
