@@ -1283,10 +1283,13 @@ DATA_SEED_TEXT = "0"
 
 def _commits_text(summary: Summary, env: dict[str, Any]) -> str:
     """The commit(s) the runs came from: a job resumed from a later commit keeps each run's own."""
+    unrecorded = "an earlier commit (not recorded per run; see the job files' earlier_environments)"
     counts: dict[str, int] = {}
     for run in summary.runs:
-        commit = run.get("git_commit") or env["git"]["commit"]
+        commit = run.get("git_commit") or unrecorded
         counts[commit] = counts.get(commit, 0) + 1
+    if set(counts) == {unrecorded}:  # files from before per-run commits: the job's own commit
+        return f"git {env['git']['commit']}{' (dirty)' if env['git']['dirty'] else ''}"
     if len(counts) == 1:
         return f"git {next(iter(counts))}{' (dirty)' if env['git']['dirty'] else ''}"
     return "runs from git " + ", ".join(f"{commit} ({n} runs)" for commit, n in counts.items())

@@ -400,3 +400,16 @@ def test_a_tuned_baseline_states_its_lr_and_the_runs_commits(tmp_path: Path) -> 
     assert "| LoRA+ (ratio 16), lr from the search split | 30.00 ± 0.00 (3) |" in markdown
     runs = sum(len(job["runs"]) for job in jobs)
     assert f"runs from git old ({runs - 3} runs), new (3 runs)." in markdown
+    for job in jobs:  # runs from before per-run commits are not credited to the job's latest commit
+        job["runs"] = {
+            m: {k: v for k, v in run.items() if k != "git_commit"} for m, run in job["runs"].items()
+        }
+        job["runs"]["lora"]["git_commit"] = "new"
+    (tmp_path / "again").mkdir()
+    markdown = _cpu_report(tmp_path / "again", jobs)
+    newer = len(jobs)  # one LoRA-all run per job
+    assert f"new ({newer} runs)" in markdown
+    assert (
+        f"an earlier commit (not recorded per run; see the job files' earlier_environments) ({runs - newer}"
+        in markdown
+    )
