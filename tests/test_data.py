@@ -589,7 +589,7 @@ def test_custom_bad_values(tmp_path: Path) -> None:
 
 
 def test_custom_single_class(tmp_path: Path) -> None:
-    with raises(r"train\.csv has only one label \(pos\) in 'label'; classification needs at least two"):
+    with raises(r"train\.csv has only one label \('pos'\) in 'label'; classification needs at least two"):
         custom(tmp_path, "text,label\na,pos\nb,pos\n", "text,label\nc,pos\n", ".csv")
 
 
