@@ -51,23 +51,11 @@ def grow_one(task: str, seed: int, method: str, lr: float, args: argparse.Namesp
     s = job.settings
     train_loader, _ = job.loaders()
     fresh = job.bench.fresh_model(seed)
-    head = job.bench.head_modules
     after_step = None
     if method == "lora":
-        model = baselines.lora_all_model(fresh, job.names, head, job.adapter, seed=seed)
+        model = baselines.lora_all_model(fresh, job.names, job.bench.head_modules, job.adapter, seed=seed)
     else:
-        model = baselines.adalora_model(
-            fresh,
-            job.names,
-            head,
-            job.adapter,
-            args.steps,
-            s["adalora_init_r"],
-            s["adalora_target_r"],
-            s["adalora_tinit"],
-            s["adalora_tfinal"],
-            seed=seed,
-        )
+        model = job.adalora_model(fresh, args.steps)
         after_step = baselines.adalora_step_callback(model)
     optimizer = baselines.adamw(model, lr, s["weight_decay"])
     started = time.perf_counter()

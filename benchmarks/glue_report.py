@@ -1288,10 +1288,10 @@ def _commits_text(summary: Summary, env: dict[str, Any]) -> str:
     for run in summary.runs:
         commit = run.get("git_commit") or unrecorded
         counts[commit] = counts.get(commit, 0) + 1
-    if set(counts) == {unrecorded}:  # files from before per-run commits: the job's own commit
-        return f"git {env['git']['commit']}{' (dirty)' if env['git']['dirty'] else ''}"
-    if len(counts) == 1:
-        return f"git {next(iter(counts))}{' (dirty)' if env['git']['dirty'] else ''}"
+    if len(counts) == 1:  # one commit; files from before per-run commits: the job's own
+        commit = next(iter(counts))
+        commit = env["git"]["commit"] if commit == unrecorded else commit
+        return f"git {commit}{' (dirty)' if env['git']['dirty'] else ''}"
     return "runs from git " + ", ".join(f"{commit} ({n} runs)" for commit, n in counts.items())
 
 

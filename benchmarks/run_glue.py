@@ -569,6 +569,24 @@ class Job:
         )
         return model, selected, rank
 
+    def adalora_model(self, fresh: Any, total_steps: int) -> Any:
+        """AdaLoRA (PEFT) on every candidate at the profile's ranks and schedule over `total_steps` steps."""
+        import baselines
+
+        s = self.settings
+        return baselines.adalora_model(
+            fresh,
+            self.names,
+            self.bench.head_modules,
+            self.adapter,
+            total_steps,
+            s["adalora_init_r"],
+            s["adalora_target_r"],
+            s["adalora_tinit"],
+            s["adalora_tfinal"],
+            seed=self.seed,
+        )
+
     def loradrop_model(self, fresh: Any) -> tuple[Any, list[Any], dict[str, Any]]:
         """LoRA-drop: LoRA-all trained as many steps as the search (constant lr, as the search's weights),
         modules ranked by their update norm on search-val inputs, kept under the budget, fine-tuned from the
@@ -711,19 +729,7 @@ class Job:
             )
         elif base == "adalora":
             train_loader, _ = self.loaders()
-            total = math.ceil(spec_epochs * len(train_loader))
-            model = baselines.adalora_model(
-                fresh,
-                self.names,
-                self.bench.head_modules,
-                self.adapter,
-                total,
-                s["adalora_init_r"],
-                s["adalora_target_r"],
-                s["adalora_tinit"],
-                s["adalora_tfinal"],
-                seed=self.seed,
-            )
+            model = self.adalora_model(fresh, math.ceil(spec_epochs * len(train_loader)))
             optimizer = baselines.adamw(model, s["lr"], s["weight_decay"])
             after_step = baselines.adalora_step_callback(model)
             config = model.peft_config["default"]

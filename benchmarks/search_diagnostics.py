@@ -117,13 +117,13 @@ def gradient_signal(gradients: list[list[float]]) -> dict[str, float]:
 
 def run_one(args: argparse.Namespace, name: str, overrides: dict[str, Any], seed: int) -> dict[str, Any]:
     import torch
+    from baselines import delta_weight_norms
     from scipy.stats import spearmanr
 
     from diffora.bilevel import perturbation_scores
     from diffora.config import AdapterConfig, DataConfig, FinetuneConfig, SearchConfig
     from diffora.data import split_for_search
     from diffora.gates import DAMGates
-    from diffora.lora import lora_a_layer, lora_b_layer
     from diffora.pipeline import open_workbench, search_on
     from diffora.selection import budget_select, lora_parameter_count, module_dims
 
@@ -155,12 +155,8 @@ def run_one(args: argparse.Namespace, name: str, overrides: dict[str, Any], seed
     drop = perturbation_scores(model, gates, loader, max_batches=len(loader))
     drop_seconds = time.perf_counter() - started
     gates.detach()
-    scale = adapter.lora_alpha / adapter.rank
-    norms = []
-    with torch.no_grad():
-        for c in outcome.dam.candidates:
-            a, b = lora_a_layer(model, c.name).weight, lora_b_layer(model, c.name).weight
-            norms.append(float(scale * (b @ a).norm()))
+    by_name = delta_weight_norms(model)  # ||s B A||_F, PEFT's own delta weight
+    norms = [by_name[c.name] for c in outcome.dam.candidates]
     gate = outcome.dam.gates
     rankings = {
         "gate": gate,

@@ -195,13 +195,8 @@ def main() -> int:
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
 
-    import torch
-    from transformers.utils import logging as hf_logging
-
     from diffora.io import atomic_write, atomic_write_json
 
-    hf_logging.set_verbosity_error()
-    torch.set_num_threads(args.threads)
     out = Path(args.out)
     settings = PROFILES[args.profile].for_task(args.task)
     default = key_of(settings["lr"], settings["epochs"])
