@@ -250,6 +250,17 @@ def load_jobs(runs_dir: Path) -> list[dict[str, Any]]:
     return jobs
 
 
+def run_device(run: dict[str, Any], job: dict[str, Any]) -> str:
+    """The device one run ran on: its own record, else the device of the job's sessions before per-run
+    records (a job resumed on another machine keeps each run's own device; `unrecorded` when those differ)."""
+    environment = job["environment"]
+    if run.get("device"):
+        return environment["cpu"] if run["device"] == "cpu" and not environment["gpu"] else run["device"]
+    earlier = [env for env in job.get("earlier_environments", []) if env] or [environment]
+    names = {env["gpu"] or env["cpu"] for env in earlier}
+    return names.pop() if len(names) == 1 else "unrecorded"
+
+
 class Summary:
     """Per (method, task) statistics over seeds, averages over tasks and paired differences."""
 
@@ -257,6 +268,11 @@ class Summary:
         self.jobs = jobs
         self.tasks = [t for t in TASK_ORDER if any(j["task"] == t for j in jobs)]
         self.runs = [run for job in jobs for run in job["runs"].values()]
+        self.devices = {
+            (job["task"], job["seed"], method): run_device(run, job)
+            for job in jobs
+            for method, run in job["runs"].items()
+        }
         self.methods = list(dict.fromkeys(r["method"] for r in self.runs))
         self.score: dict[tuple[str, str], dict[int, float]] = {}
         for run in self.runs:
@@ -286,6 +302,10 @@ class Summary:
             for seed in self.seeds
             if seed not in self.score.get((m, task), {})
         ]
+
+    def device(self, run: dict[str, Any]) -> str:
+        """The device the run ran on (see `run_device`)."""
+        return self.devices[(run["task"], run["seed"], run["method"])]
 
     def label(self, method: str) -> str:
         """The method's row label; selections at one parameter budget say so."""
@@ -1074,7 +1094,7 @@ def render_markdown(
     versions = env["versions"]
     lines += [
         f"Model: all-MiniLM-L6-v2 (embedded). Generated {time.strftime('%Y-%m-%d %H:%M')} from {len(jobs)} "
-        f"job file(s) ({sum(j['complete'] for j in jobs)} complete). Device: {env['gpu'] or env['cpu']} "
+        f"job file(s) ({sum(j['complete'] for j in jobs)} complete). {_devices_text(summary)} "
         f"({env['torch_threads']} torch thread(s) per job). diffora {versions['diffora']}, torch "
         f"{versions['torch']}, transformers {versions['transformers']}, peft {versions['peft']}; "
         f"{_commits_text(summary, env)}.",
@@ -1295,6 +1315,17 @@ def _commits_text(summary: Summary, env: dict[str, Any]) -> str:
     return "runs from git " + ", ".join(f"{commit} ({n} runs)" for commit, n in counts.items())
 
 
+def _devices_text(summary: Summary) -> str:
+    """The device the runs came from, or each device with its run count when a job was resumed elsewhere."""
+    counts: dict[str, int] = {}
+    for run in summary.runs:
+        counts[summary.device(run)] = counts.get(summary.device(run), 0) + 1
+    if len(counts) == 1:
+        return f"Device: {next(iter(counts))}"
+    by_runs = sorted(counts.items(), key=lambda item: -item[1])
+    return "Devices: " + ", ".join(f"{device} ({n} runs)" for device, n in by_runs)
+
+
 def _tuned_text(summary: Summary) -> str:
     """The lr and epochs each `*_tuned` method ran at, per task, and the tuner file they came from."""
     parts = []
@@ -1439,9 +1470,13 @@ def _time_section(summary: Summary, jobs: list[dict[str, Any]]) -> list[str]:
     ]
     header = ["method", "search steps", "fine-tune steps", "search s", "fine-tune s", "eval s", "total s"]
     header += ["search fraction", "search peak MiB", "fine-tune peak MiB", "eval peak MiB"]
-    rows = [
-        _time_row(method, [r for r in summary.runs if r["method"] == method]) for method in summary.methods
-    ]
+    runs = {method: [r for r in summary.runs if r["method"] == method] for method in summary.methods}
+    rows = [_time_row(method, runs[method]) for method in summary.methods]
+    devices = [sorted({summary.device(r) for r in method_runs}) for method_runs in runs.values()]
+    if len({device for names in devices for device in names}) > 1:  # seconds are only comparable per device
+        header.append("device")
+        lines[2] += " Methods ran on different devices (last column): compare seconds within a device only."
+        rows = [row + [", ".join(names)] for row, names in zip(rows, devices, strict=True)]
     return lines + _table(header, rows)
 
 

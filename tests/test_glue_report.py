@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -275,6 +276,27 @@ def _cpu_report(tmp_path: Path, jobs: list[dict]) -> str:
         (runs_dir / f"{job['job']}.json").write_text(json.dumps(job))
     write_report(tmp_path, "cpu", runs_dir, None, {"command": "test"})
     return (tmp_path / "glue_cpu.md").read_text()
+
+
+def test_runs_resumed_on_another_device_keep_their_own_device(tmp_path: Path) -> None:
+    jobs = _cpu_jobs({})
+    gpu = {**jobs[0]["environment"], "gpu": "test gpu"}
+    for job in jobs:  # first run on a GPU (runs without a device record), then resumed on the CPU
+        job["earlier_environments"] = [gpu, gpu]
+        job["runs"]["lora"]["device"] = "cpu"
+    markdown = _cpu_report(tmp_path, jobs)
+    runs = sum(len(job["runs"]) for job in jobs)
+    assert f"Devices: test gpu ({runs - len(jobs)} runs), test cpu ({len(jobs)} runs)" in markdown
+    time_table = markdown.split("## Time and memory")[1]
+    assert "compare seconds within a device only" in time_table
+    assert re.search(r"\n\| lora \|[^\n]*\| test cpu \|\n", time_table)
+    assert re.search(r"\n\| random \|[^\n]*\| test gpu \|\n", time_table)
+    for job in jobs:  # one device throughout: one line, no device column
+        job["earlier_environments"] = [job["environment"]]
+    (tmp_path / "again").mkdir()
+    markdown = _cpu_report(tmp_path / "again", jobs)
+    assert "Device: test cpu (1 torch thread(s) per job)" in markdown
+    assert "compare seconds within a device only" not in markdown
 
 
 def test_incomplete_task_is_left_out_of_the_averages_and_the_targets(tmp_path: Path) -> None:
