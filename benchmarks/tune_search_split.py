@@ -38,10 +38,14 @@ SE_FACTOR = 2.0  # the best setting replaces the default only when it wins by mo
 def choose(scores: dict[str, dict[int, float]], default: str) -> dict[str, Any]:
     """The setting to use: `default`, unless the best mean beats it by more than SE_FACTOR paired SEs.
 
-    `scores` maps a setting to {seed: search-val score}; only seeds the default also has are paired.
+    `scores` maps a setting to {seed: search-val score}; only seeds the default also has are paired. The best
+    is taken among the settings run on every seed the default ran on (a lucky setting stopped after one seed
+    cannot hide a clear winner over all of them); only when none is, among all.
     """
     means = {key: statistics.fmean(by_seed.values()) for key, by_seed in scores.items() if by_seed}
-    best = max(means, key=means.__getitem__)
+    default_seeds = set(scores.get(default, {}))
+    paired = [key for key in means if default_seeds <= set(scores[key])]
+    best = max(paired or means, key=means.__getitem__)
     seeds = sorted(set(scores[best]) & set(scores.get(default, {})))
     differences = [scores[best][s] - scores[default][s] for s in seeds]
     se = statistics.stdev(differences) / len(differences) ** 0.5 if len(differences) >= 2 else None

@@ -34,6 +34,17 @@ def test_one_seed_never_moves_the_default() -> None:
     assert decision["chosen"] == DEFAULT and decision["paired_se"] is None
 
 
+def test_a_lucky_single_seed_setting_does_not_hide_a_clear_winner() -> None:
+    scores = {
+        DEFAULT: {0: 0.00, 1: 0.00},
+        "lr=0.01,epochs=3": {0: 0.17, 1: 0.18},
+        "lr=0.02,epochs=3": {0: 0.30},  # stopped after seed 0
+    }
+    decision = choose(scores, DEFAULT)
+    assert decision["best"] == "lr=0.01,epochs=3" and decision["chosen"] == "lr=0.01,epochs=3"
+    assert decision["paired_seeds"] == [0, 1]
+
+
 def test_the_table_names_the_tuned_method() -> None:
     scores = {DEFAULT: {0: 0.0, 1: 0.1}, "lr=0.0001,epochs=3": {0: 0.2, 1: 0.25}}
     document = {
