@@ -191,6 +191,40 @@ def test_regression_task_reports_pearson_and_spearman(tiny_bert_dir, tiny_glue_d
     assert set(metrics["metrics"]) == {"pearson", "spearmanr"} and metrics["main_metric"] == "pearson"
 
 
+def test_eval_of_a_custom_run_needs_only_the_eval_file(tiny_bert_dir, tmp_path, capsys) -> None:
+    """The run's labels come from its dam.json: `diffora eval --task custom` without --train-file."""
+    from conftest import WORDS
+
+    rows = [
+        {"text": f"{WORDS[i % 7]} {WORDS[(3 * i) % 11]}", "label": ["pos", "neg"][i % 2]} for i in range(24)
+    ]
+    data = tmp_path / "data.jsonl"
+    data.write_text("\n".join(json.dumps(row) for row in rows))
+    custom = ["--task", "custom", "--eval-file", str(data), "--text-fields", "text"]
+    out = tmp_path / "out"
+    run = ["run", *custom, "--train-file", str(data), "--model", str(tiny_bert_dir), "--output-dir", str(out)]
+    assert _run([*run, *FAST]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    capsys.readouterr()
+    assert _run(["eval", "--adapter", str(out), *custom, "--max-length", "16"]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert scores["accuracy"] == pytest.approx(metrics["metrics"]["accuracy"])
+    code = _run(["eval", "--adapter", str(out), *custom, "--problem-type", "regression"])
+    assert code == 2
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith(
+            "is a classification run, but --problem-type is regression; pass --problem-type classification"
+        )
+    )
+    (out / "dam.json").unlink()  # an adapter from another tool: the labels must come from the training file
+    assert _run(["eval", "--adapter", str(out), *custom]) == 2
+    message = capsys.readouterr().err.strip()
+    assert message.startswith("diffora: error: no dam.json with the run's labels in ") and "\n" not in message
+    assert message.endswith("pass --train-file (the run's training file) so the labels can be read from it")
+
+
 BAD_INPUTS = [
     (["--task", "nope"], "unknown task 'nope'"),
     (["--rho", "0"], r"--rho must lie in \(0, 1\]"),

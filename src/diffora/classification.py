@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import peft
@@ -10,7 +11,10 @@ from peft import PeftModel
 from diffora.batching import make_dataloader
 from diffora.candidates import find_candidates
 from diffora.config import AdapterConfig, DataConfig
-from diffora.data import load_task_data
+from diffora.custom_data import load_custom_eval
+from diffora.data import load_task_data, subsample
+from diffora.datafiles import Example
+from diffora.errors import OptionError
 from diffora.models import (
     find_head_modules,
     load_classifier,
@@ -18,6 +22,8 @@ from diffora.models import (
     refusing_unsafe_pickles,
     resolve_model_path,
 )
+from diffora.run_dir import DAM_FILE
+from diffora.tasks import TaskSpec
 from diffora.training import evaluate, pick_device
 from diffora.workbench import Workbench
 
@@ -39,12 +45,31 @@ def evaluate_classifier_adapter(
 ) -> dict[str, float]:
     """Metrics of a saved PEFT classifier adapter (from diffora or any LoRA tool) on the evaluation split."""
     adapter_dir = Path(adapter_dir)
-    data = load_task_data(data_config)
+    spec, eval_examples = _evaluation_data(adapter_dir, data_config)
     base_path = model or peft.PeftConfig.from_pretrained(str(adapter_dir)).base_model_name_or_path
     base_path = resolve_model_path(base_path)
     tokenizer = load_tokenizer(base_path)
-    base = load_classifier(base_path, data.spec, tokenizer)
+    base = load_classifier(base_path, spec, tokenizer)
     with refusing_unsafe_pickles(str(adapter_dir)):
         peft_model = PeftModel.from_pretrained(base, str(adapter_dir)).to(pick_device())
-    loader = make_dataloader(data.eval, tokenizer, batch_size, data_config.max_length, shuffle=False, seed=0)
-    return evaluate(peft_model, loader, data.spec)
+    loader = make_dataloader(
+        eval_examples, tokenizer, batch_size, data_config.max_length, shuffle=False, seed=0
+    )
+    return evaluate(peft_model, loader, spec)
+
+
+def _evaluation_data(adapter_dir: Path, config: DataConfig) -> tuple[TaskSpec, list[Example]]:
+    """The task spec and eval examples; a custom task without `train_file` takes its labels from the run's
+    dam.json, so evaluating a diffora run needs only the file it is evaluated on."""
+    if config.task != "custom" or config.train_file:
+        data = load_task_data(config)
+        return data.spec, data.eval
+    dam_file = adapter_dir / DAM_FILE
+    info = json.loads(dam_file.read_text()).get("info", {}) if dam_file.is_file() else {}
+    if "label_names" not in info:
+        raise OptionError(
+            f"no {DAM_FILE} with the run's labels in {adapter_dir}; pass `train_file` (the run's training "
+            "file) so the labels can be read from it"
+        )
+    spec, eval_examples = load_custom_eval(config, info["label_names"], str(adapter_dir))
+    return spec, subsample(eval_examples, config.max_eval_samples, config.subsample_seed)

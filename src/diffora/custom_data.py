@@ -17,29 +17,14 @@ def load_custom(config: DataConfig) -> tuple[TaskSpec, list[Example], list[Examp
         raise OptionError(
             "`task` custom needs both `train_file` and `eval_file` (.csv, .tsv, .json or .jsonl)"
         )
-    if not config.text_fields:
-        raise OptionError(
-            "`task` custom needs `text_fields` naming one or two text columns, e.g. `text_fields` sentence"
-        )
+    _require_text_fields(config)
     train_path, eval_path = Path(config.train_file), Path(config.eval_file)
-    columns = (*config.text_fields, config.label_field)
-    train_records = _read_records(train_path, columns)
-    eval_records = _read_records(eval_path, columns)
+    train_records = _read_records(train_path, _columns(config))
+    eval_records = _read_records(eval_path, _columns(config))
     label_names = None
     if config.problem_type == "classification":
         label_names = _custom_label_names(train_records, config.label_field)
-    spec = TaskSpec(
-        name="custom",
-        glue_folder="",
-        train_file=str(train_path),
-        eval_file=str(eval_path),
-        has_header=True,
-        text_columns=tuple(config.text_fields),
-        label_column=config.label_field,
-        label_names=label_names,
-        metric_names=("pearson", "spearmanr") if label_names is None else ("accuracy", "f1_macro"),
-        main_metric="pearson" if label_names is None else "accuracy",
-    )
+    spec = _custom_spec(config, label_names)
     train = _records_to_examples(train_records, spec)
     if label_names is not None and len(label_names) < 2:
         # checked after the rows so a broken row is reported first, and before eval so its labels are not
@@ -50,6 +35,51 @@ def load_custom(config: DataConfig) -> tuple[TaskSpec, list[Example], list[Examp
         )
     eval_ = _records_to_examples(eval_records, spec)
     return spec, train, eval_, f"{train_path} + {eval_path}"
+
+
+def load_custom_eval(
+    config: DataConfig, label_names: Sequence[str] | None, run: str
+) -> tuple[TaskSpec, list[Example]]:
+    """(spec, eval) to evaluate a saved custom run: its `label_names` (None: regression) replace the training
+    file, which is then not needed; `run` names the run in errors."""
+    if not config.eval_file:
+        raise OptionError("evaluating on `task` custom needs `eval_file` (.csv, .tsv, .json or .jsonl)")
+    _require_text_fields(config)
+    run_kind = "regression" if label_names is None else "classification"
+    if run_kind != config.problem_type:
+        raise OptionError(
+            f"{run} is a {run_kind} run, but `problem_type` is {config.problem_type}; "
+            f"pass `problem_type` {run_kind}"
+        )
+    spec = _custom_spec(config, tuple(label_names) if label_names is not None else None)
+    return spec, _records_to_examples(_read_records(Path(config.eval_file), _columns(config)), spec)
+
+
+def _require_text_fields(config: DataConfig) -> None:
+    if not config.text_fields:
+        raise OptionError(
+            "`task` custom needs `text_fields` naming one or two text columns, e.g. `text_fields` sentence"
+        )
+
+
+def _columns(config: DataConfig) -> tuple[str, ...]:
+    return (*config.text_fields, config.label_field)
+
+
+def _custom_spec(config: DataConfig, label_names: tuple[str, ...] | None) -> TaskSpec:
+    """The task spec of custom files: classification with `label_names`, regression without."""
+    return TaskSpec(
+        name="custom",
+        glue_folder="",
+        train_file=str(config.train_file or ""),
+        eval_file=str(config.eval_file),
+        has_header=True,
+        text_columns=tuple(config.text_fields),
+        label_column=config.label_field,
+        label_names=label_names,
+        metric_names=("pearson", "spearmanr") if label_names is None else ("accuracy", "f1_macro"),
+        main_metric="pearson" if label_names is None else "accuracy",
+    )
 
 
 def _read_records(path: Path, columns: Sequence[str]) -> list[Record]:
