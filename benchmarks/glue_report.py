@@ -253,12 +253,23 @@ def load_jobs(runs_dir: Path) -> list[dict[str, Any]]:
 def run_device(run: dict[str, Any], job: dict[str, Any]) -> str:
     """The device one run ran on: its own record, else the device of the job's sessions before per-run
     records (a job resumed on another machine keeps each run's own device; `unrecorded` when those differ)."""
-    environment = job["environment"]
-    if run.get("device"):
-        return environment["cpu"] if run["device"] == "cpu" and not environment["gpu"] else run["device"]
-    earlier = [env for env in job.get("earlier_environments", []) if env] or [environment]
-    names = {env["gpu"] or env["cpu"] for env in earlier}
-    return names.pop() if len(names) == 1 else "unrecorded"
+    environments = [env for env in job.get("earlier_environments", []) if env] + [job["environment"]]
+    if run.get("device") and run["device"] != "cpu":
+        return run["device"]
+    if run.get("device"):  # which CPU: the one of the sessions at the run's commit, else of every CPU session
+        cpus = [e for e in environments if not e["gpu"]]
+        sessions = [e for e in cpus if e["git"]["commit"] == run.get("git_commit")] or cpus
+    else:  # from before per-run records: the sessions before the latest one (or the only one)
+        sessions = environments[:-1] or environments
+    names = {device_name(env) for env in sessions}
+    if len(names) == 1:
+        return names.pop()
+    return "CPU" if run.get("device") else "unrecorded"
+
+
+def device_name(environment: dict[str, Any]) -> str:
+    """A job environment's device: the GPU's name, else `CPU (<processor>)`."""
+    return environment["gpu"] or f"CPU ({environment['cpu']})"
 
 
 class Summary:
@@ -1094,9 +1105,8 @@ def render_markdown(
     versions = env["versions"]
     lines += [
         f"Model: all-MiniLM-L6-v2 (embedded). Generated {time.strftime('%Y-%m-%d %H:%M')} from {len(jobs)} "
-        f"job file(s) ({sum(j['complete'] for j in jobs)} complete). {_devices_text(summary)} "
-        f"({env['torch_threads']} torch thread(s) per job). diffora {versions['diffora']}, torch "
-        f"{versions['torch']}, transformers {versions['transformers']}, peft {versions['peft']}; "
+        f"job file(s) ({sum(j['complete'] for j in jobs)} complete). {_devices_text(summary, jobs)} "
+        f"({env['torch_threads']} torch thread(s) per job); diffora {versions['diffora']}; "
         f"{_commits_text(summary, env)}.",
         "",
         "Scores are the task's main metric x 100 on the dev set (capped as listed under Subsamples), "
@@ -1315,15 +1325,26 @@ def _commits_text(summary: Summary, env: dict[str, Any]) -> str:
     return "runs from git " + ", ".join(f"{commit} ({n} runs)" for commit, n in counts.items())
 
 
-def _devices_text(summary: Summary) -> str:
-    """The device the runs came from, or each device with its run count when a job was resumed elsewhere."""
+def _devices_text(summary: Summary, jobs: list[dict[str, Any]]) -> str:
+    """The device and library versions the runs came from; each device with its run count and versions when
+    a job was resumed on another machine."""
     counts: dict[str, int] = {}
     for run in summary.runs:
         counts[summary.device(run)] = counts.get(summary.device(run), 0) + 1
+    versions: dict[str, set[str]] = {}
+    for job in jobs:
+        for env in [e for e in job.get("earlier_environments", []) if e] + [job["environment"]]:
+            v = env["versions"]
+            text = f"torch {v['torch']}, transformers {v['transformers']}, peft {v['peft']}"
+            versions.setdefault(device_name(env), set()).add(text)
     if len(counts) == 1:
-        return f"Device: {next(iter(counts))}"
+        device = next(iter(counts))
+        return f"Device: {device}; {' / '.join(sorted(versions.get(device, ())))}"
     by_runs = sorted(counts.items(), key=lambda item: -item[1])
-    return "Devices: " + ", ".join(f"{device} ({n} runs)" for device, n in by_runs)
+    return "Devices: " + ", ".join(
+        f"{device} ({n} runs; {' / '.join(sorted(versions.get(device, ()))) or 'versions unrecorded'})"
+        for device, n in by_runs
+    )
 
 
 def _tuned_text(summary: Summary) -> str:

@@ -17,6 +17,7 @@ from glue_report import (  # noqa: E402
     excluded_tasks,
     expected_random_jaccard,
     mean_jaccard,
+    run_device,
     search_diagnostics,
     targets,
     write_report,
@@ -286,17 +287,31 @@ def test_runs_resumed_on_another_device_keep_their_own_device(tmp_path: Path) ->
         job["runs"]["lora"]["device"] = "cpu"
     markdown = _cpu_report(tmp_path, jobs)
     runs = sum(len(job["runs"]) for job in jobs)
-    assert f"Devices: test gpu ({runs - len(jobs)} runs), test cpu ({len(jobs)} runs)" in markdown
+    versions = "torch 0, transformers 0, peft 0"
+    assert (
+        f"Devices: test gpu ({runs - len(jobs)} runs; {versions}), "
+        f"CPU (test cpu) ({len(jobs)} runs; {versions})" in markdown
+    )
     time_table = markdown.split("## Time and memory")[1]
     assert "compare seconds within a device only" in time_table
-    assert re.search(r"\n\| lora \|[^\n]*\| test cpu \|\n", time_table)
+    assert re.search(r"\n\| lora \|[^\n]*\| CPU \(test cpu\) \|\n", time_table)
     assert re.search(r"\n\| random \|[^\n]*\| test gpu \|\n", time_table)
     for job in jobs:  # one device throughout: one line, no device column
         job["earlier_environments"] = [job["environment"]]
     (tmp_path / "again").mkdir()
     markdown = _cpu_report(tmp_path / "again", jobs)
-    assert "Device: test cpu (1 torch thread(s) per job)" in markdown
+    assert f"Device: CPU (test cpu); {versions} (1 torch thread(s) per job)" in markdown
     assert "compare seconds within a device only" not in markdown
+
+
+def test_a_cpu_run_is_credited_to_the_cpu_of_its_own_commit() -> None:
+    job = _job("cola", 0, {}, {})
+    old = {**job["environment"], "cpu": "old cpu", "git": {"commit": "a", "dirty": False}}
+    job["earlier_environments"] = [old]  # then resumed at commit abc on "test cpu"
+    assert run_device({"device": "cpu", "git_commit": "a"}, job) == "CPU (old cpu)"
+    assert run_device({"device": "cpu", "git_commit": "abc"}, job) == "CPU (test cpu)"
+    assert run_device({"device": "cpu", "git_commit": "zzz"}, job) == "CPU"  # two CPUs, neither at zzz
+    assert run_device({}, job) == "CPU (old cpu)"  # no per-run record: from before the latest session
 
 
 def test_incomplete_task_is_left_out_of_the_averages_and_the_targets(tmp_path: Path) -> None:
