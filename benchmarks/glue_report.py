@@ -1496,7 +1496,10 @@ def _time_section(summary: Summary, jobs: list[dict[str, Any]]) -> list[str]:
     devices = [sorted({summary.device(r) for r in method_runs}) for method_runs in runs.values()]
     if len({device for names in devices for device in names}) > 1:  # seconds are only comparable per device
         header.append("device")
-        lines[2] += " Methods ran on different devices (last column): compare seconds within a device only."
+        lines[2] += (
+            " Methods ran on different devices (last column): compare seconds and memory (measured "
+            "differently per device) within a device only."
+        )
         rows = [row + [", ".join(names)] for row, names in zip(rows, devices, strict=True)]
     return lines + _table(header, rows)
 
