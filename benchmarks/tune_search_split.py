@@ -174,14 +174,18 @@ def markdown(document: dict[str, Any]) -> str:
             "",
             f"**Incomplete: {planned - missing} of {planned} runs; the choice below is provisional.**",
         ]
-    lines += [
-        "",
-        f"Best: {decision['best']}; best minus default "
-        + ("–" if difference is None else f"{100 * difference:+.2f}")
-        + (f" ± {100 * se:.2f} (paired SE)" if se is not None else " (one seed: no SE)")
-        + f". **Chosen: {decision['chosen']}.**",
-        "",
-    ]
+    if decision["best"] == decision["default"]:  # nothing to pair: say why rather than print +0.00 ± 0.00
+        others = len(decision["means"]) > 1
+        best = "the default" + (
+            " (no other setting beats it among those run on every seed the default ran on)" if others else ""
+        )
+    else:
+        best = (
+            f"{decision['best']}; best minus default "
+            + ("–" if difference is None else f"{100 * difference:+.2f}")
+            + (f" ± {100 * se:.2f} (paired SE)" if se is not None else " (one seed: no SE)")
+        )
+    lines += ["", f"Best: {best}. **Chosen: {decision['chosen']}.**", ""]
     return "\n".join(lines)
 
 

@@ -66,6 +66,24 @@ def test_the_table_names_the_tuned_method() -> None:
     assert "**Incomplete: 5 of 6 runs; the choice below is provisional.**" in widened
 
 
+def test_a_default_with_nothing_paired_against_it_says_so() -> None:
+    scores = {DEFAULT: {0: 0.79, 1: 0.70}, "lr=0.005,epochs=3": {0: 0.87}}  # the other lr: seed 0 only so far
+    document = {
+        "method": "adalora",
+        "task": "sst2",
+        "command": "tune",
+        "main_metric": "accuracy",
+        "seeds": [0, 1],
+        "scores": {k: {str(s): v for s, v in by_seed.items()} for k, by_seed in scores.items()},
+        "decision": choose(scores, DEFAULT),
+        "runs": [{}] * 3,
+        "planned": 4,
+    }
+    text = markdown(document)
+    assert "Best: the default (no other setting beats it among those run on every seed the default" in text
+    assert "+0.00" not in text
+
+
 def _tuner_file(
     tmp_path: Path, runs: int, planned: int, fingerprint: str = "f1", missing: int | None = None
 ) -> Path:
