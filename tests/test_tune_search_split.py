@@ -45,17 +45,22 @@ def test_a_lucky_single_seed_setting_does_not_hide_a_clear_winner() -> None:
     assert decision["paired_seeds"] == [0, 1]
 
 
-def test_the_table_names_the_tuned_method() -> None:
-    scores = {DEFAULT: {0: 0.0, 1: 0.1}, "lr=0.0001,epochs=3": {0: 0.2, 1: 0.25}}
-    document = {
-        "method": "loraplus",
-        "task": "cola",
+def _document(method: str, task: str, metric: str, scores: dict[str, dict[int, float]]) -> dict:
+    """A tuner file's document over seeds 0 and 1 with its decision, as tune_search_split writes it."""
+    return {
+        "method": method,
+        "task": task,
         "command": "tune",
-        "main_metric": "matthews_correlation",
+        "main_metric": metric,
         "seeds": [0, 1],
         "scores": {k: {str(s): v for s, v in by_seed.items()} for k, by_seed in scores.items()},
         "decision": choose(scores, DEFAULT),
     }
+
+
+def test_the_table_names_the_tuned_method() -> None:
+    scores = {DEFAULT: {0: 0.0, 1: 0.1}, "lr=0.0001,epochs=3": {0: 0.2, 1: 0.25}}
+    document = _document("loraplus", "cola", "matthews_correlation", scores)
     text = markdown(document)
     assert text.startswith("# Learning rate and epochs for `cola` (loraplus), chosen on the search split")
     assert "LoRA+ (all modules) trained on the search-train split" in text
@@ -68,17 +73,7 @@ def test_the_table_names_the_tuned_method() -> None:
 
 def test_a_default_with_nothing_paired_against_it_says_so() -> None:
     scores = {DEFAULT: {0: 0.79, 1: 0.70}, "lr=0.005,epochs=3": {0: 0.87}}  # the other lr: seed 0 only so far
-    document = {
-        "method": "adalora",
-        "task": "sst2",
-        "command": "tune",
-        "main_metric": "accuracy",
-        "seeds": [0, 1],
-        "scores": {k: {str(s): v for s, v in by_seed.items()} for k, by_seed in scores.items()},
-        "decision": choose(scores, DEFAULT),
-        "runs": [{}] * 3,
-        "planned": 4,
-    }
+    document = {**_document("adalora", "sst2", "accuracy", scores), "runs": [{}] * 3, "planned": 4}
     text = markdown(document)
     assert "Best: the default (no other setting beats it among those run on every seed the default" in text
     assert "+0.00" not in text
