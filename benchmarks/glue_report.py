@@ -8,6 +8,7 @@ import math
 import statistics
 import time
 import warnings
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -253,7 +254,7 @@ def load_jobs(runs_dir: Path) -> list[dict[str, Any]]:
 def run_device(run: dict[str, Any], job: dict[str, Any]) -> str:
     """The device one run ran on: its own record, else the device of the job's sessions before per-run
     records (a job resumed on another machine keeps each run's own device; `unrecorded` when those differ)."""
-    environments = [env for env in job.get("earlier_environments", []) if env] + [job["environment"]]
+    environments = job_environments(job)
     if run.get("device") and run["device"] != "cpu":
         return run["device"]
     if run.get("device"):  # which CPU: the one of the sessions at the run's commit, else of every CPU session
@@ -265,6 +266,11 @@ def run_device(run: dict[str, Any], job: dict[str, Any]) -> str:
     if len(names) == 1:
         return names.pop()
     return "CPU" if run.get("device") else "unrecorded"
+
+
+def job_environments(job: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every session's environment of a job file, oldest first, the latest last."""
+    return [env for env in job.get("earlier_environments", []) if env] + [job["environment"]]
 
 
 def device_name(environment: dict[str, Any]) -> str:
@@ -1328,22 +1334,19 @@ def _commits_text(summary: Summary, env: dict[str, Any]) -> str:
 def _devices_text(summary: Summary, jobs: list[dict[str, Any]]) -> str:
     """The device and library versions the runs came from; each device with its run count and versions when
     a job was resumed on another machine."""
-    counts: dict[str, int] = {}
-    for run in summary.runs:
-        counts[summary.device(run)] = counts.get(summary.device(run), 0) + 1
+    counts = Counter(summary.device(run) for run in summary.runs)
     versions: dict[str, set[str]] = {}
     for job in jobs:
-        for env in [e for e in job.get("earlier_environments", []) if e] + [job["environment"]]:
+        for env in job_environments(job):
             v = env["versions"]
             text = f"torch {v['torch']}, transformers {v['transformers']}, peft {v['peft']}"
             versions.setdefault(device_name(env), set()).add(text)
     if len(counts) == 1:
         device = next(iter(counts))
         return f"Device: {device}; {' / '.join(sorted(versions.get(device, ())))}"
-    by_runs = sorted(counts.items(), key=lambda item: -item[1])
     return "Devices: " + ", ".join(
         f"{device} ({n} runs; {' / '.join(sorted(versions.get(device, ()))) or 'versions unrecorded'})"
-        for device, n in by_runs
+        for device, n in counts.most_common()
     )
 
 
