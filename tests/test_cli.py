@@ -218,6 +218,10 @@ def test_eval_of_a_custom_run_needs_only_the_eval_file(tiny_bert_dir, tmp_path, 
             "is a classification run, but --problem-type is regression; pass --problem-type classification"
         )
     )
+    (out / "dam.json").write_text('{"candidates": [')  # cut short: named, not a JSON traceback
+    assert _run(["eval", "--adapter", str(out), *custom]) == 2
+    message = capsys.readouterr().err.strip()
+    assert "dam.json is not a valid dam.json (JSONDecodeError" in message and "\n" not in message
     (out / "dam.json").unlink()  # an adapter from another tool: the labels must come from the training file
     assert _run(["eval", "--adapter", str(out), *custom]) == 2
     message = capsys.readouterr().err.strip()

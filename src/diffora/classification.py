@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import peft
@@ -12,6 +11,7 @@ from diffora.batching import make_dataloader
 from diffora.candidates import find_candidates
 from diffora.config import AdapterConfig, DataConfig
 from diffora.custom_data import load_custom_eval
+from diffora.dam import DAM
 from diffora.data import load_task_data, subsample
 from diffora.datafiles import Example
 from diffora.errors import OptionError
@@ -65,7 +65,7 @@ def _evaluation_data(adapter_dir: Path, config: DataConfig) -> tuple[TaskSpec, l
         data = load_task_data(config)
         return data.spec, data.eval
     dam_file = adapter_dir / DAM_FILE
-    info = json.loads(dam_file.read_text()).get("info", {}) if dam_file.is_file() else {}
+    info = DAM.load(dam_file).info if dam_file.is_file() else {}  # a corrupt file: one clear line
     if "label_names" not in info:
         raise OptionError(
             f"no {DAM_FILE} with the run's labels in {adapter_dir}; pass `train_file` (the run's training "
