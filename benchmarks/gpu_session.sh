@@ -47,7 +47,10 @@ for stage in "$@"; do
       # then loraplus_tuned / adalora_tuned at the tuners' final choices, and EVA, in the background like selection
       for task in ${BASELINE_TASKS:-cola sst2 mrpc stsb rte}; do
         for method in loraplus adalora; do
-          lrs=${LORAPLUS_LRS:-5e-5 1e-4 2.5e-4}; [ $method = adalora ] && lrs=${ADALORA_LRS:-2e-3 5e-3 1e-2 2e-2}
+          # the CPU tuners' grids; a file whose choice is final (done on the CPU, say) is not re-planned
+          lrs=${LORAPLUS_LRS:-1e-4 2.5e-4}; [ $method = adalora ] && lrs=${ADALORA_LRS:-5e-3 1e-2 2e-2}
+          python3 -c "import json, sys; sys.exit(json.load(open(sys.argv[1])).get('missing') != 0)" \
+            $R/tune_search_split_${task}_$method.json 2>/dev/null && continue
           timeout $(( $(left) - 120 )) python3 benchmarks/tune_search_split.py --method $method --task $task \
             --seeds ${TUNE_SEEDS:-0 1} --lrs $lrs --epochs 3 --threads 1 --data-dir .device/glue \
             --out $R/tune_search_split_${task}_$method.json > $R/tune_${task}_$method.log 2>&1 &
