@@ -5,6 +5,8 @@ LoRA-all (the cpu profile's rank, batch, length, schedule and clipping; or, with
 each (task, seed) and scored on the search-val split, for every (lr, epochs) of a small grid. The rule: the
 package default stays unless the best setting beats it, paired over seeds, by more than twice the paired
 standard error; so one lucky seed cannot move a profile. Resumable: finished (lr, epochs, seed) runs are kept.
+A grid can be split by seed over processes (`--seeds 0 --out a.json`, `--seeds 1 --out b.json`) and joined
+with `--seeds 0 1 --merge a.json b.json --out final.json`, which runs what is left and writes the decision.
 
     python benchmarks/tune_search_split.py --task cola --seeds 0 1 --lrs 2e-4 5e-4 1e-3 --epochs 3 \\
         --out benchmarks/results/tune_search_split_cola.json
@@ -189,6 +191,56 @@ def markdown(document: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def merge_runs(document: dict[str, Any], paths: list[Path], method: str, settings_fingerprint: str) -> None:
+    """Add to `document` the runs of other tuner files of the same method and settings (a grid split by seed
+    over several processes or machines); a (lr, epochs, seed) already present is kept, not duplicated."""
+    done = {(r["lr"], r["epochs"], r["seed"]) for r in document["runs"]}
+    for path in paths:
+        if not path.is_file():
+            raise SystemExit(f"--merge {path}: no such file; pass tuner files written by this script")
+        other = json.loads(path.read_text())
+        if other.get("method") != method or other.get("settings_fingerprint") != settings_fingerprint:
+            raise SystemExit(f"--merge {path}: tunes another method or other profile settings; leave it out")
+        for run in other.get("runs", []):
+            if (run["lr"], run["epochs"], run["seed"]) not in done:
+                document["runs"].append(run)
+                done.add((run["lr"], run["epochs"], run["seed"]))
+
+
+def write_summary(
+    out: Path,
+    document: dict[str, Any],
+    args: argparse.Namespace,
+    grid: list[tuple[float, float]],
+    settings: dict[str, Any],
+    default: str,
+) -> None:
+    """Recompute the plan, scores and decision from `document["runs"]`; write the JSON and its table."""
+    from diffora.io import atomic_write, atomic_write_json
+
+    scores: dict[str, dict[str, float]] = {}
+    for run in document["runs"]:
+        scores.setdefault(key_of(run["lr"], run["epochs"]), {})[str(run["seed"])] = run["score"]
+    as_ints = {k: {int(s): v for s, v in by_seed.items()} for k, by_seed in scores.items()}
+    done = {(r["lr"], r["epochs"], r["seed"]) for r in document["runs"]}
+    document.update(
+        planned=len(grid) * len(args.seeds),
+        missing=sum((lr, e, s) not in done for s in args.seeds for lr, e in grid),
+        method=args.method,
+        task=args.task,
+        command=" ".join(sys.argv),
+        settings_fingerprint=fingerprint(settings),
+        environment=environment(args.threads),
+        main_metric=document["runs"][-1]["main_metric"],
+        seeds=sorted({r["seed"] for r in document["runs"]}),
+        scores=scores,
+        decision=choose(as_ints, default),
+    )
+    atomic_write_json(out, document)
+    text = markdown(document)
+    atomic_write(out.with_suffix(".md"), lambda handle, text=text: handle.write(text))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="cola")
@@ -201,9 +253,14 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--workers", type=int, default=1, help="grid runs at once, each its own process")
     parser.add_argument("--out", required=True)
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="tuner files of the same method and settings whose runs join --out's (a grid split by seed)",
+    )
     args = parser.parse_args()
-
-    from diffora.io import atomic_write, atomic_write_json
 
     out = Path(args.out)
     settings = PROFILES[args.profile].for_task(args.task)
@@ -214,6 +271,7 @@ def main() -> int:
     tuned = document.get("method", "lora" if document["runs"] else args.method)  # older files: lora
     if tuned != args.method:
         raise SystemExit(f"{out} tunes {tuned}, not {args.method}; pass another --out")
+    merge_runs(document, args.merge, args.method, fingerprint(settings))
     done = {(r["lr"], r["epochs"], r["seed"]) for r in document["runs"]}
     grid = [(lr, e) for e in args.epochs for lr in args.lrs]
     if default not in {key_of(lr, e) for lr, e in grid}:
@@ -225,27 +283,9 @@ def main() -> int:
             f"{args.task} seed {seed} {key_of(lr, epochs)}: {record['score']:.4f} ({seconds:.0f} s)",
             flush=True,
         )
-        scores: dict[str, dict[str, float]] = {}
-        for run in document["runs"]:
-            scores.setdefault(key_of(run["lr"], run["epochs"]), {})[str(run["seed"])] = run["score"]
-        as_ints = {k: {int(s): v for s, v in by_seed.items()} for k, by_seed in scores.items()}
-        done.add((lr, epochs, seed))
-        document.update(
-            planned=len(grid) * len(args.seeds),
-            missing=sum((lr, e, s) not in done for s in args.seeds for lr, e in grid),
-            method=args.method,
-            task=args.task,
-            command=" ".join(sys.argv),
-            settings_fingerprint=fingerprint(settings),
-            environment=environment(args.threads),
-            main_metric=record["main_metric"],
-            seeds=sorted({r["seed"] for r in document["runs"]}),
-            scores=scores,
-            decision=choose(as_ints, default),
-        )
-        atomic_write_json(out, document)
-        text = markdown(document)
-        atomic_write(out.with_suffix(".md"), lambda handle, text=text: handle.write(text))
+        write_summary(out, document, args, grid, settings, default)
+    if not todo and document["runs"]:  # nothing left to run (e.g. after --merge): rewrite the decision
+        write_summary(out, document, args, grid, settings, default)
     return 0
 
 

@@ -151,3 +151,40 @@ def test_a_tuned_run_is_redone_when_its_tuner_chooses_again(tmp_path: Path) -> N
     document["decision"]["chosen"] = "lr=0.00025,epochs=3"  # a widened grid changed the choice
     path.write_text(json.dumps(document))
     assert finished_methods(spec, runs) == {"lora"}
+
+
+def test_a_grid_split_by_seed_merges_into_one_final_decision(tmp_path: Path, monkeypatch) -> None:
+    import tune_search_split
+    from run_glue import PROFILES, fingerprint
+
+    settings = PROFILES["cpu"].for_task("rte")
+
+    def part(seed: int, scores: dict[float, float]) -> Path:
+        runs = [
+            {"lr": lr, "epochs": 3.0, "seed": seed, "score": score, "main_metric": "accuracy"}
+            for lr, score in scores.items()
+        ]
+        path = tmp_path / f"seed{seed}.json"
+        document = {"runs": runs, "method": "loraplus", "settings_fingerprint": fingerprint(settings)}
+        path.write_text(json.dumps(document))
+        return path
+
+    seed0 = part(0, {5e-4: 0.50, 2.5e-4: 0.60})
+    seed1 = part(1, {5e-4: 0.51, 2.5e-4: 0.62})
+    out = tmp_path / "final.json"
+    argv = ["tune", "--method", "loraplus", "--task", "rte", "--seeds", "0", "1", "--lrs", "2.5e-4"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--out", str(out), "--merge", str(seed0), str(seed1)])
+    ran: list = []
+    monkeypatch.setattr(tune_search_split, "run_grid", lambda args, todo: ran.extend(todo) or iter(()))
+    assert tune_search_split.main() == 0 and ran == []
+    document = json.loads(out.read_text())
+    assert document["planned"] == 4 and document["missing"] == 0 and len(document["runs"]) == 4
+    assert document["decision"]["best"] == "lr=0.00025,epochs=3"
+    assert "Incomplete" not in out.with_suffix(".md").read_text()
+
+    other = tmp_path / "adalora.json"
+    other.write_text(json.dumps({"runs": [], "method": "adalora", "settings_fingerprint": "x"}))
+    monkeypatch.setattr(sys, "argv", [*argv, "--out", str(tmp_path / "b.json"), "--merge", str(other)])
+    with pytest.raises(SystemExit, match="tunes another method or other profile settings"):
+        tune_search_split.main()
+    assert not (tmp_path / "b.json").exists()
