@@ -47,14 +47,16 @@ for stage in "$@"; do
       # then loraplus_tuned / adalora_tuned at the tuners' final choices, and EVA, in the background like selection
       for task in ${BASELINE_TASKS:-cola sst2 mrpc stsb rte}; do
         for method in loraplus adalora; do
-          # the CPU tuners' grids; a file whose choice is final (done on the CPU, say) is not re-planned
+          # the CPU tuners' grids; a file whose choice is final (done on the CPU, say) is not re-planned; the
+          # runs of a grid split by seed on the CPU (<file>_seed<N>.json) are merged in, not rerun
           lrs=${LORAPLUS_LRS:-1e-4 2.5e-4}; [ $method = adalora ] && lrs=${ADALORA_LRS:-5e-3 1e-2 2e-2}
           python3 -c "import json, sys; from tuned_settings import missing_runs
 sys.exit(missing_runs(json.load(open(sys.argv[1]))) != 0)" $R/tune_search_split_${task}_$method.json 2>/dev/null \
             && continue
           timeout $(( $(left) - 120 )) python3 benchmarks/tune_search_split.py --method $method --task $task \
             --seeds ${TUNE_SEEDS:-0 1} --lrs $lrs --epochs 3 --threads 1 --data-dir .device/glue \
-            --out $R/tune_search_split_${task}_$method.json > $R/tune_${task}_$method.log 2>&1 &
+            --out $R/tune_search_split_${task}_$method.json \
+            --merge $(ls $R/tune_search_split_${task}_${method}_seed*.json 2>/dev/null) > $R/tune_${task}_$method.log 2>&1 &
         done
       done
       wait
