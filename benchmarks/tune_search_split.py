@@ -191,14 +191,28 @@ def markdown(document: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def finished(runs: list[dict[str, Any]]) -> set[tuple[float, float, int]]:
+    """The (lr, epochs, seed) of every finished run."""
+    return {(run["lr"], run["epochs"], run["seed"]) for run in runs}
+
+
+def read_tuner_file(path: Path) -> dict[str, Any]:
+    """A tuner file's document; SystemExit in one line if it is not JSON."""
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        message = f"{path}: not a tuner file (not JSON: {error.msg}); pass one this script wrote"
+        raise SystemExit(message) from None
+
+
 def merge_runs(document: dict[str, Any], paths: list[Path], method: str, settings_fingerprint: str) -> None:
     """Add to `document` the runs of other tuner files of the same method and settings (a grid split by seed
     over several processes or machines); a (lr, epochs, seed) already present is kept, not duplicated."""
-    done = {(r["lr"], r["epochs"], r["seed"]) for r in document["runs"]}
+    done = finished(document["runs"])
     for path in paths:
         if not path.is_file():
             raise SystemExit(f"--merge {path}: no such file; pass tuner files written by this script")
-        other = json.loads(path.read_text())
+        other = read_tuner_file(path)
         if other.get("method") != method or other.get("settings_fingerprint") != settings_fingerprint:
             raise SystemExit(f"--merge {path}: tunes another method or other profile settings; leave it out")
         for run in other.get("runs", []):
@@ -222,7 +236,7 @@ def write_summary(
     for run in document["runs"]:
         scores.setdefault(key_of(run["lr"], run["epochs"]), {})[str(run["seed"])] = run["score"]
     as_ints = {k: {int(s): v for s, v in by_seed.items()} for k, by_seed in scores.items()}
-    done = {(r["lr"], r["epochs"], r["seed"]) for r in document["runs"]}
+    done = finished(document["runs"])
     document.update(
         planned=len(grid) * len(args.seeds),
         missing=sum((lr, e, s) not in done for s in args.seeds for lr, e in grid),
@@ -265,14 +279,14 @@ def main() -> int:
     out = Path(args.out)
     settings = PROFILES[args.profile].for_task(args.task)
     default = key_of(settings["lr"], settings["epochs"])
-    document = json.loads(out.read_text()) if out.is_file() else {"runs": []}
+    document = read_tuner_file(out) if out.is_file() else {"runs": []}
     if document.get("settings_fingerprint", fingerprint(settings)) != fingerprint(settings):
         raise SystemExit(f"{out} was tuned with other profile settings; pass another --out")
     tuned = document.get("method", "lora" if document["runs"] else args.method)  # older files: lora
     if tuned != args.method:
         raise SystemExit(f"{out} tunes {tuned}, not {args.method}; pass another --out")
     merge_runs(document, args.merge, args.method, fingerprint(settings))
-    done = {(r["lr"], r["epochs"], r["seed"]) for r in document["runs"]}
+    done = finished(document["runs"])
     grid = [(lr, e) for e in args.epochs for lr in args.lrs]
     if default not in {key_of(lr, e) for lr, e in grid}:
         grid.insert(0, (settings["lr"], settings["epochs"]))  # the default is always measured

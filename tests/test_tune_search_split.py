@@ -188,3 +188,10 @@ def test_a_grid_split_by_seed_merges_into_one_final_decision(tmp_path: Path, mon
     with pytest.raises(SystemExit, match="tunes another method or other profile settings"):
         tune_search_split.main()
     assert not (tmp_path / "b.json").exists()
+
+    log = tmp_path / "tune.log"
+    log.write_text("stsb seed 0 lr=0.0005,epochs=3: 0.0249\n")
+    monkeypatch.setattr(sys, "argv", [*argv, "--out", str(tmp_path / "b.json"), "--merge", str(log)])
+    with pytest.raises(SystemExit, match="not a tuner file"):
+        tune_search_split.main()
+    assert not (tmp_path / "b.json").exists()
