@@ -537,7 +537,7 @@ def excluded_tasks(summary: Summary) -> dict[str, str]:
 def methods_at_chance(summary: Summary) -> dict[tuple[str, str], str]:
     """(method, task) pairs where every run of a method is at chance on a task that LoRA-all learns.
 
-    Such a row is a model that learned nothing at the shared settings (a collapsed baseline), so the
+    Such a row is a model that learned nothing at the settings it ran with (a collapsed baseline), so the
     differences against it measure the settings, not the method.
     """
     excluded = excluded_tasks(summary)
@@ -1401,7 +1401,7 @@ def _targets_section(summary: Summary, cost: dict[str, Any] | None) -> list[str]
         collapsed = methods_at_chance(summary)
         lines += [
             f"- {summary.label(m)} on `{t}` is at chance on every run, {scores}: it learned nothing at the "
-            "shared settings, so differences against it measure those settings, not the method."
+            "settings it ran with, so differences against it measure those settings, not the method."
             for (m, t), scores in collapsed.items()
         ]
         lines += [""] if excluded or collapsed else []
