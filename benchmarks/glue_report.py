@@ -253,15 +253,18 @@ def load_jobs(runs_dir: Path) -> list[dict[str, Any]]:
 
 def run_device(run: dict[str, Any], job: dict[str, Any]) -> str:
     """The device one run ran on: its own record, else the device of the job's sessions before per-run
-    records (a job resumed on another machine keeps each run's own device; `unrecorded` when those differ)."""
+    records: the earlier sessions whose commit no run with its own record claims (a job resumed on another
+    machine keeps each run's own device; `unrecorded` when those differ)."""
     environments = job_environments(job)
     if run.get("device") and run["device"] != "cpu":
         return run["device"]
     if run.get("device"):  # which CPU: the one of the sessions at the run's commit, else of every CPU session
         cpus = [e for e in environments if not e["gpu"]]
         sessions = [e for e in cpus if e["git"]["commit"] == run.get("git_commit")] or cpus
-    else:  # from before per-run records: the sessions before the latest one (or the only one)
-        sessions = environments[:-1] or environments
+    else:  # from before per-run records: the earlier sessions whose commit no recorded run claims
+        earlier = environments[:-1] or environments
+        claimed = {r.get("git_commit") for r in job.get("runs", {}).values() if r.get("device")}
+        sessions = [e for e in earlier if e["git"]["commit"] not in claimed] or earlier
     names = {device_name(env) for env in sessions}
     if len(names) == 1:
         return names.pop()

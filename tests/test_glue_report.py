@@ -314,6 +314,18 @@ def test_a_cpu_run_is_credited_to_the_cpu_of_its_own_commit() -> None:
     assert run_device({}, job) == "CPU (old cpu)"  # no per-run record: from before the latest session
 
 
+def test_a_run_without_a_device_record_skips_the_sessions_that_recorded_their_runs() -> None:
+    # a GPU session before per-run records, then two CPU sessions that recorded theirs, the latest one last
+    job = _job("cola", 0, {}, {})
+    gpu = {**job["environment"], "gpu": "old gpu", "git": {"commit": "g", "dirty": False}}
+    cpu = {**job["environment"], "cpu": "old cpu", "git": {"commit": "c", "dirty": False}}
+    job["earlier_environments"] = [gpu, cpu]
+    job["runs"] = {"eva": {"device": "cpu", "git_commit": "c"}, "r4": {"device": "cpu", "git_commit": "abc"}}
+    assert run_device({}, job) == "old gpu"  # not `unrecorded`: the CPU session at c ran eva
+    job["runs"]["eva"]["git_commit"] = "abc"  # no run claims the CPU session: the GPU and it stay possible
+    assert run_device({}, job) == "unrecorded"
+
+
 def test_incomplete_task_is_left_out_of_the_averages_and_the_targets(tmp_path: Path) -> None:
     # rte has LoRA-all on seed 0 only (a benchmark stopped early), where DiffoRA would lose badly
     jobs = [j for j in _cpu_jobs({"diffora": {"cola": 0.05}}) if j["task"] == "cola"]
