@@ -268,8 +268,11 @@ class Job:
         self.task, self.seed = spec["task"], spec["seed"]
         self.path = Path(spec["path"])
         self.results_dir = results_dir_of(spec)
-        self.adapter = AdapterConfig(
-            model=None, rank=self.settings["rank"], lora_alpha=self.settings["lora_alpha"]
+        self.adapter = AdapterConfig(  # profiles without a pooler setting ran with the frozen pooler
+            model=None,
+            rank=self.settings["rank"],
+            lora_alpha=self.settings["lora_alpha"],
+            pooler=self.settings.get("pooler", "frozen"),
         )
         self.data_config = DataConfig(
             task=self.task,

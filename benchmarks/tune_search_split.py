@@ -68,12 +68,16 @@ def choose(scores: dict[str, dict[int, float]], default: str) -> dict[str, Any]:
 METHOD_LABELS = {"lora": "LoRA-all", "loraplus": "LoRA+ (all modules)", "adalora": "AdaLoRA (budget matched)"}
 
 
-def search_split_job(task: str, seed: int, method: str, profile: str, data_dir: str, threads: int) -> Job:
+def search_split_job(
+    task: str, seed: int, method: str, profile: str, data_dir: str, threads: int, pooler: str = "frozen"
+) -> Job:
     """A GLUE job of `profile` whose training data is the (task, seed) search-train split, its eval data
     the search-val split (in length order): the dev set never enters."""
     from diffora.data import TaskData
 
     settings = PROFILES[profile].for_task(task)
+    if pooler != "frozen":  # the profiles' pooler; another one is part of the settings' fingerprint
+        settings["pooler"] = pooler
     spec = {
         "task": task,
         "seed": seed,
@@ -95,7 +99,9 @@ def search_split_job(task: str, seed: int, method: str, profile: str, data_dir: 
 
 def tune_one(task: str, seed: int, lr: float, epochs: float, args: argparse.Namespace) -> dict[str, Any]:
     """`args.method` on the (task, seed) search-train split, scored on its search-val split."""
-    job = search_split_job(task, seed, args.method, args.profile, args.data_dir, args.threads)
+    job = search_split_job(
+        task, seed, args.method, args.profile, args.data_dir, args.threads, args.pooler
+    )
     job.settings = {**job.settings, "lr": lr, "epochs": epochs}
     record = job.run_method(args.method)
     return {
@@ -265,6 +271,12 @@ def main() -> int:
     parser.add_argument("--lrs", type=float, nargs="+", default=[2e-4, 5e-4, 1e-3])
     parser.add_argument("--epochs", type=float, nargs="+", default=[3.0])
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    parser.add_argument(
+        "--pooler",
+        default="frozen",
+        choices=["frozen", "train", "identity"],
+        help="the classifier's pooler (frozen: the profiles' setting)",
+    )
     parser.add_argument("--workers", type=int, default=1, help="grid runs at once, each its own process")
     parser.add_argument("--out", required=True)
     parser.add_argument(
@@ -278,6 +290,8 @@ def main() -> int:
 
     out = Path(args.out)
     settings = PROFILES[args.profile].for_task(args.task)
+    if args.pooler != "frozen":
+        settings["pooler"] = args.pooler
     default = key_of(settings["lr"], settings["epochs"])
     document = read_tuner_file(out) if out.is_file() else {"runs": []}
     if document.get("settings_fingerprint", fingerprint(settings)) != fingerprint(settings):

@@ -75,3 +75,28 @@ def test_vanilla_peft_reload_and_merge_give_diffora_logits(tiny_bert_dir, tiny_g
     assert np.abs(theirs["merged"] - ours).max() < 1e-4
     assert np.abs(ours).max() > 0 and not np.allclose(ours[:, 0], ours[0, 0])  # real, varying outputs
     assert "classifier" in json.loads((out / "adapter_config.json").read_text())["modules_to_save"]
+
+
+def test_an_untrained_pooler_trains_with_the_head_and_reloads_with_peft_alone(
+    tiny_bert_dir, tiny_glue_dir, tmp_path
+) -> None:
+    """The tiny model's pooler has a zero bias (never trained): 'auto' trains it, the adapter carries it."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    out = tmp_path / "run"
+    run(
+        DataConfig(task="rte", data_dir=str(tiny_glue_dir), max_length=16),
+        AdapterConfig(model=str(tiny_bert_dir), rank=2),
+        SearchConfig(epochs=1, batch_size=8, lr=1e-2),
+        FinetuneConfig(epochs=1, batch_size=8, lr=1e-2),
+        output_dir=out,
+    )
+    saved = json.loads((out / "adapter_config.json").read_text())["modules_to_save"]
+    assert "bert.pooler" in saved
+    base = AutoModelForSequenceClassification.from_pretrained(str(tiny_bert_dir), num_labels=2)
+    untouched = base.bert.pooler.dense.weight.detach().clone()
+    model = PeftModel.from_pretrained(base, str(out))
+    reloaded = model.base_model.model.bert.pooler.modules_to_save["default"].dense.weight
+    assert not torch.equal(reloaded, untouched)  # the trained pooler came back from the adapter file

@@ -16,7 +16,7 @@ from diffora.data import load_task_data, subsample
 from diffora.datafiles import Example
 from diffora.errors import OptionError
 from diffora.models import (
-    find_head_modules,
+    default_heads,
     load_classifier,
     load_tokenizer,
     refusing_unsafe_pickles,
@@ -33,8 +33,10 @@ def open_classifier_workbench(data_config: DataConfig, adapter: AdapterConfig, s
     data = load_task_data(data_config)
     model_path = resolve_model_path(adapter.model)
     tokenizer = load_tokenizer(model_path, adapter.trust_remote_code)
-    model = load_classifier(model_path, data.spec, tokenizer, adapter.trust_remote_code, seed=seed)
-    head_modules = find_head_modules(model)
+    model = load_classifier(
+        model_path, data.spec, tokenizer, adapter.trust_remote_code, seed=seed, pooler=adapter.pooler
+    )
+    head_modules = default_heads(model, adapter.pooler)
     candidates = find_candidates(model, adapter.include, adapter.exclude, head_modules)
     device = pick_device()
     return Workbench(data, tokenizer, model.to(device), model_path, candidates, head_modules, device, adapter)

@@ -32,6 +32,9 @@ GATE_OPTIONS = (
     "unrolled_lr",
 )
 ORDERS = ("first", "second")
+# What happens to a classifier's pooler (BERT's dense + tanh over [CLS]): 'auto' trains it with the head where
+# it was never trained (sentence-transformers checkpoints: zero bias), 'train' always, 'frozen' never
+POOLERS = ("auto", "train", "identity", "frozen")
 PROBLEM_TYPES = ("classification", "regression")
 MIXED_PRECISIONS = ("no", "bf16", "fp16")
 CAUSAL_TASK = "causal"
@@ -282,9 +285,17 @@ class AdapterConfig:
     trust_remote_code: bool = option(
         False, "Allow model code from the hub (off: only built-in architectures)."
     )
+    pooler: str = option(
+        "auto",
+        "A classifier's pooler (dense + tanh over the first token): 'auto' trains it with the head where it "
+        "was never trained (zero bias, as in sentence-transformers checkpoints) and leaves a pretrained one "
+        "frozen; 'train' trains it with the head; 'identity' resets its weight to the identity, then trains "
+        "it; 'frozen' never trains it.",
+    )
 
     def __post_init__(self) -> None:
         with _options_of(self):
+            _require_choice("pooler", self.pooler, POOLERS)
             _require(self.rank >= 1, f"`rank` must be at least 1, got {self.rank}")
             _require(self.lora_alpha > 0, f"`lora_alpha` must be positive, got {self.lora_alpha}")
             _require_fraction("lora_dropout", self.lora_dropout, allow_one=False)

@@ -81,8 +81,12 @@ def load_classifier(
     tokenizer: PreTrainedTokenizerBase,
     trust_remote_code: bool = False,
     seed: int = 0,
+    pooler: str = "auto",
 ) -> nn.Module:
-    """A sequence classification (or regression) model with a freshly initialised, seeded head."""
+    """A sequence classification (or regression) model with a freshly initialised, seeded head.
+
+    `pooler` 'identity' resets the weight of the model's pooler (if it has one) to the identity.
+    """
     _check_loadable(model_path, trust_remote_code)
     torch.manual_seed(seed)  # the new head's initialisation
     problem_type = "regression" if spec.is_regression else "single_label_classification"
@@ -96,6 +100,8 @@ def load_classifier(
         )  # a checkpoint with another head size gets a fresh head
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
+    if pooler == "identity":
+        reset_pooler_to_identity(model)
     return model
 
 
@@ -132,12 +138,59 @@ def find_head_modules(model: nn.Module) -> list[str]:
     ]
 
 
-def default_heads(model: nn.Module) -> list[str]:
-    """The modules a search or fine-tune trains in full: a classifier's task head; none for a causal LM,
-    whose LM head is pretrained."""
+def find_pooler(model: nn.Module) -> str | None:
+    """The full name of the model's pooler (a module named 'pooler' with a linear `dense`), or None.
+
+    >>> find_pooler(bert_for_sequence_classification)
+    'bert.pooler'
+    """
+    for name, module in model.named_modules():
+        if name.rsplit(".", 1)[-1] == "pooler" and isinstance(getattr(module, "dense", None), nn.Linear):
+            return name
+    return None
+
+
+def pooler_is_untrained(model: nn.Module, name: str) -> bool:
+    """True when the pooler's dense bias is exactly zero: it never trained (sentence-transformers checkpoints,
+    trained with mean pooling, ship BERT's pooler as initialised; a trained bias is never all zeros)."""
+    bias = model.get_submodule(name).dense.bias
+    return bias is not None and not bool(torch.count_nonzero(bias))
+
+
+def trained_pooler(model: nn.Module, pooler: str = "auto") -> str | None:
+    """The pooler that trains in full with the task head under the `pooler` option, or None."""
+    name = find_pooler(model)
+    if name is None or pooler == "frozen":
+        return None
+    if pooler == "auto" and not pooler_is_untrained(model, name):
+        return None
+    return name
+
+
+@torch.no_grad()
+def reset_pooler_to_identity(model: nn.Module) -> None:
+    """Pass the first token's hidden state through the pooler unchanged (before its tanh)."""
+    name = find_pooler(model)
+    if name is None:
+        return
+    dense = model.get_submodule(name).dense
+    if dense.in_features != dense.out_features:
+        raise OptionError(f"pooler 'identity' needs a square pooler, {name} is {tuple(dense.weight.shape)}")
+    dense.weight.copy_(torch.eye(dense.out_features, dtype=dense.weight.dtype))
+    if dense.bias is not None:
+        dense.bias.zero_()
+
+
+def default_heads(model: nn.Module, pooler: str = "auto") -> list[str]:
+    """The modules a search or fine-tune trains in full: a classifier's task head, with its pooler where the
+    `pooler` option trains it; none for a causal LM, whose LM head is pretrained."""
     from diffora.lora import peft_task_type
 
-    return [] if peft_task_type(model) == "CAUSAL_LM" else find_head_modules(model)
+    if peft_task_type(model) == "CAUSAL_LM":
+        return []
+    heads = find_head_modules(model)
+    extra = trained_pooler(model, pooler)
+    return heads + ([extra] if extra is not None and extra not in heads else [])
 
 
 def count_trainable_parameters(model: nn.Module) -> int:

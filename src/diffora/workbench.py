@@ -32,7 +32,12 @@ class Workbench:
     def fresh_model(self, seed: int = 0) -> nn.Module:
         """A new copy of the pretrained model with a head initialised from `seed`, on the run's device."""
         return load_classifier(
-            self.model_path, self.data.spec, self.tokenizer, self.adapter.trust_remote_code, seed=seed
+            self.model_path,
+            self.data.spec,
+            self.tokenizer,
+            self.adapter.trust_remote_code,
+            seed=seed,
+            pooler=self.adapter.pooler,
         ).to(self.device)
 
     def loader(self, examples: list, batch_size: int, max_length: int, shuffle: bool, seed: int):
