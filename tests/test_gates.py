@@ -92,3 +92,40 @@ def test_gate_gradient_is_exactly_zero_while_b_is_zero() -> None:
     gates.attach(peft_model)
     (gradient,) = torch.autograd.grad(peft_model(**random_batch()).loss, [gates.logits])
     assert torch.count_nonzero(gradient) == 0
+
+
+def test_normalized_gates_make_the_update_size_immune_to_the_scale_of_b() -> None:
+    """Pinned: B x 10 changes nothing; the gate alone sizes the update (g * c * BA / ||BA||)."""
+    peft_model, candidates = _wrapped_model()
+    batch = random_batch()
+    gates = DAMGates(candidates, "sigmoid", 1.0, initial_logit=math.log(0.3 / 0.7))
+    gates.attach(peft_model)
+    before = _logits(peft_model, batch)
+    gates.pin_update_norms()
+    assert torch.allclose(_logits(peft_model, batch), before, atol=1e-6)  # pinning alone changes nothing
+    with torch.no_grad():
+        for candidate in candidates:
+            lora_b_layer(peft_model, candidate.name).weight.mul_(10.0)
+    assert torch.allclose(_logits(peft_model, batch), before, atol=1e-5)
+    gates.detach()
+    assert not torch.allclose(_logits(peft_model, batch), before, atol=1e-3)  # unpinned, B's scale shows
+
+
+def test_a_normalized_search_exports_b_at_its_pinned_update_norm(tiny_bert_dir, tiny_glue_dir) -> None:
+    from diffora.config import DataConfig, FinetuneConfig, SearchConfig
+    from diffora.pipeline import search
+
+    config = SearchConfig(lora_drop=False, gate_form="normalized", epochs=2, batch_size=8, lr=1e-2)
+    outcome = search(
+        DataConfig(task="rte", data_dir=str(tiny_glue_dir), max_length=16),
+        AdapterConfig(model=str(tiny_bert_dir), rank=2),
+        config,
+        finetune_config=FinetuneConfig(),
+    )
+    dam = outcome.dam
+    assert len(set(dam.gates)) > 1  # the gates learned
+    assert outcome.pinned_norms is not None and min(outcome.pinned_norms) > 0
+    for candidate, pinned in zip(dam.candidates, outcome.pinned_norms, strict=True):
+        a = dam.search_weights[f"{candidate.name}.lora_A.weight"]
+        b = dam.search_weights[f"{candidate.name}.lora_B.weight"]
+        assert torch.linalg.matrix_norm(b @ a).item() == pytest.approx(pinned, rel=1e-4)

@@ -56,6 +56,7 @@ class SearchOutcome:
     seconds: float = 0.0
     steps: int = 0
     peft_model: PeftModel | None = None
+    pinned_norms: list[float] | None = None  # gate_form 'normalized': each module's pinned ||B A||_F
 
 
 NORM_BATCHES = 4  # search-val batches for the update norms ('magnitude') and the size curve (--rho auto)
@@ -230,6 +231,8 @@ class BilevelSearch:
         if resume is not None:
             restore(resume, modules, optimizers)
             first_step, consumed, history = resume.step, dict(resume.consumed), resume.meta.get("history", [])
+            if resume.meta.get("pinned_norms") is not None:
+                self.gates.pin_update_norms(torch.tensor(resume.meta["pinned_norms"], device=device))
         train_batches = resumable_batches(train_loader, consumed["train"])
         val_batches = resumable_batches(val_loader, consumed["val"])
         self.model.train()
@@ -245,6 +248,8 @@ class BilevelSearch:
             consumed["train"] += accumulation
             val_loss = None
             if step >= warmup_steps and not self.config.lora_drop:
+                if self.config.gate_form == "normalized" and self.gates.pinned_norms is None:
+                    self.gates.pin_update_norms()  # from here on B turns the update, the gate sizes it
                 val_batch = [to_device(next(val_batches), device) for _ in range(accumulation)]
                 val_loss = self.gate_step(val_batch, train_batch, step)
                 consumed["val"] += accumulation
@@ -264,11 +269,17 @@ class BilevelSearch:
                 history.append(record)
                 if log is not None:
                     log.write(**record)
-                mean_gate = sum(record["gates"]) / len(record["gates"])
-                progress.set_postfix(loss=f"{train_loss:.4f}", mean_gate=f"{mean_gate:.3f}")
+                if self.config.lora_drop:  # no gates: every one is 1 throughout
+                    progress.set_postfix(loss=f"{train_loss:.4f}")
+                else:
+                    mean_gate = sum(record["gates"]) / len(record["gates"])
+                    phase = "warm-up" if step < warmup_steps else "gates"
+                    progress.set_postfix(loss=f"{train_loss:.4f}", phase=phase, mean_gate=f"{mean_gate:.3f}")
             stopping = stop_agreed(self.accelerator, stop_requested())
             if checkpointer is not None and (stopping or checkpointer.due(step + 1, total_steps)):
-                checkpointer.save(step + 1, modules, optimizers, consumed, {"history": history})
+                pinned = self.gates.pinned_norms
+                meta = {"history": history, "pinned_norms": None if pinned is None else pinned.tolist()}
+                checkpointer.save(step + 1, modules, optimizers, consumed, meta)
             if stopping:
                 saved = checkpointer.last_saved if checkpointer is not None else None
                 raise Interrupted("search", step + 1, saved)
@@ -359,6 +370,18 @@ def size_curve(
     }
 
 
+def _rescale_to_pinned_norms(
+    weights: dict[str, torch.Tensor], gates: DAMGates, names: Sequence[str]
+) -> None:
+    """Scale each exported B so that ||B A||_F equals the module's pinned norm: the update the search model
+    applied (gate aside), as plain LoRA weights."""
+    for name, pinned in zip(names, gates.pinned_norms.cpu().tolist(), strict=True):
+        a, b = weights[f"{name}.lora_A.weight"].float(), weights[f"{name}.lora_B.weight"]
+        current = torch.linalg.matrix_norm(b.float() @ a).item()
+        if current > 0:
+            weights[f"{name}.lora_B.weight"] = b * (pinned / current)
+
+
 def run_search(
     model: nn.Module,
     candidates: Sequence[Candidate],
@@ -422,6 +445,8 @@ def run_search(
         dam.size_curve["ranking"] = size_ranking
         gates.detach()
     weights = export_adapter_tensors(peft_model, [c.name for c in candidates], head_modules)
+    if gates.pinned_norms is not None:  # normalized gates: each B rescaled to the size it was pinned to
+        _rescale_to_pinned_norms(weights, gates, [c.name for c in candidates])
     dam.search_weights = weights  # the DAM carries what weight sharing needs: these and its head_modules
     return SearchOutcome(
         dam=dam,
@@ -431,4 +456,5 @@ def run_search(
         seconds=time.perf_counter() - started,
         steps=steps,
         peft_model=peft_model,
+        pinned_norms=None if gates.pinned_norms is None else gates.pinned_norms.cpu().tolist(),
     )

@@ -14,6 +14,7 @@ from typing import Any
 from diffora.errors import OptionError
 
 RELAXATIONS = ("sigmoid", "softmax")
+GATE_FORMS = ("scale", "normalized")
 SELECTIONS = ("global", "per_layer")
 SHARING = ("inherit", "inherit_fold", "reinit")
 RANKINGS = ("gate", "perturbation", "magnitude", "mlp", "attention")
@@ -23,6 +24,7 @@ DEFAULT_RANKING = "magnitude"
 # SearchConfig fields that only the gate search uses (a `lora_drop` search refuses them)
 GATE_OPTIONS = (
     "relaxation",
+    "gate_form",
     "temperature",
     "order",
     "warmup_fraction",
@@ -311,6 +313,12 @@ class SearchConfig:
         "(modules of a layer compete; uniform logits give gate 1).",
     )
     temperature: float = option(1.0, "Temperature tau of the relaxation.")
+    gate_form: str = option(
+        "scale",
+        "How a gate acts on its module: 'scale' (the paper's g * B A, whose scale B can take over) or "
+        "'normalized' (after the warm-up the update's size is pinned: g * c * B A / ||B A||, c the module's "
+        "update norm when the gates start, ||B A|| detached; the gate is the module's strength).",
+    )
     order: str = option(
         "first", "Bi-level approximation: 'first' (alternating) or 'second' (DARTS unrolled)."
     )
@@ -349,6 +357,7 @@ class SearchConfig:
     def __post_init__(self) -> None:
         with _options_of(self):
             _require_choice("relaxation", self.relaxation, RELAXATIONS)
+            _require_choice("gate_form", self.gate_form, GATE_FORMS)
             _require_choice("order", self.order, ORDERS)
             _require(self.temperature > 0, f"`temperature` must be positive, got {self.temperature}")
             _require(self.epochs > 0, f"`epochs` must be positive, got {self.epochs}")

@@ -17,7 +17,7 @@ from torch.utils.hooks import RemovableHandle
 
 from diffora.candidates import Candidate
 from diffora.config import RELAXATIONS
-from diffora.lora import lora_a_layer
+from diffora.lora import lora_a_layer, lora_b_layer
 
 
 def relaxed_gates(
@@ -61,8 +61,11 @@ class DAMGates(nn.Module):
         self.logits = nn.Parameter(torch.full((len(self.candidates),), float(initial_logit)))
         self.mask: torch.Tensor | None = None  # multiplies the gates; zeros switch modules off
         self.constant = False  # every gate exactly 1 whatever the logits (a `lora_drop` search: plain LoRA)
+        # gate_form 'normalized': each module's update norm ||B A||_F when pinned; None while not pinned
+        self.pinned_norms: torch.Tensor | None = None
         self._current: torch.Tensor | None = None
         self._handles: list[RemovableHandle] = []
+        self._lora_pairs: list[tuple[nn.Module, nn.Module]] = []
 
     def gates(self) -> torch.Tensor:
         """The relaxed gate values (times `mask` when one is set), differentiable in the logits."""
@@ -78,8 +81,10 @@ class DAMGates(nn.Module):
         """Hook the gates into `peft_model`; they are recomputed once per forward pass of the model."""
         self.detach()
         self._handles.append(peft_model.register_forward_pre_hook(self._refresh))
-        for index, candidate in enumerate(self.candidates):
-            layer = lora_a_layer(peft_model, candidate.name)
+        self._lora_pairs = [
+            (lora_a_layer(peft_model, c.name), lora_b_layer(peft_model, c.name)) for c in self.candidates
+        ]
+        for index, (layer, _) in enumerate(self._lora_pairs):
             self._handles.append(layer.register_forward_hook(self._gate_hook(index)))
 
     def detach(self) -> None:
@@ -89,8 +94,32 @@ class DAMGates(nn.Module):
         self._handles.clear()
         self._current = None
 
+    @torch.no_grad()
+    def update_norms(self) -> torch.Tensor:
+        """||B A||_F of every candidate's LoRA update (attached model), from r x r products."""
+        norms = []
+        for lora_a, lora_b in self._lora_pairs:
+            a, b = lora_a.weight.float(), lora_b.weight.float()
+            norms.append(torch.sqrt(((b.T @ b) * (a @ a.T)).sum().clamp_min(0.0)))
+        return torch.stack(norms).to(self.logits.device)
+
+    def pin_update_norms(self, norms: torch.Tensor | None = None) -> None:
+        """Fix each module's update size from now on: its update becomes g * c * B A / ||B A||, c = `norms`
+        (default: today's ||B A||_F), so that B can change the update's direction only, never its size."""
+        self.pinned_norms = (self.update_norms() if norms is None else norms).detach().clone()
+
+    def strengths(self) -> torch.Tensor:
+        """Each module's update size in units of its pinned norm: the gate (pinned) or gate x ||BA|| / c."""
+        gates = self.gates().detach()
+        return gates if self.pinned_norms is None else gates * self.pinned_norms
+
     def _refresh(self, *_: object) -> None:
-        self._current = self.gates()
+        gates = self.gates()
+        if self.pinned_norms is not None:  # pinned size over today's size, detached: B's scale cannot move it
+            current = self.update_norms()
+            ratio = torch.where(current > 0, self.pinned_norms / current.clamp_min(1e-12), 1.0)
+            gates = gates * ratio
+        self._current = gates
 
     def _gate_hook(self, index: int):
         def hook(_module: nn.Module, _inputs: object, output: torch.Tensor) -> torch.Tensor:

@@ -143,6 +143,11 @@ class DiffoRASearchTrainer(transformers.Trainer):
         self.diffora_config = diffora_config or SearchConfig(lora_drop=False)
         if self.diffora_config.order != "first":
             raise DifforaError("DiffoRASearchTrainer runs the first-order search; use order='first'")
+        if self.diffora_config.gate_form != "scale":
+            raise DifforaError(
+                "DiffoRASearchTrainer learns the paper's gates: use gate_form='scale', or diffora.search for "
+                "'normalized' gates"
+            )
         if self.diffora_config.lora_drop:
             raise DifforaError(
                 "DiffoRASearchTrainer learns gates: pass SearchConfig(lora_drop=False, ...); for LoRA-drop "
