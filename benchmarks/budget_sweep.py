@@ -381,6 +381,10 @@ def run_job(task: str, seed: int, args: argparse.Namespace) -> str:
     torch.set_num_threads(args.threads)
     fractions = [parse_budget_fraction(b) for b in args.budgets]
     job = SweepJob(task, seed, REGIMES[task], args.data_dir, Path(args.out), args.model)
+    if args.scores_only:  # the fast inner loop: warm-up and searches, no fine-tune
+        for selector in args.selectors:
+            job.selector_scores(selector)
+        return f"{task} seed {seed} (scores)"
     rows = row_order(args.selectors, args.random_picks)
     job.run(fractions, rows, args.lora_ranks)
     return f"{task} seed {seed}"
@@ -513,6 +517,54 @@ def across_tasks(differences: Any) -> Any:
     return pd.DataFrame.from_records(rows)
 
 
+def score_agreement(out: Path, fractions: list[Fraction]) -> Any:
+    """Per (task, scorer): Spearman with the drop value (mean over seeds) and, at each budget, the mean
+    pairwise Jaccard over seeds of the modules kept (how repeatable a selector is; random picks for scale)."""
+    import itertools
+
+    import pandas as pd
+    from scipy import stats
+
+    from diffora.selection import budget_select, random_budget_select
+
+    jobs: dict[str, list[dict[str, Any]]] = {}
+    for path in sorted((out / "runs").glob("*.json")):
+        document = json.loads(path.read_text())
+        jobs.setdefault(document["task"], []).append(document)
+    rows = []
+    for task, documents in jobs.items():
+        scorers = sorted({name for d in documents for name in d["scores"] if d["scores"][name] is not None})
+        for scorer in [*scorers, "random"]:
+            have = [d for d in documents if scorer == "random" or d["scores"].get(scorer) is not None]
+            if not have:
+                continue
+            row: dict[str, Any] = {"task": task, "scorer": scorer, "seeds": len(have)}
+            with_value = [d for d in have if d["scores"].get("drop_value") is not None and scorer != "random"]
+            if with_value:
+                row["spearman_drop_value"] = sum(
+                    stats.spearmanr(d["scores"][scorer], d["scores"]["drop_value"]).statistic
+                    for d in with_value
+                ) / len(with_value)
+            for fraction in fractions:
+                kept = []
+                for d in have:
+                    budget = int(fraction * sum(d["costs"]))
+                    if scorer == "random":
+                        picked = random_budget_select(
+                            d["costs"], budget, random_pick_seed(task, d["seed"], fraction, 0)
+                        )
+                    else:
+                        picked = budget_select(d["scores"][scorer], d["costs"], budget)
+                    kept.append(set(picked))
+                pairs = list(itertools.combinations(kept, 2))
+                if pairs:
+                    row[f"jaccard_{budget_label(fraction)}"] = sum(
+                        len(a & b) / len(a | b) if a | b else 1.0 for a, b in pairs
+                    ) / len(pairs)
+            rows.append(row)
+    return pd.DataFrame.from_records(rows)
+
+
 def plot_task(frame: Any, task: str, path: Path) -> None:
     """Score (report half) against adapter parameters: a line per selector, the random picks as a band."""
     import matplotlib
@@ -554,13 +606,34 @@ def plot_task(frame: Any, task: str, path: Path) -> None:
     plt.close(figure)
 
 
-def report(out: Path, command: str) -> None:
+def report(out: Path, command: str, fractions: list[Fraction]) -> None:
     """budget_sweep.json / .md and one plot per task from the job files under `out`."""
     from diffora.io import atomic_write, atomic_write_json
 
     frame = load_rows(out)
-    if frame.empty:
+    agreement = score_agreement(out, fractions)
+    if frame.empty and agreement.empty:
         raise SystemExit(f"no finished runs under {out}/runs; run the sweep first")
+    fmt = {"floatfmt": ".2f", "index": False}
+    agreement_lines = [
+        "## Do the scores agree with each module's value?",
+        "",
+        "Spearman: rank correlation over the candidates of each score with the drop value (the rise of the",
+        "search-val loss when the module is dropped from the warm-up model), mean over seeds. Jaccard: mean",
+        "pairwise overlap over seeds of the modules each score keeps at a budget (random picks for scale).",
+        "",
+        agreement.to_markdown(**fmt) if not agreement.empty else "(no scores yet)",
+        "",
+    ]
+    if frame.empty:
+        text = "\n".join(["# Budget sweep: scores only (no fine-tune yet)", "", f"Report: `{command}`.", ""])
+        text += "\n".join(agreement_lines)
+        atomic_write(out.parent / "budget_sweep.md", lambda handle: handle.write(text))
+        atomic_write_json(
+            out.parent / "budget_sweep.json",
+            {"command": command, "provenance": provenance(), "score_agreement": agreement.to_dict("records")},
+        )
+        return
     differences = paired_differences(frame)
     average = across_tasks(differences) if not differences.empty else differences
     scores = (
@@ -582,9 +655,9 @@ def report(out: Path, command: str) -> None:
         "scores": scores.to_dict(orient="records"),
         "minus_random": differences.to_dict(orient="records"),
         "minus_random_across_tasks": average.to_dict(orient="records"),
+        "score_agreement": agreement.to_dict(orient="records"),
     }
     atomic_write_json(out.parent / "budget_sweep.json", document)
-    fmt = {"floatfmt": ".2f", "index": False}
     lines = [
         "# Budget sweep: selectors against random picks of the same size",
         "",
@@ -605,6 +678,7 @@ def report(out: Path, command: str) -> None:
         "",
         average.to_markdown(**fmt) if not average.empty else "(needs every task at the same budget and row)",
         "",
+        *agreement_lines,
     ]
     text = "\n".join(lines)
     atomic_write(out.parent / "budget_sweep.md", lambda handle: handle.write(text))
@@ -637,6 +711,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=1, help="(task, seed) jobs at once, one process each")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per job")
     parser.add_argument("--report-only", action="store_true", help="rewrite the report from the job files")
+    parser.add_argument(
+        "--scores-only",
+        action="store_true",
+        help="only the warm-up and searches (score agreement, no fine-tune)",
+    )
     return parser.parse_args(argv)
 
 
@@ -660,7 +739,7 @@ def main(argv: list[str] | None = None) -> int:
                 futures = [pool.submit(run_job, task, seed, args) for task, seed in jobs]
                 for future in as_completed(futures):
                     print(f"done: {future.result()}", flush=True)
-    report(out, command)
+    report(out, command, [parse_budget_fraction(b) for b in args.budgets])
     return 0
 
 

@@ -52,6 +52,9 @@ def test_the_sweep_runs_every_row_from_one_warm_up_and_resumes(
     assert {row["row"] for row in document["minus_random"]} >= {"lora_drop", "gates_normalized"}
     assert all(row["n_seeds"] == 2 for row in document["minus_random"])
     assert (tmp_path / "sweep" / "budget_sweep_rte.png").stat().st_size > 0
+    agreement = {row["scorer"]: row for row in document["score_agreement"]}
+    assert -1 <= agreement["gates_normalized"]["spearman_drop_value"] <= 1
+    assert 0 <= agreement["random"]["jaccard_1/4x"] <= 1
 
     def no_training(*_args, **_kwargs):
         raise AssertionError("a finished run was trained again")
