@@ -68,7 +68,7 @@ class Regime:
     lora_alpha: float = 16.0
     search_epochs: float = 1.0
     score_batches: int = 8  # search-val batches for the drop value
-    pooler: str = "auto"
+    pooler: str = "train"  # the untrained MiniLM pooler trains with the head (benchmarks/results/head)
     source: str = "package defaults (lr, epochs); not yet tuned on the search split"
 
 
