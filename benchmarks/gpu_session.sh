@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# The GPU session of issue 14, run by the device tool in a copy of the working tree (no .git, no network):
+# The benchmarks on one GPU, run in a copy of the working tree (no .git, no network; see benchmarks/README.md):
 #   bash benchmarks/gpu_session.sh SECONDS STAGE...      stages: throughput bf16 selection baselines
-# It needs, in git-ignored folders that travel with the call: .device/minilm-fp16 (the embedded MiniLM in
+# It needs, in git-ignored folders copied with the tree: .device/minilm-fp16 (the embedded MiniLM in
 # fp16: the tree may carry at most 64 MiB), .device/glue (CoLA SST-2 MRPC STS-B RTE), .device/commonsense
 # (ARC-Easy), .device/COMMIT (the commit of the tree), .whl (peft 0.21.2, the version the CPU runs use).
-# Everything it writes goes to /tmp/gpu-results (seeded from benchmarks/results/gpu, kept while the machine
-# stays warm between calls), packed into $OUT/results_gpu.tgz before SECONDS end.
+# Everything it writes goes to /tmp/gpu-results (seeded from benchmarks/results/gpu, kept between runs on the
+# same machine), packed into $OUT/results_gpu.tgz before SECONDS end.
 set -u
 started=$(date +%s)
 deadline=$((started + $1)); shift

@@ -67,17 +67,17 @@ def recorded_gate_gradients() -> Iterator[list[list[float]]]:
     original = BilevelSearch.gate_step
 
     def gate_step(self: BilevelSearch, *args: Any, **kwargs: Any) -> float:
-        step = self.gate_optimizer.step
+        step = self.gate_learner.optimizer.step
 
         def recording_step(*step_args: Any, **step_kwargs: Any) -> Any:
             recorded.append(self.gates.logits.grad.detach().cpu().tolist())
             return step(*step_args, **step_kwargs)
 
-        self.gate_optimizer.step = recording_step
+        self.gate_learner.optimizer.step = recording_step
         try:
             return original(self, *args, **kwargs)
         finally:
-            del self.gate_optimizer.step
+            del self.gate_learner.optimizer.step
 
     BilevelSearch.gate_step = gate_step
     try:

@@ -54,7 +54,7 @@ def test_search_dam_on_datasets_returns_a_standard_lora_config_and_the_search_we
     query = model.bert.encoder.layer[0].attention.self.query
     assert query.scaling["default"] == pytest.approx(8 / math.sqrt(4))
     assert len(dam.candidates) == 12 and all(math.isfinite(g) for g in dam.gates)
-    assert dam.head_modules == ["classifier"]
+    assert dam.head_modules == ["classifier", "bert.pooler"]  # a random pooler (zero bias) trains too
     assert dam.size_curve is not None and dam.size_curve["ranking"] == "magnitude"
 
     kept = dam.select(budget="0.5x")
@@ -64,11 +64,12 @@ def test_search_dam_on_datasets_returns_a_standard_lora_config_and_the_search_we
     assert isinstance(lora, LoraConfig)
     assert set(lora.target_modules) == {c.name for c in kept}
     assert lora.use_rslora and lora.lora_dropout == 0.1 and lora.r == 4
-    assert lora.modules_to_save == ["classifier"]
+    assert lora.modules_to_save == ["classifier", "bert.pooler"]
     assert config.lora.target_modules is None  # the template itself is not modified
     dam.save(tmp_path / "dam.json", rho=0.5)  # the head survives the file: a task-type-less template needs it
     assert DAM.load(tmp_path / "dam.json").to_lora_config(kept, base=config.lora).modules_to_save == [
-        "classifier"
+        "classifier",
+        "bert.pooler",
     ]
 
     peft_model = get_peft_model(_model(seed=1), lora)  # a fresh base: any PEFT / Trainer code from here
@@ -172,3 +173,72 @@ def test_the_configs_ranking_is_the_dams_default_in_memory_and_in_dam_json(tmp_p
     dam.save(tmp_path / "dam.json", rho=0.25)
     loaded = DAM.load(tmp_path / "dam.json")
     assert loaded.ranking == "perturbation" and loaded.select(rho=0.25) == by_perturbation
+
+
+@pytest.mark.parametrize(
+    ("targets", "kinds"),
+    [
+        (["query", "value"], {"query", "value"}),
+        (r".*\.query", {"query"}),
+        (["attention.self.value"], {"value"}),
+    ],
+)
+def test_lora_target_modules_limit_the_candidates(targets, kinds) -> None:
+    """PEFT's matching: a list entry is a full name or a suffix after a '.', a string a full-match regex."""
+    config = _config(lora=LoraConfig(r=4, target_modules=targets), search=SearchConfig(epochs=1))
+    dam = search_dam(_model(), _dataset(16, seed=1), _dataset(8, seed=2), config)
+    assert len(dam.candidates) == 2 * len(kinds)  # two layers
+    assert {c.name.rsplit(".", 1)[-1] for c in dam.candidates} == kinds
+    kept = dam.select(rho=0.5)
+    assert set(dam.to_lora_config(kept, base=config.lora).target_modules) == {c.name for c in kept}
+    assert {name.split(".lora_")[0] for name in dam.search_weights if ".lora_" in name} <= {
+        c.name for c in dam.candidates
+    }
+
+
+def test_lora_target_modules_that_match_no_candidate_are_one_line() -> None:
+    config = _config(lora=LoraConfig(r=4, target_modules=["q_proj"]), search=SearchConfig(epochs=1))
+    with pytest.raises(DifforaError) as error:
+        search_dam(_model(), _dataset(16, seed=1), _dataset(8, seed=2), config)
+    message = str(error.value)
+    assert message.startswith("`lora` target_modules {'q_proj'}") and "match no candidate module" in message
+    assert "\n" not in message
+
+
+def test_without_collate_fn_batches_of_different_lengths_are_padded() -> None:
+    from diffora.api import PaddingCollator
+
+    config = _config(collate_fn=None, search=SearchConfig(epochs=1))
+    dam = search_dam(_model(), _dataset(16, seed=1), _dataset(8, seed=2), config)  # lengths 5 to 8 tokens
+    assert len(dam.candidates) == 12
+    batch = PaddingCollator(pad_token_id=3)(
+        [
+            {"input_ids": [5, 6, 7], "token_type_ids": [0, 0, 1], "labels": [5, 6, 7]},
+            {"input_ids": torch.tensor([8]), "token_type_ids": [0], "labels": [8]},
+        ]
+    )
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 3, 3]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert batch["token_type_ids"].tolist() == [[0, 0, 1], [0, 0, 0]]
+    assert batch["labels"].tolist() == [[5, 6, 7], [8, -100, -100]]  # padding is ignored by the loss
+
+
+def _with_word_labels(data: Dataset) -> Dataset:
+    return data.map(lambda row: {"label": ["negative", "positive"][row["label"]]})
+
+
+def test_string_labels_map_through_the_models_label2id_or_are_refused() -> None:
+    config = _config(search=SearchConfig(epochs=1))
+    model = _model()
+    with pytest.raises(DifforaError) as error:
+        search_dam(model, _with_word_labels(_dataset(16, seed=1)), _dataset(8, seed=2), config)
+    assert str(error.value) == (
+        "example 1: label 'negative' is a string that the model's config.label2id (labels 'LABEL_0', "
+        "'LABEL_1') does not name; give class indices (e.g. `dataset.class_encode_column('label')`) or set "
+        "model.config.label2id"
+    )
+    model.config.label2id = {"negative": 0, "positive": 1}
+    dam = search_dam(
+        model, _with_word_labels(_dataset(16, seed=1)), _with_word_labels(_dataset(8, seed=2)), config
+    )
+    assert len(dam.candidates) == 12

@@ -65,7 +65,8 @@ def test_gate_logits_are_never_in_the_weight_optimiser() -> None:
     search = BilevelSearch(peft_model, gates, SearchConfig(lora_drop=False), rho=0.5)
     weight_ids = {id(p) for group in search.weight_optimizer.param_groups for p in group["params"]}
     assert id(gates.logits) not in weight_ids
-    assert [p for group in search.gate_optimizer.param_groups for p in group["params"]] == [gates.logits]
+    gate_groups = search.gate_learner.optimizer.param_groups
+    assert [p for group in gate_groups for p in group["params"]] == [gates.logits]
     before = gates.logits.detach().clone()
     search.weight_step(TRAIN[0])
     assert torch.equal(gates.logits, before) and gates.logits.grad is None
@@ -166,3 +167,27 @@ def test_measurement_batches_follow_the_loaders_subset_and_keep_its_own_batches(
     batched = [{"idx": torch.tensor([7, 8])}, {"idx": torch.tensor([9])}]
     given = measurement_batches(DataLoader(batched, batch_size=None), 5)
     assert [b["idx"].tolist() for b in given] == [[7, 8], [9]]
+
+
+def test_the_progress_bar_shows_gates_only_for_a_gate_search(monkeypatch) -> None:
+    postfixes: list[dict] = []
+
+    class Bar:
+        def __init__(self, iterable, **_options) -> None:
+            self.iterable = iterable
+
+        def __iter__(self):
+            return iter(self.iterable)
+
+        def set_postfix(self, **values) -> None:
+            postfixes.append(values)
+
+    monkeypatch.setattr("diffora.bilevel.tqdm", Bar)
+    lora_drop = SearchConfig(epochs=1, log_every=1)
+    run_search(*_model(), ["classifier"], TRAIN, VAL, AdapterConfig(rank=4), lora_drop)
+    assert len(postfixes) == 4 and all(set(values) == {"loss"} for values in postfixes)  # no gates to show
+    postfixes.clear()
+    gated = SearchConfig(lora_drop=False, epochs=2, warmup_fraction=0.5, log_every=1)
+    run_search(*_model(), ["classifier"], TRAIN, VAL, AdapterConfig(rank=4), gated)
+    assert [values["phase"] for values in postfixes] == ["warm-up"] * 4 + ["gates"] * 4
+    assert all("mean_gate" in values for values in postfixes)

@@ -78,8 +78,8 @@ def _cli(args: list[str]) -> int:
 
 
 @pytest.mark.parametrize("model_fixture", ["tiny_bert_dir", "tiny_llama_dir"])
-def test_budget_run_matches_peft_count_and_auto_finetune_reuses_the_search(
-    model_fixture, request, tiny_glue_dir, tmp_path
+def test_budget_run_matches_peft_count_and_measures_no_size_curve(
+    model_fixture, request, tiny_glue_dir, tmp_path, capsys
 ) -> None:
     model_dir = request.getfixturevalue(model_fixture)
     out = tmp_path / "budget"
@@ -94,14 +94,30 @@ def test_budget_run_matches_peft_count_and_auto_finetune_reuses_the_search(
     lora = sum(p.numel() for n, p in peft_model.named_parameters() if "lora_" in n)
     assert lora == dam["selected_parameters"]
     assert json.loads((out / "metrics.json").read_text())["lora_parameters_kept"] == lora
+    # a fixed budget reads no size curve, so the run measures none (and draws no selection.png)
+    assert dam["size_curve"] is None and not (out / "selection.png").exists()
+    capsys.readouterr()
+    finetune = ["finetune", "--dam", str(out / "dam.json"), "--epochs", "1", "--batch-size", "8"]
+    assert _cli([*finetune, "--rho", "auto", "--output-dir", str(tmp_path / "auto")]) == 2
+    assert "no size curve" in capsys.readouterr().err and not (tmp_path / "auto").exists()
+
+
+def test_an_auto_run_measures_the_size_curve_and_finetune_auto_reuses_it(
+    tiny_bert_dir, tiny_glue_dir, tmp_path
+) -> None:
+    out = tmp_path / "budget-auto"
+    common = ["--task", "rte", "--data-dir", str(tiny_glue_dir), "--model", str(tiny_bert_dir)]
+    assert _cli(["run", *common, "--output-dir", str(out), "--budget", "auto", *FAST]) == 0
+    dam = json.loads((out / "dam.json").read_text())
     curve = dam["size_curve"]
     assert curve["ranking"] == "magnitude" and len(curve["sizes"]) == len(curve["batch_losses"])
+    assert dam["num_selected"] == curve["sizes"][diffora.selection.choose_size(curve["batch_losses"])]
     assert (out / "selection.png").is_file()
     tuned = tmp_path / "auto"
     finetune = ["finetune", "--dam", str(out / "dam.json"), "--epochs", "1", "--batch-size", "8"]
     assert _cli([*finetune, "--rho", "auto", "--output-dir", str(tuned)]) == 0
     auto = json.loads((tuned / "dam.json").read_text())
-    assert auto["rho"] == "auto" and auto["num_selected"] in curve["sizes"]
+    assert auto["rho"] == "auto" and auto["num_selected"] == dam["num_selected"]
 
 
 def test_finetune_without_ranking_uses_the_ranking_the_search_was_made_with(

@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import SHARED_GLUE, tiny_llama_config
 from peft import PeftModel
+from safetensors.torch import load_file
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 from torch import nn
 from transformers import (
@@ -432,6 +433,32 @@ def test_cli_search_finetune_eval_on_tiny_llama(
     eval_args += ["--commonsense-dir", str(instruct_data / "commonsense"), "--max-length", "80"]
     assert main([*eval_args, "--batch-size", "3"]) == 0
     assert json.loads(capsys.readouterr().out) == pytest.approx(metrics["metrics"])
+
+
+def test_bf16_run_on_tiny_llama_loads_a_bf16_base_and_trains_fp32_adapters_finite(
+    tiny_causal_llama_dir, instruct_data, tmp_path, monkeypatch
+) -> None:
+    captured = _capture_finetuned(monkeypatch)
+    out = tmp_path / "bf16"
+    args = ["run", *_common(tiny_causal_llama_dir, instruct_data), "--mixed-precision", "bf16"]
+    assert main([*args, "--lr", "0.05", "--output-dir", str(out)]) == 0
+    model = captured["model"]
+    assert model.base_model.model.model.layers[0].mlp.down_proj.weight.dtype == torch.bfloat16
+    trainable = {name: p.dtype for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in name for name in trainable)
+    assert set(trainable.values()) == {torch.float32}
+    records = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    losses = [r["train_loss"] if r["phase"] == "search" else r["loss"] for r in records]
+    assert {r["phase"] for r in records} == {"search", "finetune"}
+    assert all(torch.isfinite(torch.tensor(losses)))
+    saved = load_file(str(out / "adapter_model.safetensors"))
+    assert saved and {t.dtype for t in saved.values()} == {torch.float32}
+    reloaded = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(tiny_causal_llama_dir), str(out)
+    )
+    batch = {"input_ids": torch.tensor([[2, 5, 9, 14, 22, 30, 7]]), "attention_mask": torch.ones(1, 7).long()}
+    with torch.no_grad():
+        assert torch.isfinite(reloaded.eval()(**batch).logits).all()
 
 
 BAD_CAUSAL = [

@@ -254,6 +254,10 @@ BAD_INPUTS = [
         "--rho auto chooses a global top-k; use --selection global",
     ),
     (["--budget", "auto", "--selection", "per_layer"], "--budget auto chooses a global top-k"),
+    # the budget would silently win over an explicit rho, even one equal to the default
+    (["--rho", "0.25", "--budget", "0.5x"], "^diffora: error: give --rho or --budget, not both: --rho keeps"),
+    (["--rho", "0.5", "--budget", "150k"], "give --rho or --budget, not both"),
+    (["--rho", "auto", "--budget", "auto"], "give --rho or --budget, not both"),
     (["--data-dir", "/nonexistent/glue"], "expected"),
     (["--model", "/nonexistent/model"], "cannot load model '/nonexistent/model'"),
 ]
@@ -282,6 +286,90 @@ def test_bad_input_is_one_line_and_writes_nothing(
     assert len(error.splitlines()) == 1 and error.startswith("diffora: error: ")
     assert __import__("re").search(message, error), error
     assert not out.exists()
+
+
+def _custom_files(folder: Path, train_labels: list[str]) -> list[str]:
+    """Custom CSV files of random sentences with the given training labels; the CLI flags that name them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    words = ["the cat sat", "a dog ran", "it was fun", "very bad movie", "good man said yes"]
+    rows = [f"{words[i % len(words)]},{label}" for i, label in enumerate(train_labels)]
+    (folder / "train.csv").write_text("text,label\n" + "\n".join(rows) + "\n")
+    (folder / "eval.csv").write_text("text,label\n" + "\n".join(rows[:4]) + "\n")
+    return [
+        "--task",
+        "custom",
+        "--train-file",
+        str(folder / "train.csv"),
+        "--eval-file",
+        str(folder / "eval.csv"),
+        "--text-fields",
+        "text",
+    ]
+
+
+def test_search_lists_the_labels_it_found_and_names_a_class_seen_once(
+    tiny_bert_dir, tmp_path, capsys
+) -> None:
+    common = ["--model", str(tiny_bert_dir), "--max-length", "16", "--batch-size", "8", "--rank", "2"]
+    data = _custom_files(tmp_path / "data", ["positive", "negative"] * 10)
+    assert _run(["search", *data, *common, "--output-dir", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == "labels: negative, positive (2 classes)"
+
+    rare = _custom_files(tmp_path / "rare", ["positive", "negative"] * 10 + ["neutral"])
+    assert _run(["search", *rare, *common, "--output-dir", str(tmp_path / "refused")]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.strip() == (
+        "diffora: error: class 'neutral' has only one training example, and the stratified search split "
+        "needs one on each side; add examples of it, or remove it from the training data"
+    )
+    assert "labels:" not in captured.out and not (tmp_path / "refused").exists()  # refused before it starts
+
+
+@pytest.mark.parametrize("name", ["folder", "folder.csv"])
+def test_a_directory_as_train_or_eval_file_is_one_line(name, tmp_path, capsys) -> None:
+    data = _custom_files(tmp_path, ["positive", "negative"] * 4)
+    (tmp_path / name).mkdir()
+    for flag in ("--train-file", "--eval-file"):
+        args = [*data, flag, str(tmp_path / name)]  # the later flag wins
+        assert _run(["run", *args, "--output-dir", str(tmp_path / "out")]) == 2
+        assert capsys.readouterr().err.strip() == (
+            f"diffora: error: {flag} {tmp_path / name} is a directory; pass a data file (.csv, .tsv, .json "
+            "or .jsonl) instead of a folder"
+        )
+
+
+REFUSED_WITHOUT_TORCH = """
+import sys
+from diffora.cli import main
+
+code = main(sys.argv[1:])
+assert code == 2, code
+heavy = sorted(name for name in ("torch", "transformers", "peft") if name in sys.modules)
+assert not heavy, heavy
+"""
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--rho", "1.5"],
+        ["--rho", "0.25", "--budget", "0.5x"],
+        ["--budget", "2x"],
+        ["--ranking", "perturbation"],
+        ["--task", "custom", "--train-file", "."],
+    ],
+)
+def test_option_refusals_come_before_the_heavy_imports(extra, tmp_path) -> None:
+    import subprocess
+    import sys
+
+    args = ["run", "--task", "rte", "--output-dir", str(tmp_path / "out"), *extra]
+    done = subprocess.run(
+        [sys.executable, "-c", REFUSED_WITHOUT_TORCH, *args], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.startswith("diffora: error: ") and len(done.stderr.splitlines()) == 1
 
 
 def test_existing_run_is_refused_unless_overwrite(tiny_bert_dir, tiny_glue_dir, tmp_path, capsys) -> None:

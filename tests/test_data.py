@@ -283,6 +283,12 @@ def test_missing_data_folder_names_the_layout(tmp_path: Path) -> None:
     )
 
 
+def test_a_file_as_data_dir(tmp_path: Path) -> None:
+    train = write_glue_task(tmp_path, "rte") / "train.tsv"
+    message = load_error(DataConfig(task="rte", data_dir=str(train)))
+    assert message == f"`data_dir` {train} is a file; pass the folder that holds RTE/ (the GLUE TSV layout)"
+
+
 def test_missing_task_folder(tmp_path: Path) -> None:
     write_glue_task(tmp_path, "sst2")
     with raises(rf"has no RTE/ folder; expected {tmp_path}/RTE/train.tsv and {tmp_path}/RTE/dev.tsv"):
@@ -588,6 +594,78 @@ def test_custom_bad_values(tmp_path: Path) -> None:
         custom(tmp_path, "text,label\na,1\nb,0\n", "text,label\n ,1\n", ".csv")
 
 
+@pytest.mark.parametrize("missing", ["nan", "NaN", "null", "None", "NA", "", " n/a "])
+def test_custom_missing_class_labels_name_the_file_and_line(tmp_path: Path, missing: str) -> None:
+    train = f"text,label\na,pos\nb,{missing}\nc,neg\n"
+    with raises(
+        rf"train\.csv, line 3: label column 'label' is '{missing}', which reads as a missing label; fill"
+    ):
+        custom(tmp_path, train, "text,label\nd,pos\n", ".csv")
+    with raises(rf"eval\.csv, line 2: label column 'label' is '{missing}', which reads as a missing label"):
+        custom(tmp_path, "text,label\na,pos\nc,neg\n", f"text,label\nd,{missing}\n", ".csv")
+
+
+def test_custom_non_finite_class_labels(tmp_path: Path) -> None:
+    # Python's json reads NaN and Infinity as floats
+    with raises(r"train\.jsonl, line 2: label column 'label' is nan, which reads as a missing label"):
+        custom(
+            tmp_path,
+            '{"text": "a", "label": 1}\n{"text": "b", "label": NaN}\n',
+            '{"text": "e", "label": 1}',
+            ".jsonl",
+        )
+    with raises(
+        r"train\.jsonl, line 1: label column 'label' is inf; a class label must be a word or a finite"
+    ):
+        custom(
+            tmp_path,
+            '{"text": "a", "label": Infinity}\n{"text": "b", "label": 1}\n',
+            '{"text": "e", "label": 1}',
+            ".jsonl",
+        )
+
+
+def test_custom_labels_mixing_numbers_and_words(tmp_path: Path) -> None:
+    train = "text,label\na,entailment\nb,not_entailment\nc,1\nd,entailment\n"
+    message = (
+        r"train\.csv, line 4: label '1' is a number, but 3 other labels in 'label' are words "
+        r"\(e\.g\. 'entailment'\); use one kind of label in the column, or check `label_field`"
+    )
+    with raises(message):
+        custom(tmp_path, train, "text,label\ne,entailment\n", ".csv")
+    # the rarer kind is the one reported, wherever it first occurs
+    with raises(r"train\.jsonl, line 1: label 'yes' is a word, but 2 other labels in 'label' are numbers"):
+        custom(
+            tmp_path,
+            '{"text": "a", "label": "yes"}\n{"text": "b", "label": 0}\n{"text": "c", "label": 1}\n',
+            '{"text": "e", "label": 1}',
+            ".jsonl",
+        )
+
+
+@pytest.mark.parametrize("name", ["folder", "folder.csv"])
+def test_a_directory_as_data_file_gets_its_own_message(tmp_path: Path, name: str) -> None:
+    from diffora.datafiles import read_custom_file
+
+    folder = tmp_path / name
+    folder.mkdir()
+    with raises(
+        rf"{folder} is a directory; pass a data file \(\.csv, \.tsv, \.json, \.jsonl\) instead of a folder"
+    ):
+        read_custom_file(folder)
+    (tmp_path / "eval.csv").write_text("text,label\na,pos\n")
+    for option in ("train_file", "eval_file"):
+        files = {
+            "train_file": str(tmp_path / "eval.csv"),
+            "eval_file": str(tmp_path / "eval.csv"),
+            option: str(folder),
+        }
+        with raises(
+            rf"`{option}` {folder} is a directory; pass a data file \(\.csv, \.tsv, \.json or \.jsonl\)"
+        ):
+            DataConfig(task="custom", text_fields=["text"], **files)
+
+
 def test_custom_single_class(tmp_path: Path) -> None:
     with raises(r"train\.csv has only one label \('pos'\) in 'label'; classification needs at least two"):
         custom(tmp_path, "text,label\na,pos\nb,pos\n", "text,label\nc,pos\n", ".csv")
@@ -664,13 +742,23 @@ def test_split_regression_without_stratification() -> None:
     assert (len(search_train), len(search_val)) == (7, 3)
 
 
-def test_split_too_small_for_every_class() -> None:
+def test_split_names_a_class_with_one_example() -> None:
     examples = [*numbered(10), (("rare",), 2)]
+    with raises(
+        r"^class 'maybe' has only one training example, and the stratified search split needs one on each "
+        r"side; add examples of it, or remove it from the training data$"
+    ):
+        split_for_search(examples, 0.2, 0, stratify=True, label_names=("no", "yes", "maybe"))
+    with raises(r"^classes 2, 3 have only one training example"):  # without names: the class indices
+        split_for_search([*examples, (("odd",), 3)], 0.2, 0, stratify=True)
+
+
+def test_split_too_small_for_every_class() -> None:
     with raises(
         r"the search split is too small to hold every class .*use more training samples or a larger "
         r"`search_fraction`"
     ):
-        split_for_search(examples, 0.2, 0, stratify=True)
+        split_for_search([*numbered(10), (("rare",), 2), (("rare",), 2)], 0.1, 0, stratify=True)
     with raises(r"the search split is too small to hold every class"):
         split_for_search(numbered(10, classes=5), 0.2, 0, stratify=True)  # 2 search-val slots for 5 classes
 

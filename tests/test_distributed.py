@@ -154,7 +154,7 @@ def _search(accumulation: int) -> BilevelSearch:
     config = SearchConfig(lora_drop=False, gradient_accumulation_steps=accumulation, lr=1e-2, gate_lr=0.05)
     search = BilevelSearch(peft_model, gates, config, rho=0.5)
     search.weight_optimizer = torch.optim.SGD(search.weights, lr=0.5)  # SGD: sensitive to gradient scale
-    search.gate_optimizer = torch.optim.SGD([gates.logits], lr=5.0)
+    search.gate_learner.optimizer = torch.optim.SGD([gates.logits], lr=5.0)
     return search
 
 

@@ -39,6 +39,9 @@ _EXPORTS = {
     "prepare_search_model": "diffora.trainer",
     "lora_config_for": "diffora.trainer",
     "inherit_search_weights": "diffora.trainer",
+    "placement_audit": "diffora.audit",
+    "render_audit": "diffora.audit",
+    "hold_output_dir": "diffora.output_lock",
 }
 __all__ = sorted(_EXPORTS)
 

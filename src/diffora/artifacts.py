@@ -11,12 +11,13 @@ import torch
 from peft import PeftModel
 from safetensors.torch import save_file
 
+from diffora.adapter_files import model_card_text, portable_model_name, tidy_adapter_config, write_model_card
 from diffora.bilevel import SearchOutcome
 from diffora.candidates import Candidate
 from diffora.config import AdapterConfig, DataConfig, FinetuneConfig, SearchConfig, to_dict
 from diffora.dam import DAM, select_modules, selection_label
 from diffora.io import atomic_path, atomic_write_json
-from diffora.plots import plot_dam, plot_gate_history, plot_size_curve
+from diffora.plots import plot_dam, plot_gate_history, plot_size_curve, ranks_of
 from diffora.run_dir import DAM_FILE, INITIAL_HEAD_FILE, METRICS_FILE, SEARCH_WEIGHTS_FILE, versions
 from diffora.selection import choose_size
 from diffora.workbench import Workbench
@@ -75,21 +76,38 @@ def kept_parameters(dam: DAM, selected: list[Candidate]) -> int | None:
     return sum(p for c, p in zip(dam.candidates, dam.parameters, strict=True) if c in kept)
 
 
+def asks_automatic_size(config: FinetuneConfig) -> bool:
+    """Whether `config` sizes the selection automatically (rho or budget 'auto'), from the size curve."""
+    return config.budget == "auto" or (config.budget is None and config.rho == "auto")
+
+
+# what dam.png shows for a ranking by measured values; a preset's order shows the gates or update norms
+SCORE_LABELS = {"gate": "gate", "magnitude": "update norm", "perturbation": "loss rise when dropped"}
+
+
 def _write_selection(dam: DAM, config: FinetuneConfig, out: Path, task: str) -> None:
     """dam.json with this selection marked, dam.png and, with a size curve, selection.png."""
     dam.save(out / DAM_FILE, config.rho, config.selection, config.ranking, config.budget)
     kept = set(select_modules(dam, config))
-    gated = dam.gates_searched or dam.update_norms is None  # a LoRA-drop search: its gates are all 1
+    ranking = config.ranking or dam.ranking
+    if ranking in SCORE_LABELS:
+        label, values = SCORE_LABELS[ranking], dam.scores(ranking)
+    elif dam.gates_searched or dam.update_norms is None:
+        label, values = "gate", dam.gates
+    else:  # a LoRA-drop search: its gates are all 1
+        label, values = "update norm", dam.update_norms
     plot_dam(
         dam.candidates,
-        dam.gates if gated else dam.update_norms,
+        values,
         [c in kept for c in dam.candidates],
         out / "dam.png",
-        title=f"DiffoRA {'gates' if gated else 'update norms'}, {task} {selection_label(config)}",
-        label="gate" if gated else "update norm",
+        title=f"DiffoRA {task} {selection_label(config)}: {label}, ranked by {ranking}",
+        label=label,
+        ranks=ranks_of(dam.scores(ranking)),
     )
     if dam.size_curve is not None:
-        chosen = dam.size_curve["sizes"][choose_size(dam.size_curve["batch_losses"])]
+        automatic = asks_automatic_size(config)
+        chosen = dam.size_curve["sizes"][choose_size(dam.size_curve["batch_losses"])] if automatic else None
         plot_size_curve(dam.size_curve, chosen, len(kept), out / "selection.png")
 
 
@@ -102,18 +120,27 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
 def write_finetune_artifacts(
     model: PeftModel, dam: DAM, config: FinetuneConfig, metrics: dict[str, Any], out: Path
 ) -> None:
-    """The PEFT adapter, dam.json with this selection, dam.png and metrics.json."""
+    """The PEFT adapter and its model card, dam.json with this selection, dam.png and metrics.json."""
     dam.config = {**dam.config, "finetune": to_dict(config)}
-    save_adapter(model, out)
+    peft_config = model.peft_config[model.active_adapter]
+    base_model = portable_model_name(peft_config.base_model_name_or_path or str(dam.info.get("model", "")))
+    task_type = getattr(peft_config.task_type, "value", peft_config.task_type)
+    kept = [c.name for c in select_modules(dam, config)]
+    card = model_card_text(metrics, dam.info, kept, dam.head_modules, base_model, task_type, out.name)
+    save_adapter(model, out, card)
     _write_selection(dam, config, out, metrics["task"])
     atomic_write_json(out / METRICS_FILE, metrics)
 
 
-def save_adapter(model: PeftModel, out: Path) -> None:
-    """Save a vanilla PEFT adapter; both files are renamed into place only once complete."""
+def save_adapter(model: PeftModel, out: Path, card: str | None = None) -> None:
+    """Save a vanilla PEFT adapter (portable base model name, `card` as its README); files are renamed into
+    place only once complete."""
     staging = out / ".adapter.tmp"
     staging.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(staging)
+    adapter_config = tidy_adapter_config(staging / "adapter_config.json")
+    if card is not None:
+        write_model_card(staging / "README.md", card, adapter_config.get("base_model_name_or_path") or "")
     for name in ("adapter_model.safetensors", "adapter_config.json"):
         (staging / name).replace(out / name)
     for leftover in staging.iterdir():

@@ -17,6 +17,7 @@ import time
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from accelerate import Accelerator
@@ -37,7 +38,7 @@ from diffora.distributed import (
     stop_agreed,
 )
 from diffora.errors import OptionError
-from diffora.gates import DAMGates
+from diffora.gates import DAMGates, GateLearner
 from diffora.interrupt import Interrupted, stop_requested
 from diffora.io import JsonlLog
 from diffora.lora import adapter_rank, export_adapter_tensors, module_state, wrap_with_lora
@@ -69,10 +70,6 @@ def _micro_batches(batches: Batches) -> list[dict[str, torch.Tensor]]:
     return [batches] if isinstance(batches, dict) else list(batches)
 
 
-def _budget_penalty(gates: DAMGates, rho: float) -> torch.Tensor:
-    return (gates.gates().mean() - rho) ** 2
-
-
 class BilevelSearch:
     """The search loop over a PEFT LoRA model on every candidate, with the DAM gates hooked in."""
 
@@ -91,16 +88,12 @@ class BilevelSearch:
         self.gates = gates
         gates.constant = config.lora_drop  # LoRA-drop: plain LoRA on every candidate, no gate ever moves
         self.config = config
-        self.rho = rho
         self.checkpointer: Checkpointer | None = None
         self.weights = [p for p in peft_model.parameters() if p.requires_grad]
         self.weight_optimizer = torch.optim.AdamW(
             self.weights, lr=config.lr, weight_decay=config.weight_decay
         )
-        # DARTS's architecture optimiser: Adam with a low beta1, so the gates follow the current gradient.
-        self.gate_optimizer = torch.optim.Adam(
-            [gates.logits], lr=config.gate_lr, betas=(0.5, 0.999), weight_decay=config.gate_weight_decay
-        )
+        self.gate_learner = GateLearner(gates, config, rho)
 
     def _autocast(self):
         return self.accelerator.autocast() if self.accelerator.mixed_precision != "no" else nullcontext()
@@ -111,10 +104,8 @@ class BilevelSearch:
             return self.model(**batch).loss
 
     def val_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        loss = self.train_loss(batch)
-        if self.config.budget_weight > 0:
-            loss = loss + self.config.budget_weight * _budget_penalty(self.gates, self.rho)
-        return loss
+        """The gates' objective on `batch`: the model's loss plus the budget penalty."""
+        return self.gate_learner.val_loss(self.train_loss(batch))
 
     def gate_step(self, val_batch: Batches, train_batch: Batches, step: int = 0) -> float:
         """One update of the gate logits (from one batch or a list of micro-batches); returns the val loss.
@@ -140,14 +131,7 @@ class BilevelSearch:
             loss = losses[0] if len(losses) == 1 else torch.stack(losses).mean()
             all_reduce_mean(self.accelerator, [gradient])
         check_finite(loss, "search (gate step)", step, self.checkpointer)
-        if not torch.isfinite(gradient).all():
-            raise OptionError(
-                f"search (gate step): the gate gradient became NaN or infinite at step {step}; "
-                "lower `gate_lr`"
-            )
-        self.gates.logits.grad = gradient
-        self.gate_optimizer.step()
-        self.gate_optimizer.zero_grad(set_to_none=True)
+        self.gate_learner.step(gradient, step)
         return loss.item()
 
     def weight_step(self, train_batch: Batches, step: int = 0) -> float:
@@ -225,7 +209,7 @@ class BilevelSearch:
         total_steps = max(1, math.ceil(epochs * len(train_loader) / accumulation))
         warmup_steps = int(self.config.warmup_fraction * total_steps)
         modules = {"model": self.model, "gates": self.gates.logits}
-        optimizers = {"weights": self.weight_optimizer, "gates": self.gate_optimizer}
+        optimizers = {"weights": self.weight_optimizer, "gates": self.gate_learner.optimizer}
         self.checkpointer = checkpointer
         first_step, consumed, history = 0, {"train": 0, "val": 0}, []
         if resume is not None:
@@ -370,6 +354,46 @@ def size_curve(
     }
 
 
+def searched_dam(
+    model: PeftModel,
+    gates: DAMGates,
+    batches: Sequence[dict[str, torch.Tensor]],
+    parameters: Sequence[int],
+    head_modules: Sequence[str],
+    search_config: SearchConfig,
+    size_ranking: str | None = DEFAULT_RANKING,
+    **fields: Any,
+) -> DAM:
+    """The DAM a search leaves: the gates' logits and values, each candidate's update norm on `batches`, its
+    parameter count (`selection.candidate_parameters`) and the head modules, plus, with `size_ranking`, the
+    size curve of that ranking on the same batches. `fields` (perturbation_scores, config, info) go to the
+    DAM as they are. On return the gates are hooked into `model`.
+    """
+    names = [c.name for c in gates.candidates]
+    gates.detach()  # a gate hooked on lora_A would scale what the norms measure on lora_B
+    try:
+        norms = update_norms(model, names, batches)
+    finally:
+        gates.attach(model)
+    dam = DAM(
+        candidates=list(gates.candidates),
+        logits=gates.logits.detach().cpu().tolist(),
+        gates=gates.gates().detach().cpu().tolist(),
+        relaxation=search_config.relaxation,
+        temperature=search_config.temperature,
+        update_norms=norms,
+        parameters=list(parameters),
+        gates_searched=not search_config.lora_drop,
+        ranking=size_ranking or DEFAULT_RANKING,
+        head_modules=list(head_modules),
+        **fields,
+    )
+    if size_ranking is not None:
+        dam.size_curve = size_curve(model, gates, dam.scores(size_ranking), parameters, batches)
+        dam.size_curve["ranking"] = size_ranking
+    return dam
+
+
 def _rescale_to_pinned_norms(
     weights: dict[str, torch.Tensor], gates: DAMGates, names: Sequence[str]
 ) -> None:
@@ -422,28 +446,18 @@ def run_search(
         if perturbation_batches
         else None
     )
-    final_gates = gates.gates().detach().cpu().tolist()
-    gates.detach()
     val_batches = measurement_batches(val_loader, max(perturbation_batches, NORM_BATCHES))
-    norms = update_norms(peft_model, [c.name for c in candidates], val_batches)
-    dam = DAM(
-        candidates=list(candidates),
-        logits=gates.logits.detach().cpu().tolist(),
-        gates=final_gates,
-        relaxation=config.relaxation,
-        temperature=config.temperature,
+    dam = searched_dam(
+        peft_model,
+        gates,
+        val_batches,
+        parameters,
+        head_modules,
+        config,
+        size_ranking,
         perturbation_scores=scores,
-        update_norms=norms,
-        parameters=parameters,
-        gates_searched=not config.lora_drop,
-        ranking=size_ranking or DEFAULT_RANKING,
-        head_modules=list(head_modules),
     )
-    if size_ranking is not None:
-        gates.attach(peft_model)
-        dam.size_curve = size_curve(peft_model, gates, dam.scores(size_ranking), parameters, val_batches)
-        dam.size_curve["ranking"] = size_ranking
-        gates.detach()
+    gates.detach()  # the search model goes on as plain LoRA (fine-tuning may reuse its base model)
     weights = export_adapter_tensors(peft_model, [c.name for c in candidates], head_modules)
     if gates.pinned_norms is not None:  # normalized gates: each B rescaled to the size it was pinned to
         _rescale_to_pinned_norms(weights, gates, [c.name for c in candidates])

@@ -37,7 +37,9 @@ class CausalWorkbench(Workbench):
 
     def fresh_model(self, seed: int = 0) -> nn.Module:
         """A new copy of the pretrained causal LM on the run's device (`seed` is unused: nothing is new)."""
-        return load_causal_lm(self.model_path, self.tokenizer, self.adapter.trust_remote_code).to(self.device)
+        return load_causal_lm(
+            self.model_path, self.tokenizer, self.adapter.trust_remote_code, self.base_dtype
+        ).to(self.device)
 
     def loader(self, examples: list, batch_size: int, max_length: int, shuffle: bool, seed: int):
         return make_instruct_loader(examples, self.tokenizer, batch_size, max_length, shuffle, seed)
@@ -55,17 +57,30 @@ def _require_model(model: str | None) -> str:
     return resolve_model_path(model)
 
 
-def open_causal_workbench(data_config: DataConfig, adapter: AdapterConfig, seed: int) -> CausalWorkbench:
-    """Load and validate instruction data, commonsense sets, tokenizer and causal LM; find the candidates."""
+def open_causal_workbench(
+    data_config: DataConfig, adapter: AdapterConfig, seed: int, base_dtype: torch.dtype | None = None
+) -> CausalWorkbench:
+    """Load and validate instruction data, commonsense sets, tokenizer and causal LM (its weights in
+    `base_dtype`); find the candidates."""
     data = load_instruct_data(data_config)
     eval_sets = load_commonsense_sets(data_config)
     model_path = _require_model(adapter.model)
     tokenizer = load_tokenizer(model_path, adapter.trust_remote_code)
-    model = load_causal_lm(model_path, tokenizer, adapter.trust_remote_code)
+    model = load_causal_lm(model_path, tokenizer, adapter.trust_remote_code, base_dtype)
     candidates = find_candidates(model, adapter.include, adapter.exclude, [])
     device = pick_device()
     return CausalWorkbench(
-        data, tokenizer, model.to(device), model_path, candidates, [], device, adapter, data_config, eval_sets
+        data,
+        tokenizer,
+        model.to(device),
+        model_path,
+        candidates,
+        [],
+        device,
+        adapter,
+        base_dtype,
+        data_config=data_config,
+        eval_sets=eval_sets,
     )
 
 

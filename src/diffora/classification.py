@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import peft
+import torch
 from peft import PeftModel
 
+from diffora.adapter_files import local_model_name
 from diffora.batching import make_dataloader
 from diffora.candidates import find_candidates
 from diffora.config import AdapterConfig, DataConfig
@@ -28,18 +30,29 @@ from diffora.training import evaluate, pick_device
 from diffora.workbench import Workbench
 
 
-def open_classifier_workbench(data_config: DataConfig, adapter: AdapterConfig, seed: int) -> Workbench:
-    """Load and validate data, tokenizer and classifier (fresh head seeded by `seed`); find the candidates."""
+def open_classifier_workbench(
+    data_config: DataConfig, adapter: AdapterConfig, seed: int, base_dtype: torch.dtype | None = None
+) -> Workbench:
+    """Load and validate data, tokenizer and classifier (fresh head seeded by `seed`, base weights in
+    `base_dtype`); find the candidates."""
     data = load_task_data(data_config)
     model_path = resolve_model_path(adapter.model)
     tokenizer = load_tokenizer(model_path, adapter.trust_remote_code)
     model = load_classifier(
-        model_path, data.spec, tokenizer, adapter.trust_remote_code, seed=seed, pooler=adapter.pooler
+        model_path,
+        data.spec,
+        tokenizer,
+        adapter.trust_remote_code,
+        seed=seed,
+        pooler=adapter.pooler,
+        dtype=base_dtype,
     )
     head_modules = default_heads(model, adapter.pooler)
     candidates = find_candidates(model, adapter.include, adapter.exclude, head_modules)
     device = pick_device()
-    return Workbench(data, tokenizer, model.to(device), model_path, candidates, head_modules, device, adapter)
+    return Workbench(
+        data, tokenizer, model.to(device), model_path, candidates, head_modules, device, adapter, base_dtype
+    )
 
 
 def evaluate_classifier_adapter(
@@ -49,7 +62,7 @@ def evaluate_classifier_adapter(
     adapter_dir = Path(adapter_dir)
     spec, eval_examples = _evaluation_data(adapter_dir, data_config)
     base_path = model or peft.PeftConfig.from_pretrained(str(adapter_dir)).base_model_name_or_path
-    base_path = resolve_model_path(base_path)
+    base_path = local_model_name(resolve_model_path(base_path))  # the embedded model's id: its folder
     tokenizer = load_tokenizer(base_path)
     base = load_classifier(base_path, spec, tokenizer)
     with refusing_unsafe_pickles(str(adapter_dir)):

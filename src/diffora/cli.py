@@ -9,7 +9,15 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from diffora.config import AdapterConfig, DataConfig, FinetuneConfig, SearchConfig
+from diffora.adapter_files import recording_command
+from diffora.config import (
+    RHO_WITH_BUDGET,
+    AdapterConfig,
+    DataConfig,
+    FinetuneConfig,
+    SearchConfig,
+    check_search_ranking,
+)
 from diffora.errors import DifforaError, OptionError
 from diffora.interrupt import Interrupted, stop_on_signals
 
@@ -169,6 +177,22 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--model", default=None, help="Base model (default: the adapter's base model).")
     evaluate.add_argument("--batch-size", type=int, default=32, help="Evaluation batch size.")
     add_config_arguments(evaluate, DataConfig)
+
+    audit = commands.add_parser(
+        "candidates",
+        help="Without training: the candidate modules per layer and type with their LoRA parameters, what "
+        "all-linear would wrap besides, what the presets and --budget keep, and modules to look at.",
+    )
+    add_config_arguments(audit, AdapterConfig, skip=("lora_alpha", "lora_dropout"))
+    audit.add_argument(
+        "--budget", default=None, help="Also show what each preset keeps under this budget (150k, 0.5x)."
+    )
+    audit.add_argument(
+        "--task",
+        default="auto",
+        help="Load the model as a classifier ('classification' or any classification task) or as a "
+        "decoder LM ('causal'); default 'auto': by the checkpoint's architecture.",
+    )
     return parser
 
 
@@ -192,19 +216,49 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
 
 
-def dispatch(args: argparse.Namespace) -> None:
-    from diffora import pipeline  # heavy imports only once the flags are known to be valid
-
+def _pipeline() -> Any:
+    """The pipeline module. Importing it loads torch, transformers and PEFT (seconds), so `dispatch` checks
+    every option first: a refusal answers about as fast as --help."""
     quiet_libraries()
+    from diffora import pipeline
 
+    return pipeline
+
+
+def _finetune_config(args: argparse.Namespace) -> FinetuneConfig:
+    # only the flags tell an explicit --rho 0.5 from the default; FinetuneConfig refuses any other rho itself
+    if hasattr(args, "FinetuneConfig.rho") and hasattr(args, "FinetuneConfig.budget"):
+        raise OptionError(RHO_WITH_BUDGET, FinetuneConfig)
+    return build_config(args, FinetuneConfig)
+
+
+def dispatch(args: argparse.Namespace) -> None:
+    if args.command == "candidates":
+        adapter = build_config(args, AdapterConfig)
+        quiet_libraries()
+        from diffora.audit import placement_audit, render_audit
+
+        audit = placement_audit(
+            adapter.model,
+            adapter.rank,
+            args.budget,
+            include=adapter.include,
+            exclude=adapter.exclude,
+            pooler=adapter.pooler,
+            task=args.task,
+            trust_remote_code=adapter.trust_remote_code,
+        )
+        print(render_audit(audit))
+        return
     if args.command == "eval":
         data_config = build_config(args, DataConfig)
-        scores = pipeline.evaluate_adapter(args.adapter, data_config, args.batch_size, args.model)
+        scores = _pipeline().evaluate_adapter(args.adapter, data_config, args.batch_size, args.model)
         print(json.dumps(scores, indent=2))
         return
     if args.command == "finetune":
-        result = pipeline.finetune(
-            args.dam, build_config(args, FinetuneConfig), args.output_dir, args.data_dir, args.overwrite
+        finetune_config = _finetune_config(args)
+        result = _pipeline().finetune(
+            args.dam, finetune_config, args.output_dir, args.data_dir, args.overwrite
         )
         _print_result(result.metrics, args.output_dir)
         return
@@ -212,13 +266,17 @@ def dispatch(args: argparse.Namespace) -> None:
         data_config=build_config(args, DataConfig),
         adapter=build_config(args, AdapterConfig),
         search_config=_search_config(args),
-        finetune_config=build_config(args, FinetuneConfig),
+        finetune_config=_finetune_config(args),
         output_dir=args.output_dir,
         perturbation_batches=args.perturbation_batches,
         overwrite=args.overwrite,
         resume=args.resume,
         checkpoint_every=args.checkpoint_every,
     )
+    check_search_ranking(
+        configs["search_config"], configs["finetune_config"].search_ranking, args.perturbation_batches
+    )
+    pipeline = _pipeline()
     if args.command == "search":
         outcome = pipeline.search(**configs)
         from diffora.dam import select_modules, selection_label
@@ -261,7 +319,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise DifforaError("--perturbation-batches must be >= 0")
         if getattr(args, "checkpoint_every", 0) < 0:
             raise DifforaError("--checkpoint-every must be >= 0 (0: only at the end of each phase)")
-        with stop_on_signals():
+        words = sys.argv[1:] if argv is None else list(argv)
+        with stop_on_signals(), recording_command(words):  # the model card names the command line
             dispatch(args)
     except Interrupted as stop:
         print(f"diffora: interrupted: {_resume_hint(stop, argv)}", file=sys.stderr)

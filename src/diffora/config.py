@@ -9,6 +9,7 @@ import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from diffora.errors import OptionError
@@ -19,8 +20,13 @@ SELECTIONS = ("global", "per_layer")
 SHARING = ("inherit", "inherit_fold", "reinit")
 RANKINGS = ("gate", "perturbation", "magnitude", "mlp", "attention")
 # What every ranking argument defaults to: the update norm predicts a module's value, the gates hardly do
-# (README, "Why the gates hardly decide"); 'gate' is the paper's ranking.
+# (docs/method.md, "Why the gates hardly decide"); 'gate' is the paper's ranking.
 DEFAULT_RANKING = "magnitude"
+DEFAULT_RHO = 0.5
+RHO_WITH_BUDGET = (
+    "give `rho` or `budget`, not both: `rho` keeps a fraction of the modules, `budget` a number of adapter "
+    "parameters; drop one of them"
+)
 # SearchConfig fields that only the gate search uses (a `lora_drop` search refuses them)
 GATE_OPTIONS = (
     "relaxation",
@@ -105,6 +111,35 @@ def parse_rho(value: float | str) -> float | str:
     return rho
 
 
+def parse_budget(text: str) -> str:
+    """Normalise a budget: a count ('150000', '150k', '1.2m'), a fraction of LoRA-all ('0.5x') or 'auto'.
+
+    >>> parse_budget(" 150K "), parse_budget("0.5x"), parse_budget("AUTO")
+    ('150000', '0.5x', 'auto')
+    """
+    value = str(text).strip().lower().replace("_", "").replace(",", "")
+    if value == "auto":
+        return value
+    try:
+        if value.endswith("x"):
+            fraction = float(value[:-1])
+            valid = 0 < fraction <= 1
+            normalised = f"{fraction:g}x"
+        else:
+            factor = {"k": 1_000, "m": 1_000_000}.get(value[-1:], 1)
+            number = float(value[:-1] if factor > 1 else value)
+            valid = number >= 1 and number == int(number)
+            normalised = str(int(number * factor)) if valid else value
+    except ValueError:
+        valid = False
+    _require(
+        valid,
+        f"`budget` must be a parameter count (150000, 150k), a fraction of LoRA-all in (0, 1] (0.5x) "
+        f"or auto, got {text!r}",
+    )
+    return normalised
+
+
 def _validate_scaling(config: Any) -> None:
     check_mixed_precision(config.mixed_precision)
     _require(
@@ -119,8 +154,9 @@ def _scaling_options() -> dict[str, Any]:
     return {
         "mixed_precision": option(
             "no",
-            "Mixed precision through Accelerate: 'no', 'bf16' (CPU or GPU) or 'fp16' (CUDA only, with loss "
-            "scaling in the fine-tuning).",
+            "Mixed precision through Accelerate: 'no', 'bf16' (CPU or GPU; the frozen base model is loaded "
+            "in bf16, the LoRA weights, gates and task head stay fp32, and the saved adapter is fp32 as "
+            "without it) or 'fp16' (CUDA only, with loss scaling in the fine-tuning).",
         ),
         "gradient_accumulation_steps": option(
             1,
@@ -245,6 +281,13 @@ class DataConfig:
                 len(self.text_fields) <= 2,
                 f"`text_fields` takes one or two column names, got {len(self.text_fields)}",
             )
+            for name in ("train_file", "eval_file"):
+                path = getattr(self, name)
+                _require(
+                    not (path and Path(path).is_dir()),
+                    f"`{name}` {path} is a directory; pass a data file (.csv, .tsv, .json or .jsonl) "
+                    "instead of a folder",
+                )
             _require_choice("prompt_template", self.prompt_template, PROMPT_TEMPLATES)
             _require_choice("eval_mode", self.eval_mode, EVAL_MODES)
             _require(
@@ -328,8 +371,8 @@ class SearchConfig:
         "The default: no gates; the search only trains plain LoRA on every candidate (no gate steps, no "
         "search-val batches) and modules are ranked by the size of their update (LoRA-drop). A step costs "
         "about half a gated one, and on five GLUE tasks it chose better than the paper's gates and as well "
-        "as the gated search's update norm (README). Off: the paper's bi-level gate search, which the "
-        "ranking `gate` needs.",
+        "as the gated search's update norm (docs/results.md). Off: the paper's bi-level gate search, which "
+        "the ranking `gate` needs.",
     )
     warmup_fraction: float = option(
         0.3,
@@ -393,7 +436,7 @@ class FinetuneConfig:
     """Stages 2 and 3: discretise the DAM and fine-tune the kept adapters."""
 
     rho: float | str = option(
-        0.5,
+        DEFAULT_RHO,
         "Sample rate: the fraction of candidate modules that keep an adapter, in (0, 1], or 'auto' (the "
         "smallest top-k whose search-val loss is within one standard error of the best k; no dev data).",
     )
@@ -414,7 +457,7 @@ class FinetuneConfig:
         "'mlp' / 'attention' (that module family first, in layer order). Default: the search's own "
         "ranking (the one its dam.json and size curve were made with), magnitude for a new search: on CoLA "
         "it predicts each module's value (loss rise when dropped) with rank correlation 0.55 against 0.11 "
-        "for the gates (README, 'Why the gates hardly decide').",
+        "for the gates (docs/method.md, 'Why the gates hardly decide').",
     )
     sharing: str = option(
         "inherit",
@@ -441,8 +484,9 @@ class FinetuneConfig:
         with _options_of(self):
             self.rho = parse_rho(self.rho)
             if self.budget is not None:
-                from diffora.selection import parse_budget  # raises one line on a malformed budget
-
+                # a rho other than the default would be ignored without a word; the CLI also refuses an
+                # explicit --rho 0.5, which this dataclass cannot tell from its default
+                _require(self.rho == DEFAULT_RHO, RHO_WITH_BUDGET)
                 self.budget = parse_budget(self.budget)
             _require_choice("selection", self.selection, SELECTIONS)
             if self.ranking is not None:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from diffora.config import DataConfig
-from diffora.datafiles import Example, Record, label_string, make_example, read_custom_file
+from diffora.datafiles import Example, Record, is_number, label_string, make_example, read_custom_file
 from diffora.errors import OptionError
 from diffora.tasks import TaskSpec
 
@@ -97,8 +97,27 @@ def _read_records(path: Path, columns: Sequence[str]) -> list[Record]:
 
 
 def _custom_label_names(records: list[Record], label_field: str) -> tuple[str, ...]:
-    labels = {label_string(values[label_field], label_field, where) for where, values in records}
-    return tuple(sorted(labels, key=_label_sort_key))
+    labels = [(where, label_string(values[label_field], label_field, where)) for where, values in records]
+    _refuse_mixed_labels(labels, label_field)
+    return tuple(sorted({label for _, label in labels}, key=_label_sort_key))
+
+
+def _refuse_mixed_labels(labels: list[tuple[str, str]], label_field: str) -> None:
+    """One line naming the first row of the rarer kind when some labels are numbers (0/1) and others words:
+    a file mixing both has a misread or shifted column more often than a class really named '1'."""
+    numbers = [(where, label) for where, label in labels if is_number(label)]
+    words = [(where, label) for where, label in labels if not is_number(label)]
+    if not numbers or not words:
+        return
+    if len(numbers) <= len(words):
+        odd, usual, kind, usual_kind = numbers, words, "number", "words"
+    else:
+        odd, usual, kind, usual_kind = words, numbers, "word", "numbers"
+    where, label = odd[0]
+    raise OptionError(
+        f"{where}: label {label!r} is a {kind}, but {len(usual)} other labels in {label_field!r} are "
+        f"{usual_kind} (e.g. {usual[0][1]!r}); use one kind of label in the column, or check `label_field`"
+    )
 
 
 def _label_sort_key(label: str) -> tuple[int, float, str]:

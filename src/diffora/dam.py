@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from diffora.candidates import Candidate
-from diffora.config import DEFAULT_RANKING, RANKINGS, SELECTIONS, FinetuneConfig, parse_rho
+from diffora.config import DEFAULT_RANKING, RANKINGS, SELECTIONS, FinetuneConfig, parse_budget, parse_rho
 from diffora.errors import DifforaError, OptionError
 from diffora.io import atomic_write_json
 from diffora.selection import (
@@ -18,7 +18,6 @@ from diffora.selection import (
     budget_parameters,
     budget_select,
     choose_size,
-    parse_budget,
     preset_scores,
     ranked,
 )
@@ -215,7 +214,8 @@ class DAM:
         curve = self.size_curve
         if curve is None:
             raise DifforaError(
-                f"this dam.json has no size curve; search again with this diffora to use {flag}"
+                f"this dam.json has no size curve (a search measures it, and a run when it is asked for an "
+                f"automatic size); search again to use {flag}"
             )
         if curve["ranking"] != ranking:
             raise OptionError(

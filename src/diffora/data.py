@@ -79,9 +79,14 @@ def subsample(examples: Sequence[Example], n: int | None, seed: int = 0) -> list
 
 
 def split_for_search(
-    examples: Sequence[Example], fraction: float, seed: int, stratify: bool
+    examples: Sequence[Example],
+    fraction: float,
+    seed: int,
+    stratify: bool,
+    label_names: Sequence[str] | None = None,
 ) -> tuple[list[Example], list[Example]]:
-    """(search_train, search_val): a seeded split, stratified on the class labels if asked."""
+    """(search_train, search_val): a seeded split, stratified on the class labels if asked; `label_names`
+    name the classes in errors."""
     if not 0 < fraction < 1:
         raise OptionError(f"`search_fraction` must lie in (0, 1), got {fraction}")
     n = len(examples)
@@ -96,7 +101,7 @@ def split_for_search(
     # regression targets have no classes to stratify on
     stratify_on = labels if stratify and all(isinstance(label, int) for label in labels) else None
     if stratify_on is not None:
-        _check_stratifiable(labels, n_train, n_val, fraction)
+        _check_stratifiable(labels, n_train, n_val, fraction, label_names)
     try:
         train_idx, val_idx = train_test_split(
             list(range(n)), test_size=n_val, random_state=seed, stratify=stratify_on
@@ -110,8 +115,18 @@ def split_for_search(
     return [examples[i] for i in sorted(train_idx)], [examples[i] for i in sorted(val_idx)]
 
 
-def _check_stratifiable(labels: list[Any], n_train: int, n_val: int, fraction: float) -> None:
+def _check_stratifiable(
+    labels: list[Any], n_train: int, n_val: int, fraction: float, label_names: Sequence[str] | None
+) -> None:
     counts = Counter(labels)
+    single = [label for label in sorted(counts) if counts[label] == 1]
+    if single:
+        names = ", ".join(repr(label_names[i]) if label_names else str(i) for i in single)
+        classes = f"class {names} has" if len(single) == 1 else f"classes {names} have"
+        raise OptionError(
+            f"{classes} only one training example, and the stratified search split needs one on each side; "
+            "add examples of it, or remove it from the training data"
+        )
     smallest = min(counts.values())
     if smallest < 2 or n_val < len(counts) or n_train < len(counts):
         raise OptionError(

@@ -37,8 +37,15 @@ def clean_text(value: object, column: object, where: str) -> str:
     return text
 
 
+# Cells that read as "no value" (as pandas reads them), compared in lower case: never a class label.
+MISSING_LABELS = frozenset({"", "nan", "-nan", "null", "none", "na", "n/a", "#n/a", "<na>"})
+
+
 def label_string(value: object, column: object, where: str) -> str:
-    """A class label as a string, so that 1, 1.0 and "1" from different files name the same class."""
+    """A class label as a string, so that 1, 1.0 and "1" from different files name the same class.
+
+    Empty and missing-looking cells ('nan', 'null', 'None', 'NA') and infinite numbers are refused.
+    """
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
@@ -47,12 +54,30 @@ def label_string(value: object, column: object, where: str) -> str:
         return str(int(value))
     if isinstance(value, (str, float)):
         label = str(value).strip()
-        if label:
-            return label
+        if label.lower() in MISSING_LABELS:
+            raise DifforaError(
+                f"{where}: label column {column!r} is {value!r}, which reads as a missing label; fill in "
+                "the label or remove the row"
+            )
+        if is_number(label) and not math.isfinite(float(label)):
+            raise DifforaError(
+                f"{where}: label column {column!r} is {value!r}; a class label must be a word or a finite "
+                "number: fix the label or remove the row"
+            )
+        return label
     raise DifforaError(
         f"{where}: label column {column!r} holds {describe(value)}, not a label; "
         "fill in the label or remove the row"
     )
+
+
+def is_number(label: str) -> bool:
+    """Whether a label reads as a number ('1', '0.5', '-2'), as opposed to a word ('entailment')."""
+    try:
+        float(label)
+    except ValueError:
+        return False
+    return True
 
 
 def _class_index(label: str, label_names: tuple[str, ...], where: str) -> int:
@@ -96,8 +121,17 @@ def make_example(
     return clean, _class_index(label_string(label, label_column, where), label_names, where)
 
 
+def require_file(path: Path) -> None:
+    """One line when `path` is a directory, whatever its name (a folder called `train.csv` included)."""
+    if path.is_dir():
+        raise DifforaError(
+            f"{path} is a directory; pass a data file ({', '.join(CUSTOM_FORMATS)}) instead of a folder"
+        )
+
+
 def _read_text(path: Path) -> str:
     """The file as text; a BOM (MRPC's header has one) is dropped."""
+    require_file(path)
     if not path.is_file():
         raise DifforaError(f"file {path} does not exist; check the path")
     try:
@@ -149,6 +183,7 @@ Record = tuple[str, dict[str, Any]]  # (where, values by column)
 
 def read_custom_file(path: Path) -> list[Record]:
     """(where, row) of every row of a .csv/.tsv/.json/.jsonl file; `where` names the file and line or item."""
+    require_file(path)
     suffix = path.suffix.lower()
     if suffix not in CUSTOM_FORMATS:
         raise DifforaError(

@@ -23,7 +23,7 @@ class TaskFamily:
     """Where a family's two functions live, as 'module:function' (imported on first use)."""
 
     name: str
-    workbench: str  # (DataConfig, AdapterConfig, seed) -> Workbench
+    workbench: str  # (DataConfig, AdapterConfig, seed, base dtype or None) -> Workbench
     adapter_evaluation: str  # (adapter_dir, DataConfig, batch_size, model) -> metrics
 
     def open_workbench(self, *args: Any) -> Any:

@@ -25,6 +25,11 @@ def load_glue_dir(spec: TaskSpec, data_dir: Path) -> tuple[list[Example], list[E
 def _check_glue_layout(spec: TaskSpec, data_dir: Path) -> None:
     folder = data_dir / spec.glue_folder
     layout = f"expected {folder}/{spec.train_file} and {folder}/{spec.eval_file} (the GLUE TSV layout)"
+    if data_dir.is_file():
+        raise OptionError(
+            f"`data_dir` {data_dir} is a file; pass the folder that holds {spec.glue_folder}/ (the GLUE TSV "
+            "layout)"
+        )
     if not data_dir.is_dir():
         raise OptionError(
             f"data folder {data_dir} does not exist; {layout}; fix `data_dir` or ${DATA_DIR_ENV}"

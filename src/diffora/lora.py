@@ -8,10 +8,12 @@ from collections.abc import Iterable, Sequence
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
+from peft.utils import ModulesToSaveWrapper
 from torch import nn
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from diffora.config import AdapterConfig
+from diffora.models import HALF_PRECISIONS, keep_in_fp32
 
 ADAPTER_NAME = "default"
 
@@ -73,8 +75,19 @@ def wrap_with_lora(
     head_modules: Sequence[str],
     adapter: AdapterConfig | LoraConfig,
 ) -> PeftModel:
-    """Freeze `model` and give each named module a LoRA adapter; the head modules train in full."""
-    return get_peft_model(model, lora_config(target_names, head_modules, adapter, peft_task_type(model)))
+    """Freeze `model` and give each named module a LoRA adapter; the head modules train in full.
+
+    On a bf16 base every trainable weight is fp32: PEFT upcasts the LoRA weights, and the trained copies of
+    the head modules (copies of the base's modules) are cast here.
+    """
+    config = lora_config(target_names, head_modules, adapter, peft_task_type(model))
+    peft_model = get_peft_model(model, config)
+    for module in peft_model.modules():
+        if isinstance(module, ModulesToSaveWrapper):
+            for trained in module.modules_to_save.values():
+                if any(p.dtype in HALF_PRECISIONS for p in trained.parameters()):
+                    keep_in_fp32(trained)
+    return peft_model
 
 
 def head_layer(peft_model: PeftModel, head: str) -> nn.Module:

@@ -22,6 +22,7 @@ from diffora.errors import DifforaError, OptionError
 from diffora.tasks import TaskSpec
 
 EMBEDDED_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2 (embedded)"
+HALF_PRECISIONS = (torch.bfloat16, torch.float16)
 
 
 def resolve_model_path(model: str | None) -> str:
@@ -68,6 +69,47 @@ def refusing_unsafe_pickles(model_path: str):
         ) from error
 
 
+def base_dtype(*mixed_precisions: str) -> torch.dtype | None:
+    """The dtype the frozen base loads in: bf16 when every stage that trains it runs under bf16 autocast (as
+    PEFT and TRL recipes load it), else None (the default, fp32).
+
+    FSDP keeps the fp32 base: its flat parameters need one dtype, and the LoRA weights stay fp32.
+
+    >>> base_dtype("bf16", "bf16"), base_dtype("bf16", "no")
+    (torch.bfloat16, None)
+    """
+    if not mixed_precisions or any(precision != "bf16" for precision in mixed_precisions):
+        return None
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":  # as Accelerate reads it
+        return None
+    return torch.bfloat16
+
+
+def _dtype_argument(dtype: torch.dtype | None) -> dict[str, torch.dtype]:
+    """`from_pretrained`'s dtype keyword (`torch_dtype` before transformers 4.56); none for the default."""
+    if dtype is None:
+        return {}
+    import transformers
+    from packaging.version import Version
+
+    return {"dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype": dtype}
+
+
+def _inputs_to_fp32(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    def cast(value):
+        return value.float() if torch.is_tensor(value) and value.dtype in HALF_PRECISIONS else value
+
+    return tuple(cast(value) for value in args), {key: cast(value) for key, value in kwargs.items()}
+
+
+def keep_in_fp32(module: nn.Module) -> None:
+    """Cast a module that trains in full to fp32, and its half-precision inputs with it: a bf16 base's hidden
+    states reach it outside autocast too (evaluation, the search's measurements)."""
+    module.float()
+    if _inputs_to_fp32 not in module._forward_pre_hooks.values():
+        module.register_forward_pre_hook(_inputs_to_fp32, with_kwargs=True)
+
+
 def load_tokenizer(model_path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """The model's tokenizer, with a pad token set for decoder models."""
     _check_loadable(model_path, trust_remote_code)
@@ -82,10 +124,12 @@ def load_classifier(
     trust_remote_code: bool = False,
     seed: int = 0,
     pooler: str = "auto",
+    dtype: torch.dtype | None = None,
 ) -> nn.Module:
     """A sequence classification (or regression) model with a freshly initialised, seeded head.
 
-    `pooler` 'identity' resets the weight of the model's pooler (if it has one) to the identity.
+    `pooler` 'identity' resets the weight of the model's pooler (if it has one) to the identity. With `dtype`
+    (bf16) the pretrained weights load in it; the modules that train in full (`default_heads`) stay fp32.
     """
     _check_loadable(model_path, trust_remote_code)
     torch.manual_seed(seed)  # the new head's initialisation
@@ -97,22 +141,32 @@ def load_classifier(
             problem_type=problem_type,
             trust_remote_code=trust_remote_code,
             ignore_mismatched_sizes=True,
+            **_dtype_argument(dtype),
         )  # a checkpoint with another head size gets a fresh head
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
+    if dtype in HALF_PRECISIONS:
+        for name in default_heads(model, pooler):
+            keep_in_fp32(model.get_submodule(name))
     if pooler == "identity":
         reset_pooler_to_identity(model)
     return model
 
 
 def load_causal_lm(
-    model_path: str, tokenizer: PreTrainedTokenizerBase, trust_remote_code: bool = False
+    model_path: str,
+    tokenizer: PreTrainedTokenizerBase,
+    trust_remote_code: bool = False,
+    dtype: torch.dtype | None = None,
 ) -> nn.Module:
-    """A decoder language model with its pretrained LM head (no new head: nothing trains in full)."""
+    """A decoder language model with its pretrained LM head (no new head: nothing trains in full), in `dtype`
+    (default fp32)."""
     _check_loadable(model_path, trust_remote_code)
     try:
         with refusing_unsafe_pickles(model_path):
-            model = AutoModelForCausalLM.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+            model = AutoModelForCausalLM.from_pretrained(
+                model_path, trust_remote_code=trust_remote_code, **_dtype_argument(dtype)
+            )
     except ValueError as error:  # e.g. an encoder-only architecture without a causal LM class
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise OptionError(

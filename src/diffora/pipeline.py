@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from diffora.artifacts import (
+    asks_automatic_size,
     config_document,
     kept_parameters,
     run_info,
@@ -39,12 +40,13 @@ from diffora.config import (
     to_dict,
 )
 from diffora.dam import DAM, select_modules
-from diffora.data import split_for_search
+from diffora.data import TaskData, split_for_search
 from diffora.distributed import is_main_process, make_accelerator, wait_for_everyone
 from diffora.errors import DifforaError, OptionError
 from diffora.families import family_of
 from diffora.io import JsonlLog
-from diffora.models import count_trainable_parameters
+from diffora.models import base_dtype, count_trainable_parameters
+from diffora.output_lock import holds_output_dir
 from diffora.run_dir import (
     DAM_FILE,
     INITIAL_HEAD_FILE,
@@ -60,11 +62,15 @@ from diffora.weight_sharing import build_finetune_model
 from diffora.workbench import Workbench
 
 
-def open_workbench(data_config: DataConfig, adapter: AdapterConfig, seed: int) -> Workbench:
-    """Load and validate data, tokenizer and model; find the candidates. Fails before anything is written."""
-    return family_of(data_config.task).open_workbench(data_config, adapter, seed)
+def open_workbench(
+    data_config: DataConfig, adapter: AdapterConfig, seed: int, dtype: torch.dtype | None = None
+) -> Workbench:
+    """Load and validate data, tokenizer and model (base weights in `dtype`, default fp32); find the
+    candidates. Fails before anything is written."""
+    return family_of(data_config.task).open_workbench(data_config, adapter, seed, dtype)
 
 
+@holds_output_dir
 def search(
     data_config: DataConfig,
     adapter: AdapterConfig | None = None,
@@ -82,9 +88,11 @@ def search(
     finetune_config = finetune_config or FinetuneConfig()
     check_search_ranking(search_config, finetune_config.search_ranking, perturbation_batches)
     out = prepare_output_dir(output_dir, overwrite, resume) if output_dir is not None else None
-    bench = open_workbench(data_config, adapter, search_config.seed)
+    dtype = base_dtype(search_config.mixed_precision)
+    bench = open_workbench(data_config, adapter, search_config.seed, dtype)
     check_before_training(bench, adapter, finetune_config, out)
     _check_search_split(bench, data_config, search_config)
+    _announce_labels(bench.data)
     if out is not None:
         start_run_dir(out, config_document(data_config, adapter, search_config, None), overwrite, resume)
     outcome = search_on(
@@ -111,7 +119,17 @@ def _check_search_split(bench: Workbench, data_config: DataConfig, search_config
         data_config.search_fraction,
         search_config.seed,
         stratify=not bench.data.spec.is_regression,
+        label_names=bench.data.spec.label_names,
     )
+
+
+def _announce_labels(data: TaskData) -> None:
+    """Print the labels a run found, in one line before it trains: a misread label column shows at once."""
+    names = data.spec.label_names
+    if names is None or not is_main_process():
+        return
+    shown = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")
+    print(f"labels: {shown} ({len(names)} classes)", flush=True)
 
 
 def search_on(
@@ -123,12 +141,15 @@ def search_on(
     perturbation_batches: int,
     out: Path | None,
     checkpoint_every: int = 0,
+    size_curve: bool = True,
 ) -> SearchOutcome:
+    """Search on `bench`; `size_curve` False skips the curve that only rho or budget 'auto' uses."""
     search_train, search_val = split_for_search(
         bench.data.train,
         data_config.search_fraction,
         search_config.seed,
         stratify=not bench.data.spec.is_regression,
+        label_names=bench.data.spec.label_names,
     )
     train_loader = bench.loader(
         search_train, search_config.batch_size, data_config.max_length, True, search_config.seed
@@ -150,8 +171,9 @@ def search_on(
         log=log,
         checkpointer=Checkpointer(out, "search", checkpoint_every) if out is not None else None,
         resume=Checkpointer(out, "search").latest() if out is not None else None,
-        size_ranking=finetune_config.search_ranking,
+        size_ranking=finetune_config.search_ranking if size_curve else None,
     )
+    outcome.dam.ranking = finetune_config.search_ranking  # with or without the curve measured in it
     outcome.dam.config = config_document(data_config, adapter, search_config, finetune_config)
     outcome.dam.info = {
         **run_info(bench, data_config),
@@ -257,6 +279,7 @@ def _finetune_on(
     return RunResult(metrics=metrics, dam=dam, model=model, output_dir=out, selected=selected)
 
 
+@holds_output_dir
 def run(
     data_config: DataConfig,
     adapter: AdapterConfig | None = None,
@@ -278,9 +301,12 @@ def run(
     finetune_config = finetune_config or FinetuneConfig()
     check_search_ranking(search_config, finetune_config.search_ranking, perturbation_batches)
     out = prepare_output_dir(output_dir, overwrite, resume) if output_dir is not None else None
-    bench = open_workbench(data_config, adapter, search_config.seed)
+    # one base serves both stages: bf16 only when both run under bf16 autocast
+    dtype = base_dtype(search_config.mixed_precision, finetune_config.mixed_precision)
+    bench = open_workbench(data_config, adapter, search_config.seed, dtype)
     check_before_training(bench, adapter, finetune_config, out)
     _check_search_split(bench, data_config, search_config)
+    _announce_labels(bench.data)
     if out is not None:
         config = config_document(data_config, adapter, search_config, finetune_config)
         start_run_dir(out, config, overwrite, resume)
@@ -309,6 +335,7 @@ def run(
         perturbation_batches,
         out,
         checkpoint_every,
+        size_curve=asks_automatic_size(finetune_config),  # only an automatic size reads the curve
     )
     if out is not None and is_main_process():
         write_search_artifacts(outcome, out, finetune_config)
@@ -329,6 +356,7 @@ def run(
     )
 
 
+@holds_output_dir
 def finetune(
     dam_path: str | Path,
     finetune_config: FinetuneConfig | None = None,
@@ -355,13 +383,19 @@ def finetune(
     data_config, adapter = _configs_from_dam(dam, data_dir)
     select_modules(dam, finetune_config)  # fails early: missing scores, curve or parameters, a bad budget
     out = prepare_output_dir(output_dir, overwrite) if output_dir is not None else None
-    bench = open_workbench(data_config, adapter, dam.config.get("search", {}).get("seed", 0))
+    bench = open_workbench(
+        data_config,
+        adapter,
+        dam.config.get("search", {}).get("seed", 0),
+        base_dtype(finetune_config.mixed_precision),
+    )
     if [c.name for c in bench.candidates] != [c.name for c in dam.candidates]:
         raise DifforaError(
             f"{dam_path} was searched on other candidate modules than this model has; "
             "search again with this model"
         )
     check_before_training(bench, adapter, finetune_config, out)
+    _announce_labels(bench.data)
     if out is not None:
         start_run_dir(out, {**dam.config, "finetune": to_dict(finetune_config)}, overwrite, resume=False)
     weights = load_file(weights_path) if weights_path.is_file() else {}

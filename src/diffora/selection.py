@@ -135,35 +135,6 @@ def update_norms(
 # ------------------------------------------------------------------------------ budgets and automatic size
 
 
-def parse_budget(text: str) -> str:
-    """Normalise --budget: a count ('150000', '150k', '1.2m'), a fraction of LoRA-all ('0.5x') or 'auto'.
-
-    >>> parse_budget(" 150K "), parse_budget("0.5x"), parse_budget("AUTO")
-    ('150000', '0.5x', 'auto')
-    """
-    value = str(text).strip().lower().replace("_", "").replace(",", "")
-    if value == "auto":
-        return value
-    try:
-        if value.endswith("x"):
-            fraction = float(value[:-1])
-            valid = 0 < fraction <= 1
-            normalised = f"{fraction:g}x"
-        else:
-            factor = {"k": 1_000, "m": 1_000_000}.get(value[-1:], 1)
-            number = float(value[:-1] if factor > 1 else value)
-            valid = number >= 1 and number == int(number)
-            normalised = str(int(number * factor)) if valid else value
-    except ValueError:
-        valid = False
-    if not valid:
-        raise OptionError(
-            f"`budget` must be a parameter count (150000, 150k), a fraction of LoRA-all in (0, 1] (0.5x) "
-            f"or auto, got {text!r}"
-        )
-    return normalised
-
-
 def budget_parameters(budget: str, total: int) -> int:
     """The parameter count of a parsed budget ('150000' or '0.5x') given LoRA-all's `total` on the candidates.
 
@@ -180,12 +151,15 @@ def budget_parameters(budget: str, total: int) -> int:
 
 
 def module_dims(model: nn.Module, names: Sequence[str]) -> dict[str, tuple[int, int]]:
-    """(d_in, d_out) of each named projection (nn.Linear or GPT-2 Conv1D) of a plain model."""
+    """(d_in, d_out) of each named projection (nn.Linear or GPT-2 Conv1D) of a plain model, or of the
+    model inside a PEFT model (`peft_model.base_model.model`), whose LoRA layers wrap the projections."""
     from transformers.pytorch_utils import Conv1D
 
     dims: dict[str, tuple[int, int]] = {}
     for name in names:
         module = model.get_submodule(name)
+        if hasattr(module, "get_base_layer"):  # a PEFT layer: the projection it wraps
+            module = module.get_base_layer()
         if isinstance(module, nn.Linear):
             dims[name] = (module.in_features, module.out_features)
         elif isinstance(module, Conv1D):
@@ -205,7 +179,7 @@ def lora_parameter_count(dims: dict[str, tuple[int, int]], names: Sequence[str],
 
 
 def candidate_parameters(model: nn.Module, names: Sequence[str], rank: int) -> list[int]:
-    """The LoRA parameters each candidate of a plain (unwrapped) model costs at `rank`."""
+    """The LoRA parameters each candidate costs at `rank` (`model` as for `module_dims`)."""
     dims = module_dims(model, names)
     return [lora_parameter_count(dims, [name], rank) for name in names]
 

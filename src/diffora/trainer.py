@@ -12,7 +12,7 @@
 Each optimiser step of the search (after a warm-up in which only the weights train) first updates the gate
 logits on a search-val batch with the weights fixed, then lets the Trainer update the weights with the gates
 fixed: the first-order bi-level search of `diffora.bilevel`. The gate logits live outside the model and the
-Trainer's optimiser, with their own Adam.
+Trainer's optimiser, with their own `diffora.gates.GateLearner`.
 """
 
 from __future__ import annotations
@@ -31,16 +31,17 @@ from peft.tuners.lora import LoraLayer
 from peft.utils import ModulesToSaveWrapper
 from torch import nn
 
-from diffora.bilevel import NORM_BATCHES, size_curve
+from diffora.bilevel import NORM_BATCHES, searched_dam
 from diffora.candidates import Candidate, find_block_stack, find_candidates, locate_module
 from diffora.config import DEFAULT_RANKING, AdapterConfig, SearchConfig
 from diffora.dam import DAM
 from diffora.distributed import stop_agreed
 from diffora.errors import DifforaError
-from diffora.gates import DAMGates
+from diffora.gates import DAMGates, GateLearner
 from diffora.interrupt import Interrupted, stop_on_signals, stop_requested
 from diffora.lora import (
     ADAPTER_NAME,
+    adapter_rank,
     export_adapter_tensors,
     import_adapter_tensors,
     lora_a_layer,
@@ -49,7 +50,7 @@ from diffora.lora import (
 )
 from diffora.lora import lora_config as diffora_lora_config
 from diffora.models import default_heads
-from diffora.selection import update_norms
+from diffora.selection import candidate_parameters
 from diffora.training import cycle
 
 GATES_FILE = "diffora_gates.pt"  # gate logits + their optimiser, next to the Trainer's optimizer.pt
@@ -154,16 +155,13 @@ class DiffoRASearchTrainer(transformers.Trainer):
                 "train LoRA with your own Trainer and rank the modules with diffora.update_norms"
             )
         self.search_eval_dataset = search_eval_dataset
-        self.rho = rho
         self.candidates = lora_candidates(self.model)
         self.head_modules = trained_heads(self.model)
         device = next(p.device for p in self.model.parameters() if p.requires_grad)
         config = self.diffora_config
         self.gates = DAMGates(self.candidates, config.relaxation, config.temperature).to(device)
         self.gates.attach(self.model)
-        self.gate_optimizer = torch.optim.Adam(
-            [self.gates.logits], lr=config.gate_lr, betas=(0.5, 0.999), weight_decay=config.gate_weight_decay
-        )
+        self.gate_learner = GateLearner(self.gates, config, rho)
         self.gate_history: list[dict[str, float]] = []
         self._last_gate_step = -1
         self._search_batches: Iterator[dict[str, Any]] | None = None
@@ -206,21 +204,11 @@ class DiffoRASearchTrainer(transformers.Trainer):
         self._search_batches_drawn += 1
         self.model.train()
         with self.autocast_smart_context_manager():
-            loss = self.compute_loss(self.model, dict(batch))
-            if self.diffora_config.budget_weight > 0:
-                penalty = (self.gates.gates().mean() - self.rho) ** 2
-                loss = loss + self.diffora_config.budget_weight * penalty
+            loss = self.gate_learner.val_loss(self.compute_loss(self.model, dict(batch)))
         (gradient,) = torch.autograd.grad(loss, [self.gates.logits])
         if self.accelerator.num_processes > 1:
             gradient = self.accelerator.reduce(gradient, reduction="mean")
-        if not torch.isfinite(gradient).all():
-            raise DifforaError(
-                f"search (gate step): the gate gradient became NaN or infinite at step "
-                f"{self.state.global_step}; lower gate_lr"
-            )
-        self.gates.logits.grad = gradient
-        self.gate_optimizer.step()
-        self.gate_optimizer.zero_grad(set_to_none=True)
+        self.gate_learner.step(gradient, self.state.global_step)
         self._record(loss.item())
         return loss.item()
 
@@ -254,7 +242,7 @@ class DiffoRASearchTrainer(transformers.Trainer):
         if self.args.should_save:
             state = {
                 "logits": self.gates.logits.detach().cpu(),
-                "optimizer": self.gate_optimizer.state_dict(),
+                "optimizer": self.gate_learner.optimizer.state_dict(),
                 "history": self.gate_history,
                 "search_batches_drawn": self._search_batches_drawn,
             }
@@ -268,44 +256,33 @@ class DiffoRASearchTrainer(transformers.Trainer):
             state = torch.load(path, map_location="cpu", weights_only=True)
             with torch.no_grad():
                 self.gates.logits.copy_(state["logits"])
-            self.gate_optimizer.load_state_dict(state["optimizer"])
+            self.gate_learner.optimizer.load_state_dict(state["optimizer"])
             self.gate_history = list(state["history"])
             self._search_batches_drawn = int(state.get("search_batches_drawn", 0))
             self._search_batches = None
 
     def dam(self, norm_batches: int = NORM_BATCHES, size_ranking: str | None = DEFAULT_RANKING) -> DAM:
         """The searched DAM: logits, gates, update norms and parameter counts (+ a size curve for 'auto')."""
-        names = [c.name for c in self.candidates]
         batches = [
             self._prepare_inputs(batch)
             for batch in itertools.islice(self.get_eval_dataloader(self.search_eval_dataset), norm_batches)
         ]
-        self.gates.detach()
-        try:
-            norms = update_norms(self.model, names, batches)
-        finally:
-            self.gates.attach(self.model)
-        parameters = [
-            lora_a_layer(self.model, n).weight.numel() + lora_b_layer(self.model, n).weight.numel()
-            for n in names
-        ]
-        dam = DAM(
-            candidates=list(self.candidates),
-            logits=self.gates.logits.detach().cpu().tolist(),
-            gates=self.gates.gates().detach().cpu().tolist(),
-            relaxation=self.diffora_config.relaxation,
-            temperature=self.diffora_config.temperature,
-            config={"search": dataclasses.asdict(self.diffora_config)},
-            update_norms=norms,
-            parameters=parameters,
-            info={"trainer": type(self).__name__, "steps": self.state.global_step},
-            ranking=size_ranking or DEFAULT_RANKING,
-            head_modules=list(self.head_modules),
+        parameters = candidate_parameters(
+            self.model.base_model.model,
+            [c.name for c in self.candidates],
+            adapter_rank(self.model.peft_config[ADAPTER_NAME]),
         )
-        if size_ranking is not None:
-            dam.size_curve = size_curve(self.model, self.gates, dam.scores(size_ranking), parameters, batches)
-            dam.size_curve["ranking"] = size_ranking
-        return dam
+        return searched_dam(
+            self.model,
+            self.gates,
+            batches,
+            parameters,
+            self.head_modules,
+            self.diffora_config,
+            size_ranking,
+            config={"search": dataclasses.asdict(self.diffora_config)},
+            info={"trainer": type(self).__name__, "steps": self.state.global_step},
+        )
 
     def search_weights(self) -> dict[str, torch.Tensor]:
         """CPU copies of every candidate's LoRA A/B and of the head: what the fine-tune inherits."""

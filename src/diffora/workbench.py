@@ -28,6 +28,7 @@ class Workbench:
     head_modules: list[str]
     device: torch.device
     adapter: AdapterConfig
+    base_dtype: torch.dtype | None = None  # bf16 under bf16 mixed precision; None: the default (fp32)
 
     def fresh_model(self, seed: int = 0) -> nn.Module:
         """A new copy of the pretrained model with a head initialised from `seed`, on the run's device."""
@@ -38,6 +39,7 @@ class Workbench:
             self.adapter.trust_remote_code,
             seed=seed,
             pooler=self.adapter.pooler,
+            dtype=self.base_dtype,
         ).to(self.device)
 
     def loader(self, examples: list, batch_size: int, max_length: int, shuffle: bool, seed: int):
