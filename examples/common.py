@@ -15,7 +15,7 @@ def parse_args(
     argv: list[str] | None, description: str, model_help: str, output_dir: str
 ) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--model", required=True, help=model_help)
+    parser.add_argument("--model", default=None, help=model_help)
     parser.add_argument("--max-steps", type=int, default=60, help="optimiser steps of search and fine-tune")
     parser.add_argument("--output-dir", default=output_dir)
     parser.add_argument("--budget", default="0.5x", help="parameter budget of the kept adapters")

@@ -1,6 +1,9 @@
 """DiffoRA search inside a transformers Trainer, then a plain Trainer fine-tunes the kept modules.
 
-    python examples/trainer_search.py --model prajjwal1/bert-tiny --max-steps 60 --output-dir runs/trainer
+    python examples/trainer_search.py --max-steps 60 --output-dir runs/trainer
+
+It runs offline on the all-MiniLM-L6-v2 that installs with diffora; `--model prajjwal1/bert-tiny` (or any
+encoder's hub id or folder) uses another model.
 
 1. prepare_search_model: LoRA on every candidate module, from a standard peft.LoraConfig.
 2. DiffoRASearchTrainer.train(): the Trainer's weight steps plus a gate step per optimiser step.
@@ -30,6 +33,7 @@ from transformers import (
 )
 
 from diffora.config import SearchConfig
+from diffora.models import resolve_model_path
 from diffora.trainer import (
     DiffoRASearchTrainer,
     inherit_search_weights,
@@ -58,10 +62,14 @@ def training_args(args: argparse.Namespace, folder: Path, lr: float) -> Training
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Search, select, inherit, fine-tune and save; returns paths, the selection and metrics."""
     args = parse_args(
-        argv, __doc__, "hub id or folder of an encoder (BERT, MiniLM ...)", "diffora-trainer-search"
+        argv,
+        __doc__,
+        "hub id or folder of an encoder (BERT, MiniLM ...); default: the embedded all-MiniLM-L6-v2",
+        "diffora-trainer-search",
     )
     out = Path(args.output_dir)
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    model_path = args.model or resolve_model_path(None)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
     rows = [(text, 1) for text in POSITIVE] + [(text, 0) for text in NEGATIVE]
     random.Random(args.seed).shuffle(rows)
     held_out = max(2, len(rows) // 4)  # the search-val split
@@ -71,7 +79,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     base = LoraConfig(r=args.rank, lora_alpha=2 * args.rank, lora_dropout=0.0, task_type="SEQ_CLS")
 
     torch.manual_seed(args.seed)  # the new head and the LoRA A matrices
-    model = AutoModelForSequenceClassification.from_pretrained(args.model, num_labels=2)
+    model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=2)
     searcher = DiffoRASearchTrainer(
         model=prepare_search_model(model, lora_config=base),
         args=training_args(args, out / "search", lr=5e-3),
@@ -88,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     config = lora_config_for(dam, kept, base)
     torch.manual_seed(args.seed)
-    fresh = AutoModelForSequenceClassification.from_pretrained(args.model, num_labels=2)
+    fresh = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=2)
     peft_model = get_peft_model(fresh, config)
     inherit_search_weights(peft_model, weights, kept, searcher.head_modules)
     inherited = starts_from_search(peft_model, weights, kept)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -45,7 +46,7 @@ def _run(args: list[str]) -> int:
     "model_fixture, expected_candidates", [("tiny_bert_dir", 12), ("tiny_llama_dir", 14)]
 )
 def test_run_writes_every_artifact(
-    model_fixture, expected_candidates, request, tiny_glue_dir, tmp_path
+    model_fixture, expected_candidates, request, tiny_glue_dir, tmp_path, capsys
 ) -> None:
     model_dir = request.getfixturevalue(model_fixture)
     out = tmp_path / "out"
@@ -84,6 +85,12 @@ def test_run_writes_every_artifact(
     assert metrics["selected_modules"] == expected_candidates // 2
     assert set(metrics["seconds"]) == {"search", "finetune", "evaluate"}
     assert metrics["trainable_parameters"] > metrics["lora_parameters"] > 0
+    # the fixture's RTE labels alternate: a tie in training (the first class wins), half of the dev set
+    assert metrics["baseline"] == {"majority_class": "entailment", "accuracy": 0.5}
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "baseline: always predicting the training majority class 'entailment' scores accuracy 0.5000; "
+        f"this adapter: accuracy {metrics['metrics']['accuracy']:.4f}"
+    )
     phases = [json.loads(line)["phase"] for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert phases[0] == "search" and phases[-1] == "finetune"
 
@@ -151,8 +158,11 @@ def test_finetune_at_another_rho_reuses_the_search_and_eval_matches(
         )
         == 0
     )
-    scores = json.loads(capsys.readouterr().out)
+    printed = capsys.readouterr()
+    scores = json.loads(printed.out)  # stdout holds the JSON alone; the comparison goes to stderr
     assert scores["accuracy"] == pytest.approx(metrics["metrics"]["accuracy"])
+    assert printed.err.splitlines()[-1].startswith("baseline: always predicting the training majority class")
+    assert metrics["baseline"]["accuracy"] == pytest.approx(0.5)
 
 
 def test_the_subsamples_do_not_depend_on_the_run_seed(tiny_bert_dir, tiny_glue_dir) -> None:
@@ -168,7 +178,7 @@ def test_the_subsamples_do_not_depend_on_the_run_seed(tiny_bert_dir, tiny_glue_d
     assert moved.eval != first.eval  # the subsample has its own seed
 
 
-def test_regression_task_reports_pearson_and_spearman(tiny_bert_dir, tiny_glue_dir, tmp_path) -> None:
+def test_regression_task_reports_pearson_and_spearman(tiny_bert_dir, tiny_glue_dir, tmp_path, capsys) -> None:
     out = tmp_path / "stsb"
     assert (
         _run(
@@ -189,6 +199,17 @@ def test_regression_task_reports_pearson_and_spearman(tiny_bert_dir, tiny_glue_d
     )
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["metrics"]) == {"pearson", "spearmanr"} and metrics["main_metric"] == "pearson"
+    mean = sum((i * 0.37) % 5 for i in range(48)) / 48  # the fixture's STS-B training scores, as written
+    assert metrics["baseline"] == {
+        "train_mean": pytest.approx(mean, abs=0.01),
+        "pearson": 0.0,
+        "spearmanr": 0.0,
+    }
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last.startswith(
+        f"baseline: a constant prediction (the training mean {metrics['baseline']['train_mean']:.4g})"
+    )
+    assert "scores 0" in last and f"this adapter: pearson {metrics['metrics']['pearson']:.4f}" in last
 
 
 def test_eval_of_a_custom_run_needs_only_the_eval_file(tiny_bert_dir, tmp_path, capsys) -> None:
@@ -207,8 +228,15 @@ def test_eval_of_a_custom_run_needs_only_the_eval_file(tiny_bert_dir, tmp_path, 
     metrics = json.loads((out / "metrics.json").read_text())
     capsys.readouterr()
     assert _run(["eval", "--adapter", str(out), *custom, "--max-length", "16"]) == 0
-    scores = json.loads(capsys.readouterr().out)
+    printed = capsys.readouterr()
+    scores = json.loads(printed.out)
     assert scores["accuracy"] == pytest.approx(metrics["metrics"]["accuracy"])
+    # without --train-file the majority class comes from the run's dam.json: 12 'neg', 12 'pos', a tie
+    assert json.loads((out / "dam.json").read_text())["info"]["constant_prediction"] == 0
+    assert printed.err.splitlines()[-1].startswith(
+        "baseline: always predicting the training majority class 'neg' scores accuracy 0.5000, "
+        "f1_macro 0.3333;"
+    )
     code = _run(["eval", "--adapter", str(out), *custom, "--problem-type", "regression"])
     assert code == 2
     assert (
@@ -402,6 +430,26 @@ def test_help_of_every_subcommand(capsys) -> None:
             main([command, "--help"])
         assert exit_info.value.code == 0
     assert "--output-dir" in capsys.readouterr().out
+
+
+def test_run_help_shows_one_default_per_option_distinct_metavars_and_clean_titles(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    text = capsys.readouterr().out
+    options = re.split(r"\n  (?=-)", text.partition("\noptions:\n")[2])  # one help entry per option
+    assert len(options) > 40
+    for entry in options:
+        words = " ".join(entry.split())
+        assert "(default: None)" not in words and words.lower().count("default") <= 1, words
+    assert [line for line in text.splitlines() if line.endswith(".:")] == []
+    flags_of: dict[str, set[str]] = {}
+    for flag, metavar in re.findall(r"^  (--[\w-]+) ([A-Z_]+)", text, flags=re.MULTILINE):
+        flags_of.setdefault(metavar, set()).add(flag)
+    assert {metavar: flags for metavar, flags in flags_of.items() if len(flags) > 1} == {}
+    assert "--search-epochs SEARCH_EPOCHS" in text and "--search-lr SEARCH_LR" in text
+    advanced = text.partition("\nadvanced options")[2]
+    assert "--temperature" in advanced and "--gradient-accumulation-steps" in advanced
+    assert "--rank" not in advanced and "--lr " not in advanced
 
 
 def test_missing_dam_is_one_line(tmp_path: Path, capsys) -> None:

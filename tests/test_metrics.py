@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from diffora.errors import DifforaError
-from diffora.metrics import compute_metrics
+from diffora.metrics import compute_metrics, constant_baseline, constant_prediction
 from diffora.tasks import GLUE_TASKS, TaskSpec, get_task_spec
 
 
@@ -150,3 +150,22 @@ def test_mismatched_lengths_are_an_error() -> None:
 def test_empty_predictions_are_an_error() -> None:
     with pytest.raises(DifforaError, match="no predictions to score"):
         compute_metrics(get_task_spec("rte"), np.zeros((0, 2)), np.zeros(0))
+
+
+def test_the_constant_baseline_predicts_the_training_majority_or_mean() -> None:
+    cola, mrpc, stsb = get_task_spec("cola"), get_task_spec("mrpc"), get_task_spec("stsb")
+    assert constant_prediction(cola, [1, 1, 0, 1]) == 1
+    assert constant_prediction(cola, [0, 1, 1, 0]) == 0  # a tie: the first class
+    # CoLA: 3 of 4 eval labels are the training majority 1; MCC of a constant prediction is 0
+    assert constant_baseline(cola, 1, [1, 0, 1, 1]) == {
+        "majority_class": "1",
+        "accuracy": 0.75,
+        "matthews_correlation": 0.0,
+    }
+    # MRPC: always 1 finds every positive (recall 1) at precision 2/3: F1 0.8
+    assert constant_baseline(mrpc, 1, [1, 0, 1]) == pytest.approx(
+        {"majority_class": "1", "accuracy": 2 / 3, "f1": 0.8}
+    )
+    assert constant_prediction(stsb, [1.0, 2.0, 4.5]) == pytest.approx(2.5)
+    baseline = constant_baseline(stsb, 2.5, [0.5, 3.0, 4.0])  # no correlation with a constant: 0, not NaN
+    assert baseline == {"train_mean": 2.5, "pearson": 0.0, "spearmanr": 0.0}

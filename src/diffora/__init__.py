@@ -32,6 +32,7 @@ _EXPORTS = {
     "RunResult": "diffora.pipeline",
     "SearchOutcome": "diffora.bilevel",
     "evaluate_adapter": "diffora.pipeline",
+    "adapter_baseline": "diffora.pipeline",
     "finetune": "diffora.pipeline",
     "run": "diffora.pipeline",
     "search": "diffora.pipeline",

@@ -35,6 +35,7 @@ def run_info(bench: Workbench, data_config: DataConfig) -> dict[str, Any]:
         "train_examples": len(bench.data.train),
         "eval_examples": len(bench.data.eval),
         "head_modules": bench.head_modules,
+        "constant_prediction": bench.constant_prediction(),  # the majority class index or the mean
         "versions": versions(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

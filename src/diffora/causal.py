@@ -44,6 +44,10 @@ class CausalWorkbench(Workbench):
     def loader(self, examples: list, batch_size: int, max_length: int, shuffle: bool, seed: int):
         return make_instruct_loader(examples, self.tokenizer, batch_size, max_length, shuffle, seed)
 
+    def constant_prediction(self) -> None:
+        """None: instruction data have no classes and no target to average."""
+        return None
+
     def evaluate(self, model: nn.Module, batch_size: int, max_length: int) -> dict[str, float]:
         """The answer-token loss on --eval-file (if any) and the commonsense accuracies (if --eval-tasks)."""
         return causal_scores(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import peft
 import torch
@@ -17,6 +18,7 @@ from diffora.dam import DAM
 from diffora.data import load_task_data, subsample
 from diffora.datafiles import Example
 from diffora.errors import OptionError
+from diffora.metrics import constant_baseline, constant_prediction
 from diffora.models import (
     default_heads,
     load_classifier,
@@ -60,7 +62,7 @@ def evaluate_classifier_adapter(
 ) -> dict[str, float]:
     """Metrics of a saved PEFT classifier adapter (from diffora or any LoRA tool) on the evaluation split."""
     adapter_dir = Path(adapter_dir)
-    spec, eval_examples = _evaluation_data(adapter_dir, data_config)
+    spec, eval_examples, _ = _evaluation_data(adapter_dir, data_config)
     base_path = model or peft.PeftConfig.from_pretrained(str(adapter_dir)).base_model_name_or_path
     base_path = local_model_name(resolve_model_path(base_path))  # the embedded model's id: its folder
     tokenizer = load_tokenizer(base_path)
@@ -73,12 +75,24 @@ def evaluate_classifier_adapter(
     return evaluate(peft_model, loader, spec)
 
 
-def _evaluation_data(adapter_dir: Path, config: DataConfig) -> tuple[TaskSpec, list[Example]]:
-    """The task spec and eval examples; a custom task without `train_file` takes its labels from the run's
-    dam.json, so evaluating a diffora run needs only the file it is evaluated on."""
+def classifier_adapter_baseline(adapter_dir: str | Path, data_config: DataConfig) -> dict[str, Any] | None:
+    """The evaluation split's metrics of always predicting the training majority class (regression: mean);
+    None when neither the training data nor the run's dam.json name it."""
+    spec, eval_examples, constant = _evaluation_data(Path(adapter_dir), data_config)
+    if constant is None:
+        return None
+    return constant_baseline(spec, constant, [label for _, label in eval_examples])
+
+
+def _evaluation_data(
+    adapter_dir: Path, config: DataConfig
+) -> tuple[TaskSpec, list[Example], int | float | None]:
+    """The task spec, the eval examples and the constant prediction (training majority class or mean); a
+    custom task without `train_file` takes its labels (and that constant) from the run's dam.json, so
+    evaluating a diffora run needs only the file it is evaluated on."""
     if config.task != "custom" or config.train_file:
         data = load_task_data(config)
-        return data.spec, data.eval
+        return data.spec, data.eval, constant_prediction(data.spec, [label for _, label in data.train])
     dam_file = adapter_dir / DAM_FILE
     info = DAM.load(dam_file).info if dam_file.is_file() else {}  # a corrupt file: one clear line
     if "label_names" not in info:
@@ -87,4 +101,5 @@ def _evaluation_data(adapter_dir: Path, config: DataConfig) -> tuple[TaskSpec, l
             "file) so the labels can be read from it"
         )
     spec, eval_examples = load_custom_eval(config, info["label_names"], str(adapter_dir))
-    return spec, subsample(eval_examples, config.max_eval_samples, config.subsample_seed)
+    eval_examples = subsample(eval_examples, config.max_eval_samples, config.subsample_seed)
+    return spec, eval_examples, info.get("constant_prediction")  # absent from an older dam.json

@@ -42,6 +42,30 @@ OPTION_GROUPS = {
 }
 
 
+# Fields few runs change: listed under ADVANCED_TITLE at the end of --help, whatever config they belong to.
+ADVANCED_FIELDS = (
+    "subsample_seed",
+    "search_fraction",
+    "trust_remote_code",
+    "lora_dropout",
+    "relaxation",
+    "gate_form",
+    "temperature",
+    "order",
+    "warmup_fraction",
+    "gate_weight_decay",
+    "budget_weight",
+    "unrolled_lr",
+    "log_every",
+    "warmup_ratio",
+    "weight_decay",
+    "gradient_accumulation_steps",
+    "gradient_checkpointing",
+    "max_grad_norm",
+)
+ADVANCED_TITLE = "advanced options (rarely changed)"
+
+
 # Options of the command line only (not config fields) that library errors may name.
 COMMAND_OPTIONS = ("output_dir", "overwrite", "resume", "checkpoint_every", "perturbation_batches", "dam")
 
@@ -59,31 +83,52 @@ def spell_flag(name: str, owner: type | None) -> str | None:
     return "--" + name.replace("_", "-") if name in COMMAND_OPTIONS else None
 
 
+def _title(config_class: type) -> str:
+    """A help section's title: the first line of the class docstring, without its full stop."""
+    lines = (config_class.__doc__ or "").strip().splitlines()
+    return lines[0].rstrip(".") if lines else ""
+
+
+def _help(help_text: str, default: Any) -> str:
+    """The help text with its default appended, unless the text names its own default or there is none."""
+    if "default" in help_text.lower() or default is None or default == []:
+        return help_text
+    shown = repr(default) if isinstance(default, str) and default != default.strip() else default
+    return f"{help_text} (default: {shown})"
+
+
 def add_config_arguments(
-    parser: argparse.ArgumentParser, config_class: type, skip: Sequence[str] = ()
+    parser: argparse.ArgumentParser,
+    config_class: type,
+    skip: Sequence[str] = (),
+    into: Any = None,
 ) -> None:
-    """One flag per dataclass field, with the field's help text; unset flags keep the dataclass default."""
-    main_group = parser.add_argument_group(
-        config_class.__doc__.strip().splitlines()[0] if config_class.__doc__ else ""
-    )
-    groups = {None: main_group}
+    """One flag per dataclass field not in `skip`, with the field's help text; unset flags keep the dataclass
+    default. The flags go under the class's own section (tagged fields under theirs), or all into `into`."""
+    groups: dict[str | None, Any] = {}
     for item in dataclasses.fields(config_class):
         if item.name in skip:
             continue
         tag = item.metadata.get("group")
-        if tag not in groups:
-            groups[tag] = parser.add_argument_group(OPTION_GROUPS[tag])
-        group = groups[tag]
+        if into is not None:
+            group = into
+        else:
+            if tag not in groups:
+                groups[tag] = parser.add_argument_group(
+                    _title(config_class) if tag is None else OPTION_GROUPS[tag]
+                )
+            group = groups[tag]
+        flag = _flag(config_class, item.name)
         kind = str(item.type).replace(" ", "")
         dest = f"{config_class.__name__}.{item.name}"
         help_text = item.metadata.get("help", "")
         if kind == "bool":
             group.add_argument(
-                _flag(config_class, item.name),
+                flag,
                 dest=dest,
                 action=argparse.BooleanOptionalAction,
                 default=argparse.SUPPRESS,
-                help=f"{help_text} (default: {'on' if item.default else 'off'})",
+                help=_help(help_text, "on" if item.default else "off"),
             )
             continue
         scalar = SCALARS.get(kind.removesuffix("|None").removeprefix("list[").removesuffix("]"), str)
@@ -92,14 +137,28 @@ def add_config_arguments(
             default, help_text = None, help_text + " Default: --lr."
         extra: dict[str, Any] = {"nargs": item.metadata["nargs"]} if "nargs" in item.metadata else {}
         group.add_argument(
-            _flag(config_class, item.name),
+            flag,
             dest=dest,
             type=scalar,
             default=argparse.SUPPRESS,
-            metavar=item.name.upper(),
-            help=f"{help_text} (default: {default})",
+            metavar=flag.removeprefix("--").replace("-", "_").upper(),  # the flag's own name: none shared
+            help=_help(help_text, default),
             **extra,
         )
+
+
+def add_stage_arguments(parser: argparse.ArgumentParser, stages: Sequence[tuple[type, Sequence[str]]]) -> Any:
+    """The flags of each (config class, skipped fields) in `stages`; ADVANCED_FIELDS under one section that
+    the caller may add more to. Returns that section."""
+    for config_class, skip in stages:
+        add_config_arguments(parser, config_class, skip=(*skip, *ADVANCED_FIELDS))
+    advanced = parser.add_argument_group(ADVANCED_TITLE)
+    for config_class, skip in stages:
+        names = {item.name for item in dataclasses.fields(config_class)}
+        add_config_arguments(
+            parser, config_class, skip=(*skip, *(names - set(ADVANCED_FIELDS))), into=advanced
+        )
+    return advanced
 
 
 def build_config(args: argparse.Namespace, config_class: type, **overrides: Any) -> Any:
@@ -137,17 +196,15 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser(
         "run", help="Search, fine-tune the kept modules and evaluate (the whole method)."
     )
+    stages = ((DataConfig, ()), (AdapterConfig, ()), (SearchConfig, SHARED_FIELDS), (FinetuneConfig, ()))
     for command in (search, run):
-        add_config_arguments(command, DataConfig)
-        add_config_arguments(command, AdapterConfig)
-        add_config_arguments(command, SearchConfig, skip=SHARED_FIELDS)
-        add_config_arguments(command, FinetuneConfig)
+        advanced = add_stage_arguments(command, stages)
         command.add_argument(
             "--resume",
             action="store_true",
             help="Continue the killed run in --output-dir from its last checkpoint.",
         )
-        command.add_argument(
+        advanced.add_argument(
             "--checkpoint-every",
             type=int,
             default=200,
@@ -169,21 +226,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--dam", required=True, help="dam.json of a finished search (search weights beside it)."
     )
     finetune.add_argument("--data-dir", default=None, help="GLUE folder, if it moved since the search.")
-    add_config_arguments(finetune, FinetuneConfig)
+    add_stage_arguments(finetune, ((FinetuneConfig, ()),))
     _add_output(finetune)
 
     evaluate = commands.add_parser("eval", help="Evaluate a saved PEFT adapter on a task.")
     evaluate.add_argument("--adapter", required=True, help="Folder with adapter_config.json.")
     evaluate.add_argument("--model", default=None, help="Base model (default: the adapter's base model).")
-    evaluate.add_argument("--batch-size", type=int, default=32, help="Evaluation batch size.")
-    add_config_arguments(evaluate, DataConfig)
+    evaluate.add_argument("--batch-size", type=int, default=32, help="Evaluation batch size (default: 32).")
+    add_stage_arguments(evaluate, ((DataConfig, ()),))
 
     audit = commands.add_parser(
         "candidates",
         help="Without training: the candidate modules per layer and type with their LoRA parameters, what "
         "all-linear would wrap besides, what the presets and --budget keep, and modules to look at.",
     )
-    add_config_arguments(audit, AdapterConfig, skip=("lora_alpha", "lora_dropout"))
+    add_stage_arguments(audit, ((AdapterConfig, ("lora_alpha", "lora_dropout")),))
     audit.add_argument(
         "--budget", default=None, help="Also show what each preset keeps under this budget (150k, 0.5x)."
     )
@@ -203,14 +260,41 @@ def _print_result(metrics: dict[str, Any], output_dir: str) -> None:
         f"{metrics['selected_modules']}/{metrics['candidate_modules']} modules, "
         f"{metrics['trainable_parameters']:,} trainable parameters | artifacts in {output_dir}"
     )
+    line = baseline_line(metrics["metrics"], metrics.get("baseline"))
+    if line is not None:
+        print(line)
+
+
+def baseline_line(scores: dict[str, float], baseline: dict[str, Any] | None) -> str | None:
+    """One line setting `scores` against a predictor blind to its input (the training majority class, or
+    for regression the training mean); None without a baseline (decoder tasks)."""
+    if baseline is None:
+        return None
+    values = {name: value for name, value in baseline.items() if name not in ("majority_class", "train_mean")}
+    ours = ", ".join(f"{name} {scores[name]:.4f}" for name in values if name in scores)
+    if "majority_class" in baseline:
+        theirs = ", ".join(f"{name} {value:.4f}" for name, value in values.items())
+        return (
+            f"baseline: always predicting the training majority class {baseline['majority_class']!r} "
+            f"scores {theirs}; this adapter: {ours}"
+        )
+    return (
+        f"baseline: a constant prediction (the training mean {baseline['train_mean']:.4g}) scores 0, as a "
+        f"correlation needs predictions that vary; this adapter: {ours}"
+    )
 
 
 def quiet_libraries() -> None:
-    """Keep transformers' load reports, progress bars and deprecation notes out of the user's terminal."""
+    """Keep transformers' load reports, progress bars and deprecation notes out of the user's terminal, unless
+    $DIFFORA_VERBOSE=1."""
     import warnings
 
     from transformers.utils import logging as hf_logging
 
+    from diffora.models import is_verbose
+
+    if is_verbose():
+        return
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -252,8 +336,13 @@ def dispatch(args: argparse.Namespace) -> None:
         return
     if args.command == "eval":
         data_config = build_config(args, DataConfig)
-        scores = _pipeline().evaluate_adapter(args.adapter, data_config, args.batch_size, args.model)
+        pipeline = _pipeline()
+        scores = pipeline.evaluate_adapter(args.adapter, data_config, args.batch_size, args.model)
         print(json.dumps(scores, indent=2))
+        # stdout stays one JSON document for scripts; the comparison is for the reader
+        line = baseline_line(scores, pipeline.adapter_baseline(args.adapter, data_config))
+        if line is not None:
+            print(line, file=sys.stderr)
         return
     if args.command == "finetune":
         finetune_config = _finetune_config(args)

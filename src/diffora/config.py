@@ -167,8 +167,8 @@ def _scaling_options() -> dict[str, Any]:
         ),
         "max_grad_norm": option(
             1.0,
-            "Clip the global gradient norm of the weights to this value before each step (the "
-            "transformers Trainer's default); 0 turns clipping off.",
+            "Clip the global gradient norm of the weights to this value before each step; 0 turns clipping "
+            "off. Default: 1.0, as in the transformers Trainer.",
         ),
     }
 

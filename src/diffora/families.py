@@ -20,17 +20,22 @@ from diffora.tasks import GLUE_TASKS
 
 @dataclass(frozen=True)
 class TaskFamily:
-    """Where a family's two functions live, as 'module:function' (imported on first use)."""
+    """Where a family's functions live, as 'module:function' (imported on first use); `baseline` is
+    optional."""
 
     name: str
     workbench: str  # (DataConfig, AdapterConfig, seed, base dtype or None) -> Workbench
     adapter_evaluation: str  # (adapter_dir, DataConfig, batch_size, model) -> metrics
+    baseline: str | None = None  # (adapter_dir, DataConfig) -> a constant predictor's metrics, or None
 
     def open_workbench(self, *args: Any) -> Any:
         return _load(self.workbench)(*args)
 
     def evaluate_adapter(self, *args: Any) -> dict[str, float]:
         return _load(self.adapter_evaluation)(*args)
+
+    def adapter_baseline(self, *args: Any) -> dict[str, Any] | None:
+        return _load(self.baseline)(*args) if self.baseline is not None else None
 
 
 def _load(target: str) -> Callable[..., Any]:
@@ -52,6 +57,7 @@ register(
         "classification",
         "diffora.classification:open_classifier_workbench",
         "diffora.classification:evaluate_classifier_adapter",
+        "diffora.classification:classifier_adapter_baseline",
     ),
 )
 register(

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 from scipy.stats import pearsonr, spearmanr
@@ -60,3 +61,40 @@ def compute_metrics(spec: TaskSpec, predictions: np.ndarray, labels: np.ndarray)
     if unknown:
         raise DifforaError(f"unknown metric {', '.join(unknown)}; choose from {', '.join(METRICS)}")
     return {name: METRICS[name](values, labels) for name in spec.metric_names}
+
+
+def constant_prediction(spec: TaskSpec, train_labels: Sequence[int | float]) -> int | float:
+    """What a predictor blind to its input says: the majority class of the training labels (the first class
+    on a tie) or, for regression, their mean.
+
+    >>> from diffora.tasks import get_task_spec
+    >>> constant_prediction(get_task_spec("rte"), [1, 0, 1])
+    1
+    """
+    labels = np.asarray(train_labels)
+    if labels.size == 0:
+        raise DifforaError("no training labels to find the majority class or mean of")
+    if spec.is_regression:
+        return float(labels.astype(np.float64).mean())
+    return int(np.bincount(labels.astype(np.int64), minlength=spec.num_labels).argmax())
+
+
+def constant_baseline(
+    spec: TaskSpec, constant: int | float, eval_labels: Sequence[int | float]
+) -> dict[str, Any]:
+    """The task's metrics of always predicting `constant` (see `constant_prediction`) on `eval_labels`.
+
+    Classification adds accuracy to the task's metrics and names the class (`majority_class`); regression
+    names the constant (`train_mean`), and its correlations, undefined for a constant, count as 0.
+    """
+    labels = np.asarray(eval_labels).reshape(-1)
+    if spec.is_regression:
+        scores = compute_metrics(spec, np.full(labels.shape[0], float(constant)), labels)
+        return {"train_mean": float(constant), **{k: 0.0 if np.isnan(v) else v for k, v in scores.items()}}
+    predictions = np.full(labels.shape[0], int(constant), dtype=np.int64)
+    scores = compute_metrics(spec, predictions, labels)
+    return {
+        "majority_class": spec.label_names[int(constant)],
+        "accuracy": METRICS["accuracy"](predictions, labels),
+        **scores,
+    }

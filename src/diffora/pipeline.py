@@ -268,6 +268,7 @@ def _finetune_on(
         "seconds": dict(timings),
         "eval_examples": len(bench.data.eval),
         "train_examples": len(bench.data.train),
+        "baseline": bench.baseline(),
         "data_fingerprint": bench.data.fingerprint(),
         "config": {**dam.config, "finetune": to_dict(config)},
         "versions": versions(),
@@ -437,4 +438,10 @@ def evaluate_adapter(
     return family_of(data_config.task).evaluate_adapter(Path(adapter_dir), data_config, batch_size, model)
 
 
-__all__ = ["search", "finetune", "run", "evaluate_adapter", "SearchOutcome", "RunResult"]
+def adapter_baseline(adapter_dir: str | Path, data_config: DataConfig) -> dict[str, Any] | None:
+    """What `evaluate_adapter`'s scores compare with: the metrics of always predicting the training majority
+    class (regression: mean) on the same evaluation split; None for decoder tasks."""
+    return family_of(data_config.task).adapter_baseline(Path(adapter_dir), data_config)
+
+
+__all__ = ["search", "finetune", "run", "evaluate_adapter", "adapter_baseline", "SearchOutcome", "RunResult"]

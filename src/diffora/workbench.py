@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -12,6 +13,7 @@ from diffora.batching import make_dataloader
 from diffora.candidates import Candidate
 from diffora.config import AdapterConfig
 from diffora.data import TaskData
+from diffora.metrics import constant_baseline, constant_prediction
 from diffora.models import load_classifier
 from diffora.training import evaluate
 
@@ -48,3 +50,15 @@ class Workbench:
     def evaluate(self, model: nn.Module, batch_size: int, max_length: int) -> dict[str, float]:
         """The task's metrics of `model` on the evaluation split."""
         return evaluate(model, self.loader(self.data.eval, batch_size, max_length, False, 0), self.data.spec)
+
+    def constant_prediction(self) -> int | float | None:
+        """What a predictor blind to its input says: the training majority class (regression: the mean)."""
+        return constant_prediction(self.data.spec, [label for _, label in self.data.train])
+
+    def baseline(self) -> dict[str, Any] | None:
+        """The task's metrics of always predicting `constant_prediction()` on the evaluation split: the score
+        a run must beat to have learned anything. None where the task has no such predictor."""
+        constant = self.constant_prediction()
+        if constant is None:
+            return None
+        return constant_baseline(self.data.spec, constant, [label for _, label in self.data.eval])
