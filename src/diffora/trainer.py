@@ -46,10 +46,9 @@ from diffora.lora import (
     import_adapter_tensors,
     lora_a_layer,
     lora_b_layer,
-    peft_task_type,
 )
 from diffora.lora import lora_config as diffora_lora_config
-from diffora.models import default_heads
+from diffora.models import default_heads, peft_task_type
 from diffora.selection import candidate_parameters
 from diffora.training import cycle
 
