@@ -45,6 +45,8 @@ sys.path.insert(0, str(BENCH_DIR))
 if (REPO_ROOT / "src" / "diffora").is_dir():  # benchmark this checkout, whatever diffora is installed
     sys.path.insert(0, str(REPO_ROOT / "src"))
 
+from paired_stats import across_tasks as paired_across_tasks  # noqa: E402
+from paired_stats import paired  # noqa: E402
 from provenance import git_commit  # noqa: E402
 
 DEFAULT_DATA_DIR = os.environ.get("DIFFORA_DATA_DIR") or str(REPO_ROOT.parent / "shared" / "data" / "glue")
@@ -440,18 +442,6 @@ def load_rows(out: Path) -> Any:
     return pd.DataFrame.from_records(records)
 
 
-def t_interval(values: Any) -> tuple[float, float, float, int]:
-    """(mean, SE, half-width of the t-based 95 % interval, n) of paired differences."""
-    from scipy import stats
-
-    n = len(values)
-    mean = float(values.mean())
-    if n < 2:
-        return mean, math.nan, math.nan, n
-    se = float(values.std(ddof=1)) / math.sqrt(n)
-    return mean, se, float(stats.t.ppf(0.975, n - 1)) * se, n
-
-
 def paired_differences(frame: Any, baseline: str = "random") -> Any:
     """Per (task, budget, row): the row minus `baseline` (mean over its picks) paired over seeds."""
     import pandas as pd
@@ -462,59 +452,26 @@ def paired_differences(frame: Any, baseline: str = "random") -> Any:
         return pd.DataFrame()
     for (task, budget, fraction), block in means.groupby(level=["task", "budget", "fraction"]):
         for row in block.columns:
-            if row == baseline:
-                continue
             pairs = block[[row, baseline]].dropna()
-            if pairs.empty:
+            if row == baseline or pairs.empty:
                 continue
-            mean, se, half, n = t_interval(pairs[row] - pairs[baseline])
-            rows.append(
-                {
-                    "task": task,
-                    "budget": budget,
-                    "fraction": fraction,
-                    "row": row,
-                    "n_seeds": n,
-                    "difference": mean,
-                    "se": se,
-                    "ci_low": mean - half,
-                    "ci_high": mean + half,
-                }
-            )
+            result = paired(list(pairs[row]), list(pairs[baseline]))
+            rows.append({"task": task, "budget": budget, "fraction": fraction, "row": row, **result})
     return pd.DataFrame.from_records(rows)
 
 
 def across_tasks(differences: Any) -> Any:
-    """The multi-task average per (budget, row), tasks independent: SE = sqrt(sum SE_t^2) / T, with a
-    Welch-Satterthwaite t quantile. Only (budget, row) pairs that every task of the frame has."""
+    """The multi-task average per (budget, row), tasks independent (`paired_stats.across_tasks`); only the
+    (budget, row) pairs that every task of the frame has."""
     import pandas as pd
-    from scipy import stats
 
     tasks = differences["task"].nunique()
     rows = []
     for (budget, fraction, row), block in differences.groupby(["budget", "fraction", "row"]):
-        if len(block) < tasks or block["se"].isna().any():
-            continue
-        count = len(block)
-        se = math.sqrt(float((block["se"] ** 2).sum())) / count
-        dofs = block["n_seeds"] - 1
-        spread = float(((block["se"] ** 4) / dofs).sum())
-        df = float((block["se"] ** 2).sum() ** 2) / spread if spread > 0 else float(dofs.sum())
-        half = float(stats.t.ppf(0.975, df)) * se
-        mean = float(block["difference"].mean())
-        rows.append(
-            {
-                "budget": budget,
-                "fraction": fraction,
-                "row": row,
-                "tasks": count,
-                "difference": mean,
-                "se": se,
-                "ci_low": mean - half,
-                "ci_high": mean + half,
-            }
-        )
-    return pd.DataFrame.from_records(rows)
+        if len(block) == tasks:
+            average = paired_across_tasks(block.to_dict(orient="records"))
+            rows.append({"budget": budget, "fraction": fraction, "row": row, **average})
+    return pd.DataFrame.from_records(rows).dropna() if rows else pd.DataFrame()
 
 
 def score_agreement(out: Path, fractions: list[Fraction]) -> Any:

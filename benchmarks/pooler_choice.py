@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 
+from paired_stats import across_tasks, paired  # noqa: E402
 from provenance import git_commit  # noqa: E402
 
 POOLERS = ("frozen", "train", "identity")
@@ -53,46 +53,28 @@ def load_scores(directory: Path, tasks: list[str]) -> Any:
 def differences(frame: Any, baseline: str = "frozen") -> Any:
     """Per (task, remedy): remedy minus `baseline`, paired over seeds, with a t-based 95 % interval."""
     import pandas as pd
-    from scipy import stats
 
     table = frame.pivot_table(index=["task", "seed"], columns="pooler", values="score")
     rows = []
     for task, block in table.groupby(level="task"):
         for remedy in (p for p in POOLERS if p != baseline and p in block.columns):
             pairs = block[[remedy, baseline]].dropna()
-            if pairs.empty:
-                continue
-            diff = pairs[remedy] - pairs[baseline]
-            n = len(diff)
-            se = float(diff.std(ddof=1)) / math.sqrt(n) if n > 1 else math.nan
-            half = float(stats.t.ppf(0.975, n - 1)) * se if n > 1 else math.nan
-            mean = float(diff.mean()) if n else math.nan
-            rows.append(
-                {"task": task, "remedy": remedy, "seeds": n, "minus_frozen": mean, "se": se,
-                 "ci_low": mean - half, "ci_high": mean + half}
-            )  # fmt: skip
+            if not pairs.empty:
+                rows.append(
+                    {"task": task, "remedy": remedy, **paired(list(pairs[remedy]), list(pairs[baseline]))}
+                )
     return pd.DataFrame.from_records(rows)
 
 
 def over_tasks(per_task: Any) -> Any:
-    """The mean over tasks of each remedy's difference, tasks independent (Welch-Satterthwaite df)."""
+    """The mean over tasks of each remedy's difference, tasks independent (`paired_stats.across_tasks`)."""
     import pandas as pd
-    from scipy import stats
 
-    rows = []
-    for remedy, block in per_task.groupby("remedy"):
-        if block["se"].isna().any():
-            continue
-        count = len(block)
-        se = math.sqrt(float((block["se"] ** 2).sum())) / count
-        dofs = block["seeds"] - 1
-        spread = float(((block["se"] ** 4) / dofs).sum())
-        df = float((block["se"] ** 2).sum() ** 2) / spread if spread > 0 else float(dofs.sum())
-        mean = float(block["minus_frozen"].mean())
-        half = float(stats.t.ppf(0.975, df)) * se
-        rows.append({"remedy": remedy, "tasks": count, "minus_frozen": mean, "se": se,
-                     "ci_low": mean - half, "ci_high": mean + half})  # fmt: skip
-    return pd.DataFrame.from_records(rows)
+    rows = [
+        {"remedy": remedy, **across_tasks(block.to_dict(orient="records"))}
+        for remedy, block in per_task.groupby("remedy")
+    ]
+    return pd.DataFrame.from_records(rows).dropna() if rows else pd.DataFrame()
 
 
 def main(argv: list[str] | None = None) -> int:

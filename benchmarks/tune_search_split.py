@@ -99,9 +99,7 @@ def search_split_job(
 
 def tune_one(task: str, seed: int, lr: float, epochs: float, args: argparse.Namespace) -> dict[str, Any]:
     """`args.method` on the (task, seed) search-train split, scored on its search-val split."""
-    job = search_split_job(
-        task, seed, args.method, args.profile, args.data_dir, args.threads, args.pooler
-    )
+    job = search_split_job(task, seed, args.method, args.profile, args.data_dir, args.threads, args.pooler)
     job.settings = {**job.settings, "lr": lr, "epochs": epochs}
     record = job.run_method(args.method)
     return {

@@ -50,7 +50,7 @@ def test_the_sweep_runs_every_row_from_one_warm_up_and_resumes(
     assert set(job["scores"]) >= {"lora_drop", "drop_value", "gates_normalized"}
     document = json.loads((tmp_path / "sweep" / "budget_sweep.json").read_text())
     assert {row["row"] for row in document["minus_random"]} >= {"lora_drop", "gates_normalized"}
-    assert all(row["n_seeds"] == 2 for row in document["minus_random"])
+    assert all(row["n"] == 2 for row in document["minus_random"])
     assert (tmp_path / "sweep" / "budget_sweep_rte.png").stat().st_size > 0
     agreement = {row["scorer"]: row for row in document["score_agreement"]}
     assert -1 <= agreement["gates_normalized"]["spearman_drop_value"] <= 1
