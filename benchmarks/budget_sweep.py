@@ -583,8 +583,14 @@ def report(out: Path, command: str, fractions: list[Fraction]) -> None:
         "",
     ]
     if frame.empty:
-        text = "\n".join(["# Budget sweep: scores only (no fine-tune yet)", "", f"Report: `{command}`.", ""])
-        text += "\n".join(agreement_lines)
+        machine = provenance()
+        header = [
+            "# Budget sweep: scores only (no fine-tune yet)",
+            "",
+            f"Report: `{command}`. Machine: {machine['cpu']}; {json.dumps(machine['versions'])}.",
+            "",
+        ]
+        text = "\n".join(header + agreement_lines)
         atomic_write(out.parent / "budget_sweep.md", lambda handle: handle.write(text))
         atomic_write_json(
             out.parent / "budget_sweep.json",

@@ -8,8 +8,9 @@ from conftest import gated_lora_model, random_batch, tiny_bert_config
 from torch.func import functional_call
 from transformers import BertForSequenceClassification
 
-from diffora.bilevel import BilevelSearch, run_search
+from diffora.bilevel import BilevelSearch, LoraDropSearch, make_search, run_search
 from diffora.candidates import find_candidates
+from diffora.checkpoint import Checkpointer, _read_checkpoint
 from diffora.config import AdapterConfig, SearchConfig
 from diffora.errors import DifforaError
 from diffora.gates import DAMGates
@@ -145,13 +146,84 @@ def test_a_default_search_lora_drop_ends_with_a_dam_ranked_by_update_norm() -> N
     assert [c.name for c in dam.discretize(0.5)] == [dam.candidates[i].name for i in sorted(top)]
 
 
-def test_bilevel_search_with_the_default_lora_drop_config_trains_plain_lora_and_takes_no_gate_step() -> None:
+def test_the_config_picks_the_strategy_and_lora_drop_trains_plain_lora_without_gates() -> None:
     model, candidates = _model()
-    peft_model, gates = gated_lora_model(model, candidates)
-    search = BilevelSearch(peft_model, gates, SearchConfig(), rho=0.5)
-    assert gates.constant and torch.all(gates.gates() == 1.0)
-    with pytest.raises(DifforaError, match="learns no gates"):
-        search.gate_step(VAL[0], TRAIN[0])
+    peft_model = wrap_with_lora(model, [c.name for c in candidates], ["classifier"], AdapterConfig(rank=4))
+    lora_drop = make_search(peft_model, candidates, SearchConfig())
+    assert isinstance(lora_drop, LoraDropSearch) and not hasattr(lora_drop, "gates")
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in peft_model.modules())  # plain LoRA
+    optimised = [p for group in lora_drop.weight_optimizer.param_groups for p in group["params"]]
+    assert optimised == [p for p in peft_model.parameters() if p.requires_grad]
+    assert lora_drop.gate_values() == [1.0] * len(candidates)
+    gated = make_search(peft_model, candidates, SearchConfig(lora_drop=False))
+    assert isinstance(gated, BilevelSearch) and isinstance(gated.mask_hooks(), DAMGates)
+    with pytest.raises(DifforaError, match="turn `lora_drop` off, or use LoraDropSearch"):
+        BilevelSearch(peft_model, gated.gates, SearchConfig(), rho=0.5)
+    with pytest.raises(DifforaError, match="for the gate search use BilevelSearch"):
+        LoraDropSearch(peft_model, candidates, SearchConfig(lora_drop=False))
+
+
+def test_lora_drop_draws_no_search_val_batch_and_checkpoints_no_gates(tmp_path) -> None:
+    class Counted(list):
+        drawn = 0
+
+        def __iter__(self):
+            for batch in super().__iter__():
+                Counted.drawn += 1
+                yield batch
+
+    checkpointer = Checkpointer(tmp_path, "search", every=1, keep=100)
+    run_search(
+        *_model(),
+        ["classifier"],
+        TRAIN,
+        Counted(VAL),
+        AdapterConfig(rank=4),
+        SearchConfig(epochs=1),
+        checkpointer=checkpointer,
+    )
+    assert Counted.drawn == len(VAL)  # read once, by the measurements after the loop
+    state = Checkpointer(tmp_path, "search").latest()
+    assert state.consumed["val"] == 0 and not any("gates" in key for key in state.tensors)
+    assert set(state.meta["param_groups"]) == {"weights"}
+
+
+def test_lora_drop_resumes_from_a_checkpoint_that_also_holds_gates(tmp_path) -> None:
+    """A LoRA-drop checkpoint of an earlier version kept gate logits and a gate optimiser: resuming reads
+    what the search keeps and gives the uninterrupted result."""
+    config = SearchConfig(epochs=2, lr=1e-2, log_every=1, seed=0)
+
+    def search(checkpointer=None, resume=None):
+        outcome = run_search(
+            *_model(),
+            ["classifier"],
+            TRAIN,
+            VAL,
+            AdapterConfig(rank=4),
+            config,
+            checkpointer=checkpointer,
+            resume=resume,
+        )
+        return outcome.weights, outcome.dam.update_norms, outcome.history
+
+    whole = search(Checkpointer(tmp_path, "search", every=1, keep=100))
+    state = _read_checkpoint(tmp_path / "checkpoints" / "search-00000003")
+    gates = torch.zeros(len(_model()[1]), requires_grad=True)
+    gate_optimizer = torch.optim.Adam([gates], betas=(0.5, 0.999))
+    gates.grad = torch.ones_like(gates)
+    gate_optimizer.step()  # so that the old checkpoint holds a gate optimiser state, as it did
+    state.tensors.update(
+        {
+            "tensor.gates": gates.detach(),
+            **{f"optim.gates.0.{k}": v for k, v in gate_optimizer.state_dict()["state"][0].items()},
+        }
+    )
+    state.meta["param_groups"]["gates"] = gate_optimizer.state_dict()["param_groups"]
+    state.meta["pinned_norms"] = None
+    resumed = search(resume=state)
+    assert resumed[0].keys() == whole[0].keys()
+    assert all(torch.equal(resumed[0][key], whole[0][key]) for key in whole[0])
+    assert resumed[1:] == whole[1:]
 
 
 def test_measurement_batches_follow_the_loaders_subset_and_keep_its_own_batches() -> None:

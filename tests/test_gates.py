@@ -11,7 +11,7 @@ from transformers import BertForSequenceClassification
 
 from diffora.candidates import find_candidates
 from diffora.config import AdapterConfig
-from diffora.gates import DAMGates, relaxed_gates
+from diffora.gates import DAMGates, ModuleMask, relaxed_gates
 from diffora.lora import lora_b_layer, wrap_with_lora
 
 
@@ -81,6 +81,30 @@ def test_zero_mask_gives_the_frozen_model_and_detach_gives_plain_lora() -> None:
     assert torch.allclose(_logits(peft_model, batch), frozen, atol=1e-6)
     gates.detach()
     assert torch.allclose(_logits(peft_model, batch), plain_lora, atol=1e-6)
+
+
+def test_a_module_mask_is_plain_lora_until_set_and_its_zeros_switch_modules_off_exactly() -> None:
+    peft_model, candidates = _wrapped_model()
+    batch = random_batch()
+    plain_lora = _logits(peft_model, batch)
+    with peft_model.disable_adapter():
+        frozen = _logits(peft_model, batch)
+    mask = ModuleMask(candidates)
+    mask.attach(peft_model)
+    assert torch.equal(_logits(peft_model, batch), plain_lora)
+    mask.mask = torch.zeros(len(candidates))
+    assert torch.allclose(_logits(peft_model, batch), frozen, atol=1e-6)
+    gates = DAMGates(candidates, "softmax")  # every gate exactly 1: the same switch as the mask
+    mask.detach()
+    gates.attach(peft_model)
+    for kept in range(len(candidates) + 1):
+        mask.mask = gates.mask = (torch.arange(len(candidates)) < kept).float()
+        gated = _logits(peft_model, batch)
+        gates.detach()
+        mask.attach(peft_model)
+        assert torch.equal(_logits(peft_model, batch), gated)
+        mask.detach()
+        gates.attach(peft_model)
 
 
 def test_gate_gradient_is_exactly_zero_while_b_is_zero() -> None:

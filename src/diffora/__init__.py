@@ -23,6 +23,7 @@ _EXPORTS = {
     "DifforaError": "diffora.errors",
     "DAMGates": "diffora.gates",
     "BilevelSearch": "diffora.bilevel",
+    "LoraDropSearch": "diffora.bilevel",
     "run_search": "diffora.bilevel",
     "DiffoRAConfig": "diffora.api",
     "search_dam": "diffora.api",

@@ -8,6 +8,7 @@ the activations kept for the gate's gradient.
 
 `GateLearner` is the gate half of the bi-level search, shared by `diffora.bilevel.BilevelSearch` and
 `diffora.trainer.DiffoRASearchTrainer`: each computes the gate gradient its own way and hands it to `step`.
+`ModuleMask` switches modules off the same way without gates: the measurements after a LoRA-drop search.
 """
 
 from __future__ import annotations
@@ -64,7 +65,6 @@ class DAMGates(nn.Module):
         self.temperature = temperature
         self.logits = nn.Parameter(torch.full((len(self.candidates),), float(initial_logit)))
         self.mask: torch.Tensor | None = None  # multiplies the gates; zeros switch modules off
-        self.constant = False  # every gate exactly 1 whatever the logits (a `lora_drop` search: plain LoRA)
         # gate_form 'normalized': each module's update norm ||B A||_F when pinned; None while not pinned
         self.pinned_norms: torch.Tensor | None = None
         self._current: torch.Tensor | None = None
@@ -73,12 +73,9 @@ class DAMGates(nn.Module):
 
     def gates(self) -> torch.Tensor:
         """The relaxed gate values (times `mask` when one is set), differentiable in the logits."""
-        if self.constant:
-            values = torch.ones_like(self.logits)
-        else:
-            values = relaxed_gates(
-                self.logits, [c.layer for c in self.candidates], self.relaxation, self.temperature
-            )
+        values = relaxed_gates(
+            self.logits, [c.layer for c in self.candidates], self.relaxation, self.temperature
+        )
         return values if self.mask is None else values * self.mask.to(values)
 
     def attach(self, peft_model: nn.Module) -> None:
@@ -129,6 +126,37 @@ class DAMGates(nn.Module):
         def hook(_module: nn.Module, _inputs: object, output: torch.Tensor) -> torch.Tensor:
             gates = self._current if self._current is not None else self.gates()
             return output * gates[index].to(output.dtype)
+
+        return hook
+
+
+class ModuleMask:
+    """Switches candidate modules off in a PEFT LoRA model that has no gates: while `mask` is set, candidate
+    i's LoRA output is multiplied by mask[i] (by a hook on its `lora_A`, where the gates would act); while it
+    is None the model is plain LoRA. The perturbation scores and the size curve of a LoRA-drop search use it.
+    """
+
+    def __init__(self, candidates: Sequence[Candidate]) -> None:
+        self.candidates = list(candidates)
+        self.mask: torch.Tensor | None = None  # zeros switch modules off
+        self._handles: list[RemovableHandle] = []
+
+    def attach(self, peft_model: nn.Module) -> None:
+        """Hook the mask into `peft_model`."""
+        self.detach()
+        for index, candidate in enumerate(self.candidates):
+            layer = lora_a_layer(peft_model, candidate.name)
+            self._handles.append(layer.register_forward_hook(self._mask_hook(index)))
+
+    def detach(self) -> None:
+        """Remove every hook."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _mask_hook(self, index: int):
+        def hook(_module: nn.Module, _inputs: object, output: torch.Tensor) -> torch.Tensor:
+            return output if self.mask is None else output * self.mask[index].to(output)
 
         return hook
 
