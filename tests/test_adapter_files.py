@@ -19,6 +19,7 @@ from diffora.pipeline import evaluate_adapter
 from diffora.plots import dam_figure, kept_cells, ranks_of, size_curve_figure
 
 RUN = ["--max-length", "16", "--batch-size", "8", "--epochs", "1", "--search-epochs", "1", "--rank", "2"]
+RUN += ["--pooler", "auto"]  # the pooler in modules_to_save too
 GRID = [Candidate(f"l{layer}.{kind}", layer, kind) for layer in range(3) for kind in ("q", "k", "v", "o")]
 
 

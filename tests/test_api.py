@@ -54,7 +54,7 @@ def test_search_dam_on_datasets_returns_a_standard_lora_config_and_the_search_we
     query = model.bert.encoder.layer[0].attention.self.query
     assert query.scaling["default"] == pytest.approx(8 / math.sqrt(4))
     assert len(dam.candidates) == 12 and all(math.isfinite(g) for g in dam.gates)
-    assert dam.head_modules == ["classifier", "bert.pooler"]  # a random pooler (zero bias) trains too
+    assert dam.head_modules == ["classifier"]  # the pooler stays frozen by default
     assert dam.size_curve is not None and dam.size_curve["ranking"] == "magnitude"
 
     kept = dam.select(budget="0.5x")
@@ -64,12 +64,11 @@ def test_search_dam_on_datasets_returns_a_standard_lora_config_and_the_search_we
     assert isinstance(lora, LoraConfig)
     assert set(lora.target_modules) == {c.name for c in kept}
     assert lora.use_rslora and lora.lora_dropout == 0.1 and lora.r == 4
-    assert lora.modules_to_save == ["classifier", "bert.pooler"]
+    assert lora.modules_to_save == ["classifier"]
     assert config.lora.target_modules is None  # the template itself is not modified
     dam.save(tmp_path / "dam.json", rho=0.5)  # the head survives the file: a task-type-less template needs it
     assert DAM.load(tmp_path / "dam.json").to_lora_config(kept, base=config.lora).modules_to_save == [
-        "classifier",
-        "bert.pooler",
+        "classifier"
     ]
 
     peft_model = get_peft_model(_model(seed=1), lora)  # a fresh base: any PEFT / Trainer code from here

@@ -39,7 +39,7 @@ JACCARD_FLOOR = 0.333
 def _configs(tiny_bert_dir: Path, tiny_glue_dir: Path, precision: str):
     return (
         DataConfig(task="rte", data_dir=str(tiny_glue_dir), max_length=16),
-        AdapterConfig(model=str(tiny_bert_dir), rank=2),
+        AdapterConfig(model=str(tiny_bert_dir), rank=2, pooler="auto"),  # the pooler trains: fp32 too
         SearchConfig(
             lora_drop=False,
             epochs=2,

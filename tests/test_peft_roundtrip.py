@@ -81,6 +81,7 @@ def test_an_untrained_pooler_trains_with_the_head_and_reloads_with_peft_alone(
     tiny_bert_dir, tiny_glue_dir, tmp_path
 ) -> None:
     """The tiny model's pooler has a zero bias (never trained): 'auto' trains it, the adapter carries it."""
+    assert AdapterConfig().pooler == "frozen"  # only on request
     import torch
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification
@@ -88,7 +89,7 @@ def test_an_untrained_pooler_trains_with_the_head_and_reloads_with_peft_alone(
     out = tmp_path / "run"
     run(
         DataConfig(task="rte", data_dir=str(tiny_glue_dir), max_length=16),
-        AdapterConfig(model=str(tiny_bert_dir), rank=2),
+        AdapterConfig(model=str(tiny_bert_dir), rank=2, pooler="auto"),
         SearchConfig(epochs=1, batch_size=8, lr=1e-2),
         FinetuneConfig(epochs=1, batch_size=8, lr=1e-2),
         output_dir=out,

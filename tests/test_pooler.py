@@ -32,8 +32,9 @@ def test_an_untrained_pooler_trains_under_auto_and_a_pretrained_one_stays_frozen
     assert find_pooler(untrained) == "bert.pooler"
     assert pooler_is_untrained(untrained, "bert.pooler")
     assert not pooler_is_untrained(pretrained, "bert.pooler")
-    assert default_heads(untrained) == ["classifier", "bert.pooler"]
-    assert default_heads(pretrained) == ["classifier"]
+    assert default_heads(untrained) == ["classifier"]  # frozen unless asked
+    assert default_heads(untrained, "auto") == ["classifier", "bert.pooler"]
+    assert default_heads(pretrained, "auto") == ["classifier"]
     assert default_heads(pretrained, "train") == ["classifier", "bert.pooler"]
     assert default_heads(untrained, "frozen") == ["classifier"]
 
@@ -41,7 +42,7 @@ def test_an_untrained_pooler_trains_under_auto_and_a_pretrained_one_stays_frozen
 def test_a_model_without_a_pooler_trains_its_head_only() -> None:
     model = GPT2ForSequenceClassification(GPT2Config(n_embd=16, n_layer=1, n_head=2, vocab_size=50))
     assert find_pooler(model) is None and trained_pooler(model, "train") is None
-    assert default_heads(model) == ["score"]
+    assert default_heads(model, "auto") == ["score"]
 
 
 def test_identity_passes_the_first_token_through_the_pooler() -> None:
@@ -52,5 +53,5 @@ def test_identity_passes_the_first_token_through_the_pooler() -> None:
 
 
 def test_an_unknown_pooler_option_is_refused_in_one_line() -> None:
-    with pytest.raises(OptionError, match="`pooler` must be one of auto, train, identity, frozen"):
+    with pytest.raises(OptionError, match="`pooler` must be one of frozen, auto, train, identity"):
         AdapterConfig(pooler="mean")

@@ -96,7 +96,7 @@ def test_gates_move_after_warmup_only_with_their_own_optimizer(tiny_bert_dir, tm
     dam = trainer.dam()
     assert dam.update_norms and all(n > 0 for n in dam.update_norms)
     assert dam.discretize(budget="auto") and dam.parameters[0] == 4 * (32 + 32)
-    assert dam.head_modules == trainer.head_modules == ["bert.pooler", "classifier"]  # untrained pooler too
+    assert dam.head_modules == trainer.head_modules == ["classifier"]  # lora_config_for trains the head too
 
 
 def test_the_train_loss_does_not_jump_when_the_gates_start(tiny_bert_dir, tmp_path) -> None:
@@ -173,7 +173,7 @@ def test_lora_config_for_and_inherit_search_weights(tiny_bert_dir, tmp_path) -> 
         AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir), lora_config=base
     )
     candidates, heads = lora_candidates(search), trained_heads(search)
-    assert heads == ["bert.pooler", "classifier"] and len(candidates) == 12
+    assert heads == ["classifier"] and len(candidates) == 12
     with torch.no_grad():
         for candidate in candidates:
             lora_b_layer(search, candidate.name).weight.normal_()

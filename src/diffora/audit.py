@@ -211,7 +211,7 @@ def placement_audit(
     *,
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
-    pooler: str = "auto",
+    pooler: str = "frozen",
     task: str = "auto",
     trust_remote_code: bool = False,
 ) -> pd.DataFrame:

@@ -162,7 +162,7 @@ def load_classifier(
     tokenizer: PreTrainedTokenizerBase,
     trust_remote_code: bool = False,
     seed: int = 0,
-    pooler: str = "auto",
+    pooler: str = "frozen",
     dtype: torch.dtype | None = None,
     verbose: bool | None = None,
 ) -> nn.Module:
@@ -259,7 +259,7 @@ def pooler_is_untrained(model: nn.Module, name: str) -> bool:
     return bias is not None and not bool(torch.count_nonzero(bias))
 
 
-def trained_pooler(model: nn.Module, pooler: str = "auto") -> str | None:
+def trained_pooler(model: nn.Module, pooler: str = "frozen") -> str | None:
     """The pooler that trains in full with the task head under the `pooler` option, or None."""
     name = find_pooler(model)
     if name is None or pooler == "frozen":
@@ -283,7 +283,7 @@ def reset_pooler_to_identity(model: nn.Module) -> None:
         dense.bias.zero_()
 
 
-def default_heads(model: nn.Module, pooler: str = "auto") -> list[str]:
+def default_heads(model: nn.Module, pooler: str = "frozen") -> list[str]:
     """The modules a search or fine-tune trains in full: a classifier's task head, with its pooler where the
     `pooler` option trains it; none for a causal LM, whose LM head is pretrained."""
     if peft_task_type(model) == "CAUSAL_LM":
