@@ -314,9 +314,8 @@ def run(
         if resume and (out / SEARCH_WEIGHTS_FILE).is_file():  # the search finished before the interruption
             dam = DAM.load(out / DAM_FILE)
             weights, initial_head = load_file(out / SEARCH_WEIGHTS_FILE), load_file(out / INITIAL_HEAD_FILE)
-            return _finetune_on(
+            return _finetune_saved_search(
                 bench,
-                bench.model,
                 dam,
                 weights,
                 initial_head,
@@ -324,7 +323,6 @@ def run(
                 adapter,
                 finetune_config,
                 out,
-                {"search": float(dam.info.get("search_seconds", 0.0))},
                 checkpoint_every,
             )
     outcome = search_on(
@@ -406,6 +404,24 @@ def finetune(
         if initial_head_path.is_file()
         else {k: v for k, v in weights.items() if ".lora_" not in k}
     )
+    return _finetune_saved_search(
+        bench, dam, weights, initial_head, data_config, adapter, finetune_config, out
+    )
+
+
+def _finetune_saved_search(
+    bench: Workbench,
+    dam: DAM,
+    weights: dict[str, torch.Tensor],
+    initial_head: dict[str, torch.Tensor],
+    data_config: DataConfig,
+    adapter: AdapterConfig,
+    finetune_config: FinetuneConfig,
+    out: Path | None,
+    checkpoint_every: int = 0,
+) -> RunResult:
+    """Fine-tune from a search saved to disk (its time comes from the DAM's record)."""
+    timings = {"search": float(dam.info.get("search_seconds", 0.0))}
     return _finetune_on(
         bench,
         bench.model,
@@ -416,7 +432,8 @@ def finetune(
         adapter,
         finetune_config,
         out,
-        {"search": float(dam.info.get("search_seconds", 0.0))},
+        timings,
+        checkpoint_every,
     )
 
 
