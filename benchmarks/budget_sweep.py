@@ -158,6 +158,7 @@ class SweepJob:
         self.names = [c.name for c in self.bench.candidates]
         self.costs = candidate_parameters(self.bench.model, self.names, regime.rank)
         self.document = self._load()
+        self._warm: tuple[dict[str, Any], dict[str, Any]] | None = None  # warm-up weights, read once
 
     def _load(self) -> dict[str, Any]:
         base = {
@@ -227,11 +228,14 @@ class SweepJob:
         import torch
         from safetensors.torch import load_file, save_file
 
+        if self._warm is not None:
+            return self._warm
         weights_file = self.cache.with_suffix(".safetensors")
         head_file = self.cache.with_name(self.cache.name + "_head.safetensors")
         scores = self.document["scores"]
         if weights_file.is_file() and head_file.is_file() and "lora_drop" in scores:
-            return load_file(str(weights_file)), load_file(str(head_file))
+            self._warm = load_file(str(weights_file)), load_file(str(head_file))
+            return self._warm
         self.log("warm-up (LoRA-drop search) ...")
         outcome = self._search(lora_drop=True)
         scores["lora_drop"] = outcome.dam.update_norms
@@ -243,7 +247,8 @@ class SweepJob:
         self.save()
         del outcome
         torch.manual_seed(self.seed)
-        return load_file(str(weights_file)), load_file(str(head_file))
+        self._warm = load_file(str(weights_file)), load_file(str(head_file))
+        return self._warm
 
     def gate_scores(self, name: str, gate_form: str) -> list[float]:
         scores = self.document["scores"]
@@ -485,9 +490,8 @@ def across_tasks(differences: Any) -> Any:
 def score_agreement(out: Path, fractions: list[Fraction]) -> Any:
     """Per (task, scorer): Spearman with the drop value (mean over seeds) and, at each budget, the mean
     pairwise Jaccard over seeds of the modules kept (how repeatable a selector is; random picks for scale)."""
-    import itertools
-
     import pandas as pd
+    from glue_report import mean_jaccard
     from scipy import stats
 
     from diffora.selection import budget_select, random_budget_select
@@ -521,11 +525,9 @@ def score_agreement(out: Path, fractions: list[Fraction]) -> Any:
                     else:
                         picked = budget_select(d["scores"][scorer], d["costs"], budget)
                     kept.append(set(picked))
-                pairs = list(itertools.combinations(kept, 2))
-                if pairs:
-                    row[f"jaccard_{budget_label(fraction)}"] = sum(
-                        len(a & b) / len(a | b) if a | b else 1.0 for a, b in pairs
-                    ) / len(pairs)
+                overlap = mean_jaccard(kept)
+                if overlap is not None:
+                    row[f"jaccard_{budget_label(fraction)}"] = overlap
             rows.append(row)
     return pd.DataFrame.from_records(rows)
 

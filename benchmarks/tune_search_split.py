@@ -68,6 +68,15 @@ def choose(scores: dict[str, dict[int, float]], default: str) -> dict[str, Any]:
 METHOD_LABELS = {"lora": "LoRA-all", "loraplus": "LoRA+ (all modules)", "adalora": "AdaLoRA (budget matched)"}
 
 
+def profile_settings(profile: str, task: str, pooler: str) -> dict[str, Any]:
+    """The profile's settings of `task`; a pooler other than the profiles' frozen one joins them (and so the
+    settings' fingerprint)."""
+    settings = PROFILES[profile].for_task(task)
+    if pooler != "frozen":
+        settings["pooler"] = pooler
+    return settings
+
+
 def search_split_job(
     task: str, seed: int, method: str, profile: str, data_dir: str, threads: int, pooler: str = "frozen"
 ) -> Job:
@@ -75,9 +84,7 @@ def search_split_job(
     the search-val split (in length order): the dev set never enters."""
     from diffora.data import TaskData
 
-    settings = PROFILES[profile].for_task(task)
-    if pooler != "frozen":  # the profiles' pooler; another one is part of the settings' fingerprint
-        settings["pooler"] = pooler
+    settings = profile_settings(profile, task, pooler)
     spec = {
         "task": task,
         "seed": seed,
@@ -287,9 +294,7 @@ def main() -> int:
     args = parser.parse_args()
 
     out = Path(args.out)
-    settings = PROFILES[args.profile].for_task(args.task)
-    if args.pooler != "frozen":
-        settings["pooler"] = args.pooler
+    settings = profile_settings(args.profile, args.task, args.pooler)
     default = key_of(settings["lr"], settings["epochs"])
     document = read_tuner_file(out) if out.is_file() else {"runs": []}
     if document.get("settings_fingerprint", fingerprint(settings)) != fingerprint(settings):

@@ -109,11 +109,6 @@ class DAMGates(nn.Module):
         (default: today's ||B A||_F), so that B can change the update's direction only, never its size."""
         self.pinned_norms = (self.update_norms() if norms is None else norms).detach().clone()
 
-    def strengths(self) -> torch.Tensor:
-        """Each module's update size in units of its pinned norm: the gate (pinned) or gate x ||BA|| / c."""
-        gates = self.gates().detach()
-        return gates if self.pinned_norms is None else gates * self.pinned_norms
-
     def _refresh(self, *_: object) -> None:
         gates = self.gates()
         if self.pinned_norms is not None:  # pinned size over today's size, detached: B's scale cannot move it
