@@ -39,16 +39,29 @@ PAIRS = (
 
 
 def scores(runs_dir: Path) -> dict[str, dict[str, dict[int, float]]]:
-    """{task: {method: {seed: score x 100}}} from the job files."""
+    """{task: {method: {seed: score x 100}}} from the job files, only of tasks that learn: LoRA-all's mean
+    more than `glue_report.LEARNS_MARGIN` above the task's chance level (the GLUE report's own rule)."""
     table: dict[str, dict[str, dict[int, float]]] = {}
+    metrics: dict[str, str] = {}
     for path in sorted(runs_dir.glob("*_seed*.json")):
         document = json.loads(path.read_text())
+        task = document["task"]
         for method, run in document["runs"].items():
             if "score" in run:
-                table.setdefault(document["task"], {}).setdefault(method, {})[document["seed"]] = (
-                    100 * run["score"]
-                )
-    return table
+                table.setdefault(task, {}).setdefault(method, {})[document["seed"]] = 100 * run["score"]
+                metrics[task] = run["main_metric"]
+    return {task: methods for task, methods in table.items() if learns(task, methods, metrics[task])}
+
+
+def learns(task: str, methods: dict[str, dict[int, float]], metric: str) -> bool:
+    """LoRA-all's mean score is above chance by more than the GLUE report's margin (kept without either)."""
+    from glue_report import LEARNS_MARGIN, chance_level
+
+    chance = chance_level(task, metric)
+    lora = methods.get("lora")
+    if chance is None or not lora:
+        return True
+    return sum(lora.values()) / len(lora) > 100 * (chance + LEARNS_MARGIN)
 
 
 def comparisons(table: dict[str, dict[str, dict[int, float]]]) -> tuple[Any, Any]:
@@ -91,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             "# The GLUE table's comparisons with t-based intervals, tasks independent",
             "",
             f"Report: `{command}` (commit {git_commit()['commit']}), from the job files in `{runs}`",
+            f"(tasks that learn, LoRA-all's mean above chance + 2 points: {', '.join(sorted(table))})",
             "(their machines, versions and commands are in each file). Scores x 100 on the dev sets;",
             "differences paired over seeds; 95 % intervals from the t distribution (n - 1 degrees of freedom",
             "per task; the average over tasks with SE = sqrt(sum SE_task^2) / T and Welch-Satterthwaite",
