@@ -45,7 +45,7 @@ def grow_one(task: str, seed: int, method: str, lr: float, args: argparse.Namesp
     """Train `method` for `args.steps` steps at `lr`; the per-module ||delta W||_F it ends with."""
     import baselines
 
-    from diffora.training import fit
+    from diffora.experimental import fit
 
     job = search_split_job(task, seed, method, args.profile, args.data_dir, args.threads)
     s = job.settings
@@ -125,7 +125,7 @@ def main() -> int:
     import torch
     from transformers.utils import logging as hf_logging
 
-    from diffora.io import atomic_write, atomic_write_json
+    from diffora.experimental import atomic_write, atomic_write_json
 
     hf_logging.set_verbosity_error()
     torch.set_num_threads(args.threads)

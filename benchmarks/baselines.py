@@ -1,7 +1,8 @@
 """GLUE benchmark baselines (not in the library): full FT, LoRA at any rank, LoRA+, AdaLoRA, EVA, random.
 
 Every adapter baseline is a plain PEFT model on the same candidate modules DiffoRA searches over, and every
-method trains through `diffora.training.fit` (AdamW, linear warm-up and decay), so that only the choice of
+method trains through `diffora.training.loop.fit` (AdamW, linear warm-up and decay), so that only the choice
+of
 adapters differs between methods.
 
     >>> names = [c.name for c in candidates]                                     # doctest: +SKIP
@@ -20,15 +21,15 @@ from peft import AdaLoraConfig, LoraConfig, PeftModel, get_peft_model
 from peft.optimizers import create_loraplus_optimizer
 from torch import nn
 
-from diffora.candidates import Candidate
-from diffora.config import AdapterConfig
-from diffora.dam import select_indices
-from diffora.errors import DifforaError
-from diffora.lora import lora_config, wrap_with_lora
-from diffora.models import peft_task_type
-from diffora.selection import lora_parameter_count
-from diffora.training import StepCallback
-from diffora.weight_sharing import build_finetune_model
+from diffora import AdapterConfig, Candidate, DifforaError, build_finetune_model
+from diffora.experimental import (
+    StepCallback,
+    lora_config,
+    lora_parameter_count,
+    peft_task_type,
+    select_indices,
+    wrap_with_lora,
+)
 
 LORAPLUS_RATIO = 16.0
 ADALORA_INIT_R = 12
@@ -239,7 +240,7 @@ def delta_weight_norms(model: PeftModel) -> dict[str, float]:
 def random_selection(candidates: Sequence[Candidate], rho: float, seed: int) -> list[Candidate]:
     """A uniform random subset of the candidates, as many as DiffoRA keeps at `rho` (global), in module order.
 
-    >>> from diffora.candidates import Candidate
+    >>> from diffora import Candidate
     >>> len(random_selection([Candidate(str(i), i, "q") for i in range(6)], 0.5, seed=0))
     3
     """

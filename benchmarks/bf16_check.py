@@ -304,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--case is needed (or --seed-noise)")
     if args.case == "llama-1b" and args.commonsense_dir is None:
         parser.error("--case llama-1b needs --commonsense-dir")
-    from diffora.models import resolve_model_path
+    from diffora import resolve_model_path
 
     args.work_dir.mkdir(parents=True, exist_ok=True)
     minilm = resolve_model_path(None)
@@ -320,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         command = [
             sys.executable,
             "-m",
-            "diffora.cli",
+            "diffora",
             "run",
             *arguments,
             "--mixed-precision",

@@ -122,7 +122,7 @@ def provenance() -> dict[str, Any]:
     """Commit, device and library versions: recorded with every run."""
     from cost import cpu_name
 
-    from diffora.run_dir import versions
+    from diffora.experimental import versions
 
     return {"git": git_commit(), "versions": versions(), "cpu": cpu_name(), "date": time.strftime("%F %T%z")}
 
@@ -136,10 +136,8 @@ class SweepJob:
     def __init__(
         self, task: str, seed: int, regime: Regime, data_dir: str, out: Path, model: str | None = None
     ) -> None:
-        from diffora.config import AdapterConfig, DataConfig
-        from diffora.data import split_for_search
-        from diffora.pipeline import open_workbench
-        from diffora.selection import candidate_parameters
+        from diffora import AdapterConfig, DataConfig
+        from diffora.experimental import candidate_parameters, open_workbench, split_for_search
 
         self.task, self.seed, self.regime = task, seed, regime
         self.path = out / "runs" / f"{task}_seed{seed}.json"
@@ -180,7 +178,7 @@ class SweepJob:
         return base
 
     def save(self) -> None:
-        from diffora.io import atomic_write_json
+        from diffora.experimental import atomic_write_json
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.path, self.document)
@@ -197,8 +195,7 @@ class SweepJob:
         return train, val
 
     def _search(self, **overrides: Any) -> Any:
-        from diffora.bilevel import run_search
-        from diffora.config import SearchConfig
+        from diffora import SearchConfig, run_search
 
         r = self.regime
         config = SearchConfig(
@@ -265,7 +262,7 @@ class SweepJob:
         return scores[name]
 
     def selector_scores(self, selector: str) -> list[float]:
-        from diffora.selection import preset_scores
+        from diffora.experimental import preset_scores
 
         if selector in ("mlp", "attention"):
             types = [c.type for c in self.bench.candidates]
@@ -284,7 +281,8 @@ class SweepJob:
 
     def selection(self, row: str, fraction: Fraction) -> list[int] | None:
         """The kept candidates of a selector row at `fraction`, or None where the row does not fit."""
-        from diffora.selection import budget_select, random_budget_select
+        from diffora import budget_select
+        from diffora.experimental import random_budget_select
 
         budget = self.budget_params(fraction)
         if row.startswith("random"):
@@ -302,10 +300,8 @@ class SweepJob:
         import baselines
         import torch
 
-        from diffora.metrics import compute_metrics
-        from diffora.models import count_trainable_parameters
-        from diffora.training import fit, predict
-        from diffora.weight_sharing import build_finetune_model
+        from diffora import build_finetune_model
+        from diffora.experimental import compute_metrics, count_trainable_parameters, fit, predict
 
         r = self.regime
         weights, initial_head = self.warmup()
@@ -494,7 +490,8 @@ def score_agreement(out: Path, fractions: list[Fraction]) -> Any:
     from glue_report import mean_jaccard
     from scipy import stats
 
-    from diffora.selection import budget_select, random_budget_select
+    from diffora import budget_select
+    from diffora.experimental import random_budget_select
 
     jobs: dict[str, list[dict[str, Any]]] = {}
     for path in sorted((out / "runs").glob("*.json")):
@@ -575,7 +572,7 @@ def plot_task(frame: Any, task: str, path: Path) -> None:
 
 def report(out: Path, command: str, fractions: list[Fraction]) -> None:
     """budget_sweep.json / .md and one plot per task from the job files under `out`."""
-    from diffora.io import atomic_write, atomic_write_json
+    from diffora.experimental import atomic_write, atomic_write_json
 
     frame = load_rows(out)
     agreement = score_agreement(out, fractions)

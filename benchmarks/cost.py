@@ -144,12 +144,8 @@ def measure_one(
     import torch
     from baselines import adamw, lora_all_model, random_selection
 
-    from diffora.bilevel import BilevelSearch
-    from diffora.config import AdapterConfig, DataConfig, SearchConfig
-    from diffora.gates import DAMGates
-    from diffora.lora import wrap_with_lora
-    from diffora.pipeline import open_workbench
-    from diffora.training import to_device
+    from diffora import AdapterConfig, BilevelSearch, DAMGates, DataConfig, SearchConfig
+    from diffora.experimental import open_workbench, to_device, wrap_with_lora
 
     adapter = AdapterConfig(rank=rank)
     bench = open_workbench(DataConfig(task=task, data_dir=data_dir, max_length=length), adapter, seed=0)
@@ -325,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         args.selected,
     )
     if args.out:
-        from diffora.io import atomic_write_json
+        from diffora.experimental import atomic_write_json
 
         atomic_write_json(args.out, document)
     else:

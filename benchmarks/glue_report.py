@@ -1,4 +1,9 @@
-"""Merge the per-job files of benchmarks/run_glue.py into glue_<profile>.json, glue_<profile>.md and plots."""
+"""Merge the per-job files of benchmarks/run_glue.py into glue_<profile>.json, glue_<profile>.md and plots.
+
+`python benchmarks/run_glue.py --profile <profile> --report-only [--out DIR]` rewrites them from the job files
+in `<out>/runs/<profile>/`. The statistics are pandas aggregations over one row per run, the paired standard
+errors those of `paired_stats.paired`, and every table is a DataFrame written by `DataFrame.to_markdown`.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,8 @@ import statistics
 import time
 import warnings
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +23,20 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
 from methods import SELECTION_METHODS, TUNED_METHODS  # noqa: E402
+from paired_stats import paired as paired_interval  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
-from diffora.candidates import Candidate  # noqa: E402
-from diffora.dam import select_indices  # noqa: E402
-from diffora.io import atomic_path, atomic_write, atomic_write_json  # noqa: E402
-from diffora.plots import plot_dam, plot_gate_history  # noqa: E402
+from diffora import Candidate  # noqa: E402
+from diffora.experimental import (  # noqa: E402
+    atomic_path,
+    atomic_write,
+    atomic_write_json,
+    plot_dam,
+    plot_gate_history,
+    select_indices,
+)
 
 TASK_ORDER = ("cola", "sst2", "mrpc", "stsb", "rte")
 MAIN_ROWS = (
@@ -149,14 +162,36 @@ ABLATION_TABLES = [
 RHO_METHODS = {0.25: "diffora_rho0.25", 0.5: "diffora", 0.75: "diffora_rho0.75", 1.0: "diffora_rho1.0"}
 
 
-def _mean_std(values: Sequence[float]) -> dict[str, float | int | None]:
-    if not values:
-        return {"n": 0, "mean": None, "std": None}
+MEMORY_KEYS = ("search_mib", "finetune_mib", "evaluate_mib")
+VERDICTS = {True: "met", False: "**not met**", None: "not yet measured"}
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _mean_std(values: Iterable[float]) -> dict[str, float | int | None]:
+    """n, mean and sample std (None below two values) of the values present."""
+    stats = pd.Series(list(values), dtype=float).agg(["count", "mean", "std"])
+    n = int(stats["count"])
     return {
-        "n": len(values),
-        "mean": statistics.fmean(values),
-        "std": statistics.stdev(values) if len(values) > 1 else None,
+        "n": n,
+        "mean": float(stats["mean"]) if n else None,
+        "std": float(stats["std"]) if n > 1 else None,
     }
+
+
+def _mean_present(values: Iterable[float | None]) -> float | None:
+    mean = pd.Series(list(values), dtype=float).mean()
+    return None if math.isnan(mean) else float(mean)
+
+
+def _difference(values: pd.Series, baseline: pd.Series) -> dict[str, Any]:
+    """`values - baseline` on the seeds both have: n, mean and std, and the paired standard error (None
+    below two seeds) of `paired_stats.paired`."""
+    both = pd.concat([values, baseline], axis=1, keys=["a", "b"]).dropna()
+    se = paired_interval(both["a"].tolist(), both["b"].tolist())["se"]
+    return {**_mean_std(both["a"] - both["b"]), "se": None if math.isnan(se) else se}
 
 
 def _fmt(stat: dict[str, Any] | None, scale: float = 100.0, signed: bool = False) -> str:
@@ -168,8 +203,13 @@ def _fmt(stat: dict[str, Any] | None, scale: float = 100.0, signed: bool = False
     return f"{text} ± {std} ({stat['n']})"
 
 
+def _fmt_se(stat: dict[str, Any] | None) -> str:
+    """A paired difference as `mean ± standard error (n seeds)`, x 100, signed."""
+    return _fmt(stat and {**stat, "std": stat.get("se")}, signed=True)
+
+
 def _params(value: float | None) -> str:
-    if value is None:
+    if _missing(value):
         return "–"
     if value >= 1e6:
         return f"{value / 1e6:.2f}M"
@@ -178,30 +218,17 @@ def _params(value: float | None) -> str:
     return f"{value:.0f}"
 
 
-def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return lines + [""]
-
-
-def _with_se(stat: dict[str, Any]) -> dict[str, Any]:
-    """`stat` (mean, std over n seeds) plus the standard error of its mean, std / sqrt(n) (None below 2)."""
-    std = stat.get("std")
-    return {**stat, "se": None if std is None else std / math.sqrt(stat["n"])}
-
-
-def _fmt_se(stat: dict[str, Any] | None) -> str:
-    """A paired difference as `mean ± standard error (n seeds)`, x 100, signed."""
-    return _fmt(stat and {**stat, "std": stat.get("se")}, signed=True)
-
-
-def _mean_present(values: Iterable[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return statistics.fmean(present) if present else None
-
-
-def _number(value: float | None, digits: int = 2) -> str:
-    return "–" if value is None else f"{value:.{digits}f}"
+def _markdown(table: pd.DataFrame, floatfmt: str | Sequence[str] = "g") -> list[str]:
+    """The table by `to_markdown`, then a blank line: numbers in `floatfmt` (one for all columns or one per
+    column), missing ones as '–', text columns as written."""
+    if table.empty:  # no rows: the header alone (tabulate's per-column options need rows)
+        return [table.to_markdown(index=False), ""]
+    text = [i for i, dtype in enumerate(table.dtypes) if not pd.api.types.is_numeric_dtype(dtype)]
+    cells = table.astype(object).where(table.notna(), None)
+    return [
+        cells.to_markdown(index=False, floatfmt=floatfmt, missingval="–", disable_numparse=text or False),
+        "",
+    ]
 
 
 def mean_jaccard(selections: Sequence[set]) -> float | None:
@@ -243,12 +270,8 @@ def chance_level(task: str, metric: str | None) -> float | None:
 
 def load_jobs(runs_dir: Path) -> list[dict[str, Any]]:
     """Every job file of the profile (cost.json and the specs are not jobs)."""
-    jobs = []
-    for path in sorted(runs_dir.glob("*_seed*.json")):
-        document = json.loads(path.read_text())
-        if "runs" in document:
-            jobs.append(document)
-    return jobs
+    documents = (json.loads(path.read_text()) for path in sorted(runs_dir.glob("*_seed*.json")))
+    return [document for document in documents if "runs" in document]
 
 
 def run_device(run: dict[str, Any], job: dict[str, Any]) -> str:
@@ -282,7 +305,11 @@ def device_name(environment: dict[str, Any]) -> str:
 
 
 class Summary:
-    """Per (method, task) statistics over seeds, averages over tasks and paired differences."""
+    """Per (method, task) statistics over seeds, averages over tasks and paired differences.
+
+    `frame` has one row per run, nested fields flattened (`seconds.search`, `metrics.accuracy`, ...);
+    `scores` the main metric per seed (rows) and (method, task) (columns).
+    """
 
     def __init__(self, jobs: list[dict[str, Any]]) -> None:
         self.jobs = jobs
@@ -294,13 +321,21 @@ class Summary:
             for method, run in job["runs"].items()
         }
         self.methods = list(dict.fromkeys(r["method"] for r in self.runs))
-        self.score: dict[tuple[str, str], dict[int, float]] = {}
-        for run in self.runs:
-            self.score.setdefault((run["method"], run["task"]), {})[run["seed"]] = run["score"]
+        self.seeds = sorted({j["seed"] for j in jobs})
+        first = (
+            pd.DataFrame(jobs, columns=["task", "settings", "data"]).drop_duplicates("task").set_index("task")
+        )
+        self.settings, self.subsamples = first["settings"].to_dict(), first["data"].to_dict()  # first job's
+        self.frame = pd.json_normalize(self.runs) if self.runs else pd.DataFrame(columns=["method", "task"])
+        self.scores = (
+            self.frame.pivot_table("score", index="seed", columns=["method", "task"], aggfunc="last")
+            if self.runs
+            else pd.DataFrame()
+        )
+        self.cells = {key: self._cell(group) for key, group in self.frame.groupby(["method", "task"])}
         self.budget_design = bool(BUDGET_ONLY_METHODS & set(self.methods)) or any(
             "budget_fraction" in run["config"] for run in self.runs
         )
-        self.seeds = sorted({j["seed"] for j in jobs})
         self.complete_tasks = [t for t in self.tasks if not self.missing_runs(t)]
 
     @property
@@ -314,13 +349,18 @@ class Summary:
         """The average column's header: it names the tasks it covers when some are still incomplete."""
         return _average_header(self.tasks, self.complete_tasks)
 
+    def scores_of(self, method: str) -> pd.DataFrame:
+        """The method's main metric per seed (rows) and task (columns), NaN where it has no run."""
+        table = self.scores[method] if method in self.methods else pd.DataFrame()
+        return table.reindex(index=self.seeds, columns=self.tasks)
+
     def missing_runs(self, task: str) -> list[tuple[str, int]]:
         """The (method, seed) pairs of the core methods and the report's seeds that the task lacks."""
         return [
             (m, seed)
             for m in self.core_methods
-            for seed in self.seeds
-            if seed not in self.score.get((m, task), {})
+            for seed, score in self.scores_of(m)[task].items()
+            if pd.isna(score)
         ]
 
     def device(self, run: dict[str, Any]) -> str:
@@ -342,73 +382,71 @@ class Summary:
         return [r for r in self.runs if r["method"] == method and r["task"] == task]
 
     def cell(self, method: str, task: str) -> dict[str, Any]:
-        runs = self.cell_runs(method, task)
-        if not runs:
-            return {"n": 0}
-        metric_names = list(runs[0]["metrics"])
+        return self.cells.get((method, task), {"n": 0})
+
+    def _cell(self, group: pd.DataFrame) -> dict[str, Any]:
+        """The statistics over seeds of one (method, task) group of `frame`."""
+        runs = [self.runs[i] for i in group.index]
+        first = runs[0]
+        memory = group.reindex(columns=[f"memory.{k}" for k in MEMORY_KEYS]).fillna(0.0).max()
         stats = {
-            "main_metric": runs[0]["main_metric"],
-            **_mean_std([r["score"] for r in runs]),
+            "main_metric": first["main_metric"],
+            **_mean_std(group["score"]),
             "seeds": sorted(r["seed"] for r in runs),
-            "metrics": {m: _mean_std([r["metrics"][m] for r in runs]) for m in metric_names},
-            "trainable_parameters": statistics.fmean(r["trainable_parameters"] for r in runs),
-            "adapter_parameters": statistics.fmean(r["adapter_parameters"] for r in runs),
-            "seconds": {k: statistics.fmean(r["seconds"][k] for r in runs) for k in runs[0]["seconds"]},
-            "search_fraction": statistics.fmean(r["search_fraction"] for r in runs),
-            "peak_memory_mib": {
-                k: max((r["memory"].get(k) or 0.0) for r in runs)
-                for k in ("search_mib", "finetune_mib", "evaluate_mib")
-            },
-            "memory_kind": runs[0]["memory"]["kind"],
+            "metrics": {m: _mean_std(group[f"metrics.{m}"]) for m in first["metrics"]},
+            "trainable_parameters": float(group["trainable_parameters"].mean()),
+            "adapter_parameters": float(group["adapter_parameters"].mean()),
+            "seconds": {k: float(group[f"seconds.{k}"].mean()) for k in first["seconds"]},
+            "search_fraction": float(group["search_fraction"].mean()),
+            "peak_memory_mib": {k: float(memory[f"memory.{k}"]) for k in MEMORY_KEYS},
+            "memory_kind": first["memory"]["kind"],
         }
-        if any("effective_adapter_parameters" in r for r in runs):
-            stats["effective_adapter_parameters"] = statistics.fmean(
-                r["effective_adapter_parameters"] for r in runs
-            )
-        if any("rank" in r["config"] for r in runs):
-            stats["ranks"] = sorted({r["config"]["rank"] for r in runs if "rank" in r["config"]})
+        effective = group.get("effective_adapter_parameters", pd.Series(dtype=float))
+        if effective.notna().any():
+            stats["effective_adapter_parameters"] = float(effective.mean())
+        ranks = sorted({r["config"]["rank"] for r in runs if "rank" in r["config"]})
+        if ranks:
+            stats["ranks"] = ranks
         return stats
 
     def average(self, method: str, tasks: Sequence[str] | None = None) -> dict[str, Any]:
         """Per seed the mean over the complete tasks (or `tasks`), then mean and std over the seeds."""
-        per_seed = self._per_seed_average(
-            lambda task, seed: self.score.get((method, task), {}).get(seed), tasks
-        )
-        return _mean_std(list(per_seed.values()))
+        return _mean_std(self._per_seed(self.scores_of(method), tasks))
 
-    def _per_seed_average(self, value_of, tasks: Sequence[str] | None = None) -> dict[int, float]:
-        tasks = self.complete_tasks if tasks is None else tasks
-        result = {}
-        for seed in self.seeds:
-            values = [value_of(task, seed) for task in tasks]
-            if tasks and all(v is not None for v in values):
-                result[seed] = statistics.fmean(values)
-        return result
+    def _per_seed(self, table: pd.DataFrame, tasks: Sequence[str] | None = None) -> pd.Series:
+        """Per seed the mean of `table` over `tasks` (default: the complete tasks), only seeds with all."""
+        tasks = self.complete_tasks if tasks is None else list(tasks)
+        if not tasks:
+            return pd.Series(dtype=float)
+        return table.reindex(columns=tasks).dropna().mean(axis=1)
 
     def paired(self, method: str, baseline: str, tasks: Sequence[str] | None = None) -> dict[str, Any]:
-        """DiffoRA-style paired differences `method - baseline` over seeds, per task and on average.
+        """DiffoRA-style paired differences `method - baseline` over seeds, per task and on average, each
+        with n, mean, std and the paired standard error.
 
         Every task gets its row; the average covers `tasks` (default: the complete tasks).
         """
-
-        def difference(task: str, seed: int) -> float | None:
-            a = self.score.get((method, task), {}).get(seed)
-            b = self.score.get((baseline, task), {}).get(seed)
-            return None if a is None or b is None else a - b
-
-        table = {
-            task: _mean_std([d for s in self.seeds if (d := difference(task, s)) is not None])
-            for task in self.tasks
-        }
-        table["average"] = _mean_std(list(self._per_seed_average(difference, tasks).values()))
+        ours, theirs = self.scores_of(method), self.scores_of(baseline)
+        table = {task: _difference(ours[task], theirs[task]) for task in self.tasks}
+        table["average"] = _difference(self._per_seed(ours, tasks), self._per_seed(theirs, tasks))
         return table
 
-    def mean_params(
-        self, method: str, key: str = "trainable_parameters", tasks: Sequence[str] | None = None
+    def stat(self, method: str, task: str, key: str = "trainable_parameters") -> tuple[dict, float | None]:
+        """The method's statistics on `task` (`cell`) or over the tasks ('average'), and its mean `key`."""
+        if task == "average":
+            return self.average(method), self.mean_of(method, key)
+        cell = self.cell(method, task)
+        return cell, cell.get(key)
+
+    def mean_of(
+        self, method: str, column: str = "trainable_parameters", tasks: Sequence[str] | None = None
     ) -> float | None:
-        """Mean of a parameter count (`key` of the runs) over the method's runs on `tasks` (default: all)."""
-        runs = [r for r in self.runs if r["method"] == method and (tasks is None or r["task"] in tasks)]
-        return statistics.fmean(r[key] for r in runs) if runs else None
+        """Mean of a column of `frame` (a parameter count, `seconds.search`, ...) over the method's runs on
+        `tasks` (default: all); None without runs."""
+        rows = self.frame[self.frame["method"] == method]
+        if tasks is not None:
+            rows = rows[rows["task"].isin(tasks)]
+        return None if rows.empty else float(rows[column].mean())
 
     def selections(self, method: str, task: str) -> list[set[str]]:
         """The `selected_modules` of the method's runs on the task, one set per seed that recorded them."""
@@ -422,9 +460,7 @@ class Summary:
     def random_jaccard(self, task: str) -> float | None:
         """About the Jaccard index expected of two random selections as large as DiffoRA's on the task."""
         chosen = self.selections("diffora", task)
-        searches = [
-            j["searches"]["main"] for j in self.jobs if j["task"] == task and "main" in j.get("searches", {})
-        ]
+        searches = task_searches(self.jobs, task)
         if not chosen or not searches:
             return None
         return expected_random_jaccard(statistics.fmean(map(len, chosen)), len(searches[0]["candidates"]))
@@ -446,67 +482,36 @@ def targets(summary: Summary, cost: dict[str, Any] | None) -> list[dict[str, Any
     def avg(method: str) -> float | None:
         return summary.average(method)["mean"] if method in summary.methods else None
 
+    def versus(name: str, other: float, met: bool) -> dict:  # DiffoRA's average against another one
+        text = f"{100 * diffora:.2f} vs {100 * other:.2f} (difference {100 * (diffora - other):+.2f})"
+        return check(name, 100 * (diffora - other), 0.0, met, text)
+
     rows = []
-    diffora, lora = avg("diffora"), avg("lora")
-    p_d, p_l = summary.mean_params("diffora"), summary.mean_params("lora")
+    diffora, lora, random, adalora = (avg(m) for m in ("diffora", "lora", "random", "adalora"))
+    p_d, p_l = summary.mean_of("diffora"), summary.mean_of("lora")
     if diffora is not None and lora is not None and p_d and p_l:
         ratio = p_d / p_l
+        text = f"{_params(p_d)} vs {_params(p_l)} = {ratio:.2f}x (mean over tasks and seeds, head included)"
+        rows += [
+            versus("DiffoRA average >= LoRA-all average", lora, diffora >= lora),
+            check("with <= 0.6x LoRA-all's trainable parameters", ratio, 0.6, ratio <= 0.6, text),
+        ]
+    if diffora is not None and random is not None:
         rows.append(
-            check(
-                "DiffoRA average >= LoRA-all average",
-                100 * (diffora - lora),
-                0.0,
-                diffora >= lora,
-                f"{100 * diffora:.2f} vs {100 * lora:.2f} (difference {100 * (diffora - lora):+.2f})",
-            )
+            versus("DiffoRA average above random selection at the same rho", random, diffora > random)
         )
-        rows.append(
-            check(
-                "with <= 0.6x LoRA-all's trainable parameters",
-                ratio,
-                0.6,
-                ratio <= 0.6,
-                f"{_params(p_d)} vs {_params(p_l)} = {ratio:.2f}x (mean over tasks and seeds, head included)",
-            )
-        )
-    for baseline, name in (("random", "above random selection at the same rho"), ("adalora", ">= AdaLoRA")):
-        other = avg(baseline)
-        if diffora is not None and other is not None:
-            better = diffora > other if baseline == "random" else diffora >= other
-            rows.append(
-                check(
-                    f"DiffoRA average {name}",
-                    100 * (diffora - other),
-                    0.0,
-                    better,
-                    f"{100 * diffora:.2f} vs {100 * other:.2f} (difference {100 * (diffora - other):+.2f})",
-                )
-            )
-    runs = [r for r in summary.runs if r["method"] == "diffora"]
-    if runs:
-        search = statistics.fmean(r["seconds"]["search"] for r in runs)
-        finetune = statistics.fmean(r["seconds"]["finetune"] for r in runs)
+    if diffora is not None and adalora is not None:
+        rows.append(versus("DiffoRA average >= AdaLoRA", adalora, diffora >= adalora))
+    search, finetune = (summary.mean_of("diffora", f"seconds.{phase}") for phase in ("search", "finetune"))
+    if search is not None:
         ratio = search / finetune if finetune else None
-        rows.append(
-            check(
-                "search wall time <= 0.5x fine-tune wall time",
-                ratio,
-                0.5,
-                None if ratio is None else ratio <= 0.5,
-                f"{search:.1f} s vs {finetune:.1f} s (mean per run) = {ratio:.2f}x",
-            )
-        )
+        text = f"{search:.1f} s vs {finetune:.1f} s (mean per run) = {ratio:.2f}x"
+        met = None if ratio is None else ratio <= 0.5
+        rows.append(check("search wall time <= 0.5x fine-tune wall time", ratio, 0.5, met, text))
     step = (cost or {}).get("measurements", {}).get("search_step_first", {}).get("ratio_to_lora_step")
     if step is not None:
-        rows.append(
-            check(
-                "first-order search step <= 2.2x a LoRA-all step",
-                step,
-                2.2,
-                step <= 2.2,
-                f"{step:.2f}x (median per-step cost)",
-            )
-        )
+        text = f"{step:.2f}x (median per-step cost)"
+        rows.append(check("first-order search step <= 2.2x a LoRA-all step", step, 2.2, step <= 2.2, text))
     return rows
 
 
@@ -572,7 +577,7 @@ def paired_average(summary: Summary, baseline: str, tasks: Sequence[str]) -> dic
     if "diffora" not in summary.methods or baseline not in summary.methods or not tasks:
         return None
     stat = summary.paired("diffora", baseline, tasks)["average"]
-    return _with_se(stat) if stat["n"] else None
+    return stat if stat["n"] else None
 
 
 def _paired_text(stat: dict[str, Any]) -> str:
@@ -581,19 +586,23 @@ def _paired_text(stat: dict[str, Any]) -> str:
 
 
 def budget_targets(summary: Summary) -> list[dict[str, Any]]:
-    """Targets a-d of the cpu profile, on the average over the tasks that learn."""
+    """Targets a-d of the cpu profile, on the average over the tasks that learn.
+
+    b: DiffoRA beats random selection at the same budget by more than twice the paired standard error; c, per
+    cheap selector: DiffoRA's paired mean difference is not below minus twice its standard error.
+    """
     tasks = target_tasks(summary)
-    cheap = [_target_cheap(summary, tasks, method) for method in CHEAP_SELECTORS]
+    random = _se_target(
+        summary, tasks, "random", "b. DiffoRA > random selection (same budget) by > 2 paired SE", 2
+    )
+    cheap = [
+        _se_target(summary, tasks, m, f"c. DiffoRA >= {summary.label(m)} (difference >= -2 paired SE)", -2)
+        for m in CHEAP_SELECTORS
+    ]
     overall = [row["met"] for row in cheap]
     met = False if False in overall else (None if None in overall else True)
     every = check("c. DiffoRA beats or matches every cheap selector", None, None, met, "see the rows below")
-    return [
-        _target_budget(summary, tasks),
-        _target_random(summary, tasks),
-        every,
-        *cheap,
-        _target_stability(summary, tasks),
-    ]
+    return [_target_budget(summary, tasks), random, every, *cheap, _target_stability(summary, tasks)]
 
 
 def _target_budget(summary: Summary, tasks: Sequence[str]) -> dict[str, Any]:
@@ -601,8 +610,8 @@ def _target_budget(summary: Summary, tasks: Sequence[str]) -> dict[str, Any]:
     name = (
         f"a. DiffoRA at <= {BUDGET_RATIO_LIMIT}x LoRA-all's adapter parameters >= LoRA-all, equal total steps"
     )
-    p_d = summary.mean_params("diffora", "adapter_parameters", tasks)
-    p_l = summary.mean_params("lora", "adapter_parameters", tasks)
+    p_d = summary.mean_of("diffora", "adapter_parameters", tasks)
+    p_l = summary.mean_of("lora", "adapter_parameters", tasks)
     stat = paired_average(summary, "lora_equal_steps", tasks)
     if stat is None or not p_d or not p_l:
         return check(name, None, 0.0, None, "needs diffora, lora and lora_equal_steps on a task that learns")
@@ -610,19 +619,6 @@ def _target_budget(summary: Summary, tasks: Sequence[str]) -> dict[str, Any]:
     met = ratio <= BUDGET_RATIO_LIMIT + 1e-9 and stat["mean"] >= 0
     text = f"{_params(p_d)} vs {_params(p_l)} adapter = {ratio:.2f}x; difference {_paired_text(stat)}"
     return check(name, 100 * stat["mean"], 0.0, met, text)
-
-
-def _target_random(summary: Summary, tasks: Sequence[str]) -> dict[str, Any]:
-    """b: DiffoRA beats random selection at the same budget by more than twice the paired standard error."""
-    return _se_target(
-        summary, tasks, "random", "b. DiffoRA > random selection (same budget) by > 2 paired SE", 2
-    )
-
-
-def _target_cheap(summary: Summary, tasks: Sequence[str], method: str) -> dict[str, Any]:
-    """c, one selector: DiffoRA's paired mean difference is not below minus twice its standard error."""
-    name = f"c. DiffoRA >= {summary.label(method)} (difference >= -2 paired SE)"
-    return _se_target(summary, tasks, method, name, -2)
 
 
 def _se_target(
@@ -654,7 +650,7 @@ def _target_stability(summary: Summary, tasks: Sequence[str]) -> dict[str, Any]:
         ", ".join(f"{t} {v:.2f}" for t, v in known.items())
         + "; mean over tasks: "
         + ", ".join(f"{m} {v:.2f}" for m, v in others.items() if v is not None)
-        + f"; two random selections of DiffoRA's size: about {_number(chance) if chance else '0.33'}"
+        + f"; two random selections of DiffoRA's size: about {f'{chance:.2f}' if chance else '0.33'}"
     )
     return check(name, min(known.values()), JACCARD_LIMIT, met, text)
 
@@ -690,16 +686,17 @@ def _search_row(searches: list[dict[str, Any]], rho: float) -> dict[str, Any]:
     """The diagnostics of one task's main searches (one per seed)."""
     selections = [set(select_indices(_candidates(r), r["gates"], rho, "global")) for r in searches]
     n, k = len(searches[0]["gates"]), len(selections[0])
+    gates = pd.DataFrame([r["gates"] for r in searches])  # one row per search
+    steps = pd.Series([r["steps"] for r in searches])
+    warmup = pd.Series([r.get("config", {}).get("warmup_fraction", 0.0) for r in searches])
     return {
         "searches": len(searches),
-        "steps": statistics.fmean(r["steps"] for r in searches),
-        "gate_steps": statistics.fmean(
-            r["steps"] - int(r.get("config", {}).get("warmup_fraction", 0.0) * r["steps"]) for r in searches
-        ),
-        "gate_min": min(min(r["gates"]) for r in searches),
-        "gate_max": max(max(r["gates"]) for r in searches),
-        "gate_std": statistics.fmean(statistics.pstdev(r["gates"]) for r in searches),
-        "gate_spread": statistics.fmean(max(r["gates"]) - min(r["gates"]) for r in searches),
+        "steps": float(steps.mean()),
+        "gate_steps": float((steps - (warmup * steps).astype(int)).mean()),
+        "gate_min": float(gates.min().min()),
+        "gate_max": float(gates.max().max()),
+        "gate_std": float(gates.std(axis=1, ddof=0).mean()),
+        "gate_spread": float((gates.max(axis=1) - gates.min(axis=1)).mean()),
         "spearman_gate_perturbation": _mean_present(
             _spearman(r["gates"], r.get("perturbation")) for r in searches
         ),
@@ -721,11 +718,6 @@ def selection_stability(summary: Summary) -> list[dict[str, Any]]:
     return rows
 
 
-def _paired_with_se(summary: Summary, method: str, baseline: str, tasks: Sequence[str]) -> dict[str, Any]:
-    """`method - baseline` paired over seeds, per task and on average over `tasks`, each with its SE."""
-    return {key: _with_se(stat) for key, stat in summary.paired(method, baseline, tasks).items()}
-
-
 def budget_comparison(summary: Summary) -> dict[str, dict[str, Any]]:
     """DiffoRA minus each same-budget baseline, paired over seeds with standard errors, and the adapter sizes.
 
@@ -735,13 +727,14 @@ def budget_comparison(summary: Summary) -> dict[str, dict[str, Any]]:
     if "diffora" not in summary.methods or not summary.budget_design:
         return {}
     tasks = target_tasks(summary)
-    result = {}
-    for baseline in (b for b in SELECTION_BASELINES if b in summary.methods):
-        result[baseline] = {
-            "paired": _paired_with_se(summary, "diffora", baseline, tasks),
-            "adapter_parameters": summary.mean_params(baseline, "adapter_parameters"),
+    return {
+        baseline: {
+            "paired": summary.paired("diffora", baseline, tasks),
+            "adapter_parameters": summary.mean_of(baseline, "adapter_parameters"),
         }
-    return result
+        for baseline in SELECTION_BASELINES
+        if baseline in summary.methods
+    }
 
 
 # the budget issue's evidence: one search ranked by update norm, kept at several budgets and at the
@@ -772,19 +765,15 @@ def budget_sweep(summary: Summary) -> dict[str, Any]:
             "auto": auto,
             "auto_adapter_parameters": auto.get("adapter_parameters"),
             "best_fixed": best,
-            "vs_half": _with_se(summary.paired(SWEEP_AUTO, SWEEP_FIXED[0.5], [task])[task]),
-            "vs_best": _with_se(summary.paired(SWEEP_AUTO, SWEEP_FIXED[best], [task])[task]),
+            "vs_half": summary.paired(SWEEP_AUTO, SWEEP_FIXED[0.5], [task])[task],
+            "vs_best": summary.paired(SWEEP_AUTO, SWEEP_FIXED[best], [task])[task],
         }
     costs = [
         search["size_curve"]["seconds"] / search["seconds"]
         for job in summary.jobs
         if (search := job.get("searches", {}).get("main")) and search.get("size_curve") and search["seconds"]
     ]
-    return {
-        "tasks": rows,
-        "size_curve_cost": statistics.fmean(costs) if costs else None,
-        "searches": len(costs),
-    }
+    return {"tasks": rows, "size_curve_cost": _mean_present(costs), "searches": len(costs)}
 
 
 def _within_noise(stat: dict[str, Any]) -> bool | None:
@@ -809,11 +798,7 @@ def plot_budget_sweep(summary: Summary, path: Path, profile: str) -> bool:
     figure, axes = _panels(len(panels))
 
     def point(method: str, task: str) -> tuple[float, float, float] | None:
-        if task == "average":
-            stat, params = summary.average(method), summary.mean_params(method, "adapter_parameters")
-        else:
-            stat = summary.cell(method, task)
-            params = stat.get("adapter_parameters")
+        stat, params = summary.stat(method, task, "adapter_parameters")
         if not stat.get("n") or params is None:
             return None
         return params, stat["mean"] * 100, (stat["std"] or 0) * 100
@@ -833,68 +818,6 @@ def plot_budget_sweep(summary: Summary, path: Path, profile: str) -> bool:
         _style_axis(axis, "adapter parameters", task)
     _finish(figure, axes, f"Budget sweep ({profile}; mean ± std over seeds)", path)
     return True
-
-
-def _sweep_section(summary: Summary) -> list[str]:
-    sweep = budget_sweep(summary)
-    fixed_present = [m for m in (*SWEEP_FIXED.values(), *LORA_RANK_SWEEP.values()) if m in summary.methods]
-    if not sweep and len(fixed_present) < 2:
-        return []
-    tasks = summary.tasks
-    lines = [
-        "## Budgets and the automatic size",
-        "",
-        "One search per (task, seed), ranked by update norm (the package default), kept at 0.25x, 0.5x and "
-        "0.75x of LoRA-all's adapter parameters and at the size the search's own validation curve supports "
-        "(`--rho auto`); LoRA-all at the ranks that match those budgets for reference. Score x 100, "
-        "`mean ± std (n seeds)`; adapter parameters are the mean over tasks and seeds.",
-        "",
-    ]
-    methods = [
-        m for m in (*SWEEP_FIXED.values(), SWEEP_AUTO, *LORA_RANK_SWEEP.values()) if m in summary.methods
-    ]
-    rows = []
-    for method in methods:
-        cells = [_fmt(summary.cell(method, t)) for t in tasks]
-        rows.append(
-            [
-                summary.label(method),
-                *cells,
-                _fmt(summary.average(method)),
-                _params(summary.mean_params(method, "adapter_parameters")),
-            ]
-        )
-    lines += _table(["selection", *tasks, summary.average_label, "adapter params"], rows)
-    if sweep.get("tasks"):
-        lines += [
-            "Automatic size against the fixed 0.5x budget and against the best fixed budget in hindsight "
-            "(chosen per task after the fact), paired per seed, `mean ± paired SE (n)`; target: within 2 "
-            "paired SE of both on every task that learns.",
-            "",
-        ]
-        rows = []
-        for task, row in sweep["tasks"].items():
-            rows.append(
-                [
-                    task,
-                    _params(row["auto_adapter_parameters"]),
-                    _fmt_se(row["vs_half"]),
-                    f"{row['best_fixed']}x",
-                    _fmt_se(row["vs_best"]),
-                    _verdict(_within_noise(row["vs_half"]), _within_noise(row["vs_best"])),
-                ]
-            )
-        lines += _table(
-            ["task", "auto adapter params", "auto - 0.5x", "best fixed", "auto - best fixed", "within noise"],
-            rows,
-        )
-    if sweep.get("size_curve_cost") is not None:
-        lines += [
-            f"The size curve (forward passes only) took {100 * sweep['size_curve_cost']:.1f} % of the "
-            f"search's time on average over {sweep['searches']} search(es) (target: under 10 %).",
-            "",
-        ]
-    return lines
 
 
 # ------------------------------------------------------------------------------------------------ plots
@@ -940,11 +863,7 @@ def plot_params(summary: Summary, path: Path, profile: str) -> None:
     markers = "osD^v<>ph*XP"
     for axis, task in zip(axes, panels, strict=True):
         for index, method in enumerate(methods):
-            if task == "average":
-                stat, params = summary.average(method), summary.mean_params(method)
-            else:
-                cell = summary.cell(method, task)
-                stat, params = cell, cell.get("trainable_parameters")
+            stat, params = summary.stat(method, task)
             if not stat.get("n") or params is None:
                 continue
             axis.errorbar(
@@ -967,14 +886,14 @@ def plot_rho(summary: Summary, path: Path, profile: str) -> None:
     for axis, task in zip(axes, panels, strict=True):
         xs, ys, errors = [], [], []
         for rho, method in RHO_METHODS.items():
-            stat = summary.average(method) if task == "average" else summary.cell(method, task)
+            stat = summary.stat(method, task)[0]
             if stat.get("n"):
                 xs.append(rho)
                 ys.append(stat["mean"] * 100)
                 errors.append((stat["std"] or 0) * 100)
         if xs:
             axis.errorbar(xs, ys, yerr=errors, marker="o", capsize=3, label="DiffoRA")
-        lora = summary.average("lora") if task == "average" else summary.cell("lora", task)
+        lora = summary.stat("lora", task)[0]
         if lora.get("n"):
             axis.axhline(lora["mean"] * 100, linestyle="--", color="grey", label="LoRA all, r=8")
         _style_axis(axis, "rho (fraction of modules kept)", task)
@@ -996,9 +915,8 @@ def mean_gates(
     searches = task_searches(jobs, task, kind)
     if not searches:
         return [], [], 0
-    candidates = _candidates(searches[0])
-    gates = [statistics.fmean(s["gates"][i] for s in searches) for i in range(len(candidates))]
-    return candidates, gates, len(searches)
+    gates = pd.DataFrame([s["gates"] for s in searches]).mean()
+    return _candidates(searches[0]), gates.tolist(), len(searches)
 
 
 # ----------------------------------------------------------------------------------------------- report
@@ -1025,50 +943,35 @@ def write_report(
         candidates, gates, count = mean_gates(jobs, task)
         if candidates:
             kept = set(select_indices(candidates, gates, 0.5, "global"))
-            name = f"{stem}_dam_{task}.png"
-            plot_dam(
-                candidates,
-                gates,
-                [i in kept for i in range(len(candidates))],
-                out / name,
-                title=f"{task}: mean gates over {count} seed(s), rho 0.5",
-            )
-            plots[f"dam_{task}"] = name
+            mask = [i in kept for i in range(len(candidates))]
+            title = f"{task}: mean gates over {count} seed(s), rho 0.5"
+            plots[f"dam_{task}"] = f"{stem}_dam_{task}.png"
+            plot_dam(candidates, gates, mask, out / plots[f"dam_{task}"], title=title)
         if plot_gate_trajectories(jobs, task, out / f"{stem}_gates_{task}.png"):
             plots[f"gates_{task}"] = f"{stem}_gates_{task}.png"
-    cells = {m: {t: summary.cell(m, t) for t in summary.tasks} for m in summary.methods}
-    averages = {m: summary.average(m) for m in summary.methods}
-    baselines = [m for m in summary.methods if m != "diffora"]
-    paired = {b: summary.paired("diffora", b) for b in baselines} if "diffora" in summary.methods else {}
-    subsamples = {}
-    settings = {}
-    for job in jobs:
-        subsamples.setdefault(job["task"], job["data"])
-        settings.setdefault(job["task"], job["settings"])
-    runs = []
-    for job in jobs:
-        for run in job["runs"].values():
-            runs.append(
-                {
-                    **run,
-                    "job": job["job"],
-                    "profile": job["profile"],
-                    "data_fingerprint": job["data"]["fingerprint"],
-                    "settings": job["settings"],
-                    "environment": job["environment"],
-                }
-            )
+    runs = [
+        {
+            **run,
+            "job": job["job"],
+            "profile": job["profile"],
+            "data_fingerprint": job["data"]["fingerprint"],
+            "settings": job["settings"],
+            "environment": job["environment"],
+        }
+        for job in jobs
+        for run in job["runs"].values()
+    ]
     document = {
         "profile": profile,
         "generated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "invocation": invocation,
         "tasks": summary.tasks,
         "methods": summary.methods,
-        "settings_per_task": settings,
-        "subsamples": subsamples,
-        "cells": cells,
-        "averages": averages,
-        "paired_differences": paired,
+        "settings_per_task": summary.settings,
+        "subsamples": summary.subsamples,
+        "cells": {m: {t: summary.cell(m, t) for t in summary.tasks} for m in summary.methods},
+        "averages": {m: summary.average(m) for m in summary.methods},
+        "paired_differences": diffora_paired(summary),
         "cost": cost,
         "targets": report_targets(summary, cost),
         "excluded_tasks": excluded_tasks(summary),
@@ -1087,35 +990,36 @@ def write_report(
         "runs": runs,
     }
     atomic_write_json(out / f"{stem}.json", document)
-    markdown = render_markdown(
-        profile, summary, cells, averages, paired, settings, subsamples, cost, plots, jobs
-    )
+    markdown = render_markdown(profile, summary, cost, plots)
     atomic_write(out / f"{stem}.md", lambda handle: handle.write(markdown))
     print(f"wrote {out / (stem + '.json')}, {out / (stem + '.md')} and {len(plots)} plot(s)", flush=True)
 
 
-def render_markdown(
-    profile: str,
-    summary: Summary,
-    cells: dict,
-    averages: dict,
-    paired: dict,
-    settings: dict,
-    subsamples: dict,
-    cost: dict | None,
-    plots: dict,
-    jobs: list[dict[str, Any]],
-) -> str:
-    tasks = summary.tasks
+def diffora_paired(summary: Summary) -> dict[str, dict[str, Any]]:
+    """DiffoRA minus every other method, paired over seeds (`Summary.paired`); {} without DiffoRA."""
+    if "diffora" not in summary.methods:
+        return {}
+    return {b: summary.paired("diffora", b) for b in summary.methods if b != "diffora"}
+
+
+def render_markdown(profile: str, summary: Summary, cost: dict | None, plots: dict) -> str:
+    jobs, tasks = summary.jobs, summary.tasks
     lines = [f"# GLUE benchmark, profile `{profile}`", ""]
     if not jobs:
         return "\n".join(lines + ["No finished job yet.", ""])
     env = jobs[0]["environment"]
-    versions = env["versions"]
+    settings = pd.DataFrame.from_dict(summary.settings, orient="index").loc[tasks]
+    data = pd.DataFrame.from_dict(summary.subsamples, orient="index")
+    table = settings[["epochs", "lr", "full_lr", "batch_size", "max_length", "search_epochs"]].set_axis(
+        ["epochs", "lr (adapters)", "lr (full FT)", "batch", "max len", "search epochs"], axis=1
+    )
+    table.insert(0, "dev used/total", _joined(data, "eval_used", "eval_total", "/"))
+    table.insert(0, "train used/total", _joined(data, "train_used", "train_total", "/"))
+    table.insert(0, "task", tasks)
     lines += [
         f"Model: all-MiniLM-L6-v2 (embedded). Generated {time.strftime('%Y-%m-%d %H:%M')} from {len(jobs)} "
         f"job file(s) ({sum(j['complete'] for j in jobs)} complete). {_devices_text(summary, jobs)} "
-        f"({env['torch_threads']} torch thread(s) per job); diffora {versions['diffora']}; "
+        f"({env['torch_threads']} torch thread(s) per job); diffora {env['versions']['diffora']}; "
         f"{_commits_text(summary, env)}.",
         "",
         "Scores are the task's main metric x 100 on the dev set (capped as listed under Subsamples), "
@@ -1124,35 +1028,11 @@ def render_markdown(
         "task shares the data, seeds, max length, batch size, epochs and linear schedule; the search only "
         "ever sees a split of the training subsample.",
         "",
+        "## Settings per task",
+        "",
+        *_markdown(table),
     ]
-    lines += ["## Settings per task", ""]
-    header = [
-        "task",
-        "train used/total",
-        "dev used/total",
-        "epochs",
-        "lr (adapters)",
-        "lr (full FT)",
-        "batch",
-        "max len",
-        "search epochs",
-    ]
-    rows = [
-        [
-            t,
-            f"{subsamples[t]['train_used']}/{subsamples[t]['train_total']}",
-            f"{subsamples[t]['eval_used']}/{subsamples[t]['eval_total']}",
-            f"{settings[t]['epochs']:g}",
-            f"{settings[t]['lr']:g}",
-            f"{settings[t]['full_lr']:g}",
-            str(settings[t]["batch_size"]),
-            str(settings[t]["max_length"]),
-            f"{settings[t]['search_epochs']:g}",
-        ]
-        for t in tasks
-    ]
-    lines += _table(header, rows)
-    first = settings[tasks[0]] if tasks else {}
+    first = summary.settings[tasks[0]] if tasks else {}
     budget = first.get("budget_fraction")
     lines += [
         "Shared exceptions: full fine-tuning uses its own learning rate (a LoRA learning rate diverges a "
@@ -1169,41 +1049,11 @@ def render_markdown(
         + _tuned_text(summary),
         "",
     ]
-
-    def method_rows(names: Iterable[tuple[str, str]]) -> list[list[str]]:
-        rows = []
-        for label, method in names:
-            if method not in summary.methods:
-                continue
-            row = [label] + [_fmt(cells[method][t]) for t in tasks] + [_fmt(averages[method])]
-            params = summary.mean_params(method)
-            effective = [cells[method][t].get("effective_adapter_parameters") for t in tasks]
-            effective = [e for e in effective if e is not None]
-            text = _params(params)
-            if effective:
-                text += f" (after pruning: {_params(statistics.fmean(effective))} adapter)"
-            ranks = sorted({r for t in tasks for r in cells[method][t].get("ranks", [])})
-            if method == "lora_matched" and ranks:
-                text += f" (r = {', '.join(map(str, ranks))})"
-            rows.append(row + [text])
-        return rows
-
     lines += _targets_section(summary, cost)
     lines += ["## Main results", ""]
-    lines += _table(
-        ["method", *tasks, summary.average_label, "trainable params"],
-        method_rows((summary.label(m), m) for m in summary.main_rows),
-    )
-    lines += ["## Every metric", ""]
-    metric_header = ["method"] + [f"{t} {m}" for t in tasks for m in _metric_names(cells, t)]
-    rows = []
-    for method in summary.methods:
-        row = [method]
-        for task in tasks:
-            for metric in _metric_names(cells, task):
-                row.append(_fmt(cells[method][task].get("metrics", {}).get(metric)))
-        rows.append(row)
-    lines += _table(metric_header, rows)
+    lines += _markdown(_scores_table(summary, ((summary.label(m), m) for m in summary.main_rows), "method"))
+    lines += ["## Every metric", "", *_markdown(_metrics_table(summary))]
+    paired = diffora_paired(summary)
     if paired:
         lines += [
             "## Paired differences: DiffoRA minus baseline",
@@ -1212,22 +1062,12 @@ def render_markdown(
             "seeds; the average column averages the tasks per seed first. Positive: DiffoRA is better.",
             "",
         ]
-
-        def paired_rows(names: Iterable[str]) -> list[list[str]]:
-            return [
-                [summary.label(b)]
-                + [_fmt(paired[b][t], signed=True) for t in tasks]
-                + [_fmt(paired[b]["average"], signed=True)]
-                for b in names
-            ]
-
-        main = summary.main_rows
-        header = ["baseline", *tasks, summary.average_label]
-        lines += _table(header, paired_rows(b for b in main if b in paired))
-        others = [b for b in paired if b not in main]
+        main = {b: paired[b] for b in summary.main_rows if b in paired}
+        lines += _markdown(_difference_table(summary, main, "baseline"))
+        others = {b: stat for b, stat in paired.items() if b not in summary.main_rows}
         if others:
             lines += ["DiffoRA (rho 0.5, defaults) minus each ablation variant, paired the same way:", ""]
-            lines += _table(["variant", *tasks, summary.average_label], paired_rows(others))
+            lines += _markdown(_difference_table(summary, others, "variant"))
     lines += _budget_section(summary)
     lines += _default_section(summary)
     lines += _sweep_section(summary)
@@ -1240,78 +1080,28 @@ def render_markdown(
         "",
     ]
     for title, entries in ABLATION_TABLES:
-        present = [(label, method) for label, method in entries if method in summary.methods]
-        if len(present) < 2:
-            continue
-        lines += [f"### {title}", ""]
-        lines += _table(["variant", *tasks, summary.average_label, "trainable params"], method_rows(present))
+        if sum(method in summary.methods for _, method in entries) >= 2:
+            lines += [f"### {title}", "", *_markdown(_scores_table(summary, entries, "variant"))]
     lines += _time_section(summary, jobs)
-    searches = [(j["task"], record) for j in jobs for record in j.get("searches", {}).values()]
-    if searches:
-        rows = []
-        for kind in ("main", "softmax", "second"):
-            chosen = [r for _, r in searches if r["kind"] == kind]
-            if chosen:
-                perturbation = [r["perturbation_seconds"] for r in chosen if r.get("perturbation_seconds")]
-                rows.append(
-                    [
-                        kind,
-                        str(len(chosen)),
-                        f"{statistics.fmean(r['steps'] for r in chosen):.0f}",
-                        f"{statistics.fmean(r['seconds'] for r in chosen):.1f}",
-                        f"{statistics.fmean(perturbation):.1f}" if perturbation else "–",
-                        f"{max(r['memory_mib'] for r in chosen):.0f}",
-                    ]
-                )
-        lines += [
-            "Searches (main: sigmoid, first order; the perturbation check is timed apart and charged only "
-            "to the perturbation-ranking variant):",
-            "",
-        ]
-        lines += _table(["search", "runs", "steps", "seconds", "perturbation s", "peak MiB"], rows)
+    lines += _searches_section(jobs)
     lines += _diagnostics_section(summary, jobs)
-    if cost:
-        lines += [
-            "## Per-step cost",
-            "",
-            f"Median of {cost['repeats']} steps on {cost['batch']} "
-            f"({cost['device']}, {cost['threads']} thread(s)); each measurement in a fresh process. "
-            f"Fine-tune selection: {cost.get('selection_source', 'given')}.",
-            "",
-        ]
-        rows = []
-        for result in cost["measurements"].values():
-            rows.append(
-                [
-                    result["label"],
-                    f"{result['median_seconds'] * 1000:.1f}",
-                    _ratio(result.get("ratio_to_frozen_forward")),
-                    _ratio(result.get("ratio_to_lora_step")),
-                    f"{result['peak_memory_mib']:.0f}",
-                    _params(result.get("trainable_parameters") or None),
-                ]
-            )
-        lines += _table(["step", "ms", "x frozen forward", "x LoRA step", "peak MiB", "trainable"], rows)
-        kind = next(iter(cost["measurements"].values()))["memory_kind"]
-        lines += [f"Memory: {kind}.", ""]
+    lines += _cost_section(cost)
     lines += [
         "## Subsamples",
         "",
         f"Seeded (seed {DATA_SEED_TEXT}) random subsets in file order, identical for every "
         "method and seed; the indices (0-based data rows of the file) are in the JSON under `subsamples`.",
         "",
+        *_markdown(
+            data.assign(
+                task=data.index,
+                train=_joined(data, "train_used", "train_total", " of "),
+                dev=_joined(data, "eval_used", "eval_total", " of "),
+            )[["task", "source", "train", "dev", "fingerprint"]].rename(
+                columns={"fingerprint": "data fingerprint"}
+            )
+        ),
     ]
-    rows = [
-        [
-            t,
-            s["source"],
-            f"{s['train_used']} of {s['train_total']}",
-            f"{s['eval_used']} of {s['eval_total']}",
-            s["fingerprint"],
-        ]
-        for t, s in subsamples.items()
-    ]
-    lines += _table(["task", "source", "train", "dev", "data fingerprint"], rows)
     if plots:
         lines += ["## Plots", ""] + [f"![{name}]({file})" for name, file in plots.items()] + [""]
     return "\n".join(lines)
@@ -1320,13 +1110,79 @@ def render_markdown(
 DATA_SEED_TEXT = "0"
 
 
+def _joined(frame: pd.DataFrame, first: str, second: str, separator: str) -> pd.Series:
+    return frame[first].astype(str) + separator + frame[second].astype(str)
+
+
+def _trainable_text(summary: Summary, method: str) -> str:
+    """The method's mean trainable parameters; AdaLoRA's adapter after pruning, the matched LoRA's ranks."""
+    cells = [summary.cell(method, t) for t in summary.tasks]
+    text = _params(summary.mean_of(method))
+    effective = _mean_present(cell.get("effective_adapter_parameters") for cell in cells)
+    if effective is not None:
+        text += f" (after pruning: {_params(effective)} adapter)"
+    ranks = sorted({r for cell in cells for r in cell.get("ranks", [])})
+    if method == "lora_matched" and ranks:
+        text += f" (r = {', '.join(map(str, ranks))})"
+    return text
+
+
+def _adapter_text(summary: Summary, method: str) -> str:
+    return _params(summary.mean_of(method, "adapter_parameters"))
+
+
+def _scores_table(
+    summary: Summary,
+    names: Iterable[tuple[str, str]],
+    first: str,
+    header: str = "trainable params",
+    size: Callable[[Summary, str], str] = _trainable_text,
+) -> pd.DataFrame:
+    """One row per (label, method) that has run: `mean ± std (n)` per task and on average, and its size."""
+    rows = [(label, method) for label, method in names if method in summary.methods]
+    methods = [method for _, method in rows]
+    return pd.DataFrame(
+        {
+            first: [label for label, _ in rows],
+            **{task: [_fmt(summary.cell(m, task)) for m in methods] for task in summary.tasks},
+            summary.average_label: [_fmt(summary.average(m)) for m in methods],
+            header: [size(summary, m) for m in methods],
+        }
+    )
+
+
+def _metrics_table(summary: Summary) -> pd.DataFrame:
+    """Every method's `mean ± std (n)` of every metric of every task."""
+    columns = {}
+    for task in summary.tasks:
+        cells = [summary.cell(m, task) for m in summary.methods]
+        names = next((list(cell["metrics"]) for cell in cells if cell.get("metrics")), [])
+        for metric in names:
+            columns[f"{task} {metric}"] = [_fmt(cell.get("metrics", {}).get(metric)) for cell in cells]
+    return pd.DataFrame({"method": summary.methods, **columns})
+
+
+def _difference_table(
+    summary: Summary, comparison: dict[str, dict], first: str, average: str | None = None, se: bool = False
+) -> pd.DataFrame:
+    """One row per baseline of `comparison` ({baseline: {task or 'average': paired difference}}), each cell
+    `mean ± std (n)`, or `mean ± paired SE (n)` with `se`."""
+    baselines = list(comparison)
+    average = average or summary.average_label
+    text = _fmt_se if se else partial(_fmt, signed=True)
+    return pd.DataFrame(
+        {
+            first: [summary.label(b) for b in baselines],
+            **{t: [text(comparison[b][t]) for b in baselines] for t in summary.tasks},
+            average: [text(comparison[b]["average"]) for b in baselines],
+        }
+    )
+
+
 def _commits_text(summary: Summary, env: dict[str, Any]) -> str:
     """The commit(s) the runs came from: a job resumed from a later commit keeps each run's own."""
     unrecorded = "an earlier commit (not recorded per run; see the job files' earlier_environments)"
-    counts: dict[str, int] = {}
-    for run in summary.runs:
-        commit = run.get("git_commit") or unrecorded
-        counts[commit] = counts.get(commit, 0) + 1
+    counts = Counter(run.get("git_commit") or unrecorded for run in summary.runs)
     if len(counts) == 1:  # one commit; files from before per-run commits: the job's own
         commit = next(iter(counts))
         commit = env["git"]["commit"] if commit == unrecorded else commit
@@ -1373,18 +1229,6 @@ def _tuned_text(summary: Summary) -> str:
     return "".join(f" {part}" for part in parts)
 
 
-def _ratio(value: float | None) -> str:
-    return "–" if value is None else f"{value:.2f}"
-
-
-def _metric_names(cells: dict, task: str) -> list[str]:
-    for per_task in cells.values():
-        metrics = per_task.get(task, {}).get("metrics")
-        if metrics:
-            return list(metrics)
-    return []
-
-
 def _targets_section(summary: Summary, cost: dict[str, Any] | None) -> list[str]:
     """The targets with their verdicts; at one parameter budget also the tasks left out of the averages."""
     goals = report_targets(summary, cost)
@@ -1408,9 +1252,9 @@ def _targets_section(summary: Summary, cost: dict[str, Any] | None) -> list[str]
             for (m, t), scores in collapsed.items()
         ]
         lines += [""] if excluded or collapsed else []
-    verdict = {True: "met", False: "**not met**", None: "not yet measured"}
-    rows = [[g["target"], g["detail"], verdict[g["met"]]] for g in goals]
-    return lines + _table(["target", "measured", "verdict"], rows)
+    table = pd.DataFrame(goals).rename(columns={"detail": "measured"})
+    table["verdict"] = [VERDICTS[goal["met"]] for goal in goals]
+    return lines + _markdown(table[["target", "measured", "verdict"]])
 
 
 def _budget_section(summary: Summary) -> list[str]:
@@ -1418,28 +1262,21 @@ def _budget_section(summary: Summary) -> list[str]:
     comparison = budget_comparison(summary)
     if not comparison:
         return []
-    tasks, learning = summary.tasks, target_tasks(summary)
+    learning = target_tasks(summary)
     lines = [
         "## Selection at the same parameter budget",
         "",
-        f"DiffoRA ({_params(summary.mean_params('diffora', 'adapter_parameters'))} adapter parameters on "
+        f"DiffoRA ({_adapter_text(summary, 'diffora')} adapter parameters on "
         "average) minus each baseline: per seed the difference of the main metric (x 100, same data and "
         "seed), then `mean ± paired standard error (n seeds)`. Positive: DiffoRA is better. The average "
         f"averages the complete tasks that learn ({', '.join(learning) or 'none'}) per seed first.",
         "",
     ]
-    rows = [
-        _paired_se_row(summary.label(baseline), entry["paired"], tasks)
-        + [_params(entry["adapter_parameters"])]
-        for baseline, entry in comparison.items()
-    ]
-    header = ["baseline", *tasks, _average_header(tasks, learning), "baseline adapter params"]
-    return lines + _table(header, rows)
-
-
-def _paired_se_row(label: str, paired: dict[str, Any], tasks: Sequence[str]) -> list[str]:
-    """A table row: the label, then `mean ± paired SE (n)` per task and on average."""
-    return [label] + [_fmt_se(paired[t]) for t in tasks] + [_fmt_se(paired["average"])]
+    average = _average_header(summary.tasks, learning)
+    paired = {baseline: entry["paired"] for baseline, entry in comparison.items()}
+    table = _difference_table(summary, paired, "baseline", average, se=True)
+    table["baseline adapter params"] = [_params(entry["adapter_parameters"]) for entry in comparison.values()]
+    return lines + _markdown(table)
 
 
 def _average_header(tasks: Sequence[str], learning: Sequence[str]) -> str:
@@ -1459,7 +1296,7 @@ def default_comparison(summary: Summary) -> dict[str, dict[str, Any]]:
         return {}
     tasks = target_tasks(summary)
     return {
-        baseline: _paired_with_se(summary, DEFAULT_METHOD, baseline, tasks)
+        baseline: summary.paired(DEFAULT_METHOD, baseline, tasks)
         for baseline in DEFAULT_BASELINES
         if baseline in summary.methods
     }
@@ -1469,8 +1306,8 @@ def _default_section(summary: Summary) -> list[str]:
     comparison = default_comparison(summary)
     if not comparison:
         return []
-    tasks, learning = summary.tasks, target_tasks(summary)
-    lines = [
+    average = _average_header(summary.tasks, target_tasks(summary))
+    return [
         "## The package's defaults, end to end",
         "",
         f"`{DEFAULT_METHOD}`: the library's own LoRA-drop search (`SearchConfig()`), update-norm ranking at "
@@ -1478,9 +1315,53 @@ def _default_section(summary: Summary) -> list[str]:
         "seeds)`. Against `loradrop` (the benchmark's re-implementation the default was chosen on) it "
         "checks that the library does what the evidence measured.",
         "",
+        *_markdown(_difference_table(summary, comparison, "baseline", average, se=True)),
     ]
-    rows = [_paired_se_row(summary.label(baseline), paired, tasks) for baseline, paired in comparison.items()]
-    return lines + _table(["baseline", *tasks, _average_header(tasks, learning)], rows)
+
+
+def _sweep_section(summary: Summary) -> list[str]:
+    sweep = budget_sweep(summary)
+    methods = [(summary.label(m), m) for m in (*SWEEP_FIXED.values(), SWEEP_AUTO, *LORA_RANK_SWEEP.values())]
+    if not sweep and sum(m in summary.methods for _, m in methods if m != SWEEP_AUTO) < 2:
+        return []
+    lines = [
+        "## Budgets and the automatic size",
+        "",
+        "One search per (task, seed), ranked by update norm (the package default), kept at 0.25x, 0.5x and "
+        "0.75x of LoRA-all's adapter parameters and at the size the search's own validation curve supports "
+        "(`--rho auto`); LoRA-all at the ranks that match those budgets for reference. Score x 100, "
+        "`mean ± std (n seeds)`; adapter parameters are the mean over tasks and seeds.",
+        "",
+        *_markdown(_scores_table(summary, methods, "selection", "adapter params", _adapter_text)),
+    ]
+    rows = sweep.get("tasks", {})
+    if rows:
+        lines += [
+            "Automatic size against the fixed 0.5x budget and against the best fixed budget in hindsight "
+            "(chosen per task after the fact), paired per seed, `mean ± paired SE (n)`; target: within 2 "
+            "paired SE of both on every task that learns.",
+            "",
+        ]
+        table = pd.DataFrame(
+            {
+                "task": list(rows),
+                "auto adapter params": [_params(r["auto_adapter_parameters"]) for r in rows.values()],
+                "auto - 0.5x": [_fmt_se(r["vs_half"]) for r in rows.values()],
+                "best fixed": [f"{r['best_fixed']}x" for r in rows.values()],
+                "auto - best fixed": [_fmt_se(r["vs_best"]) for r in rows.values()],
+                "within noise": [
+                    _verdict(_within_noise(r["vs_half"]), _within_noise(r["vs_best"])) for r in rows.values()
+                ],
+            }
+        )
+        lines += _markdown(table)
+    if sweep.get("size_curve_cost") is not None:
+        lines += [
+            f"The size curve (forward passes only) took {100 * sweep['size_curve_cost']:.1f} % of the "
+            f"search's time on average over {sweep['searches']} search(es) (target: under 10 %).",
+            "",
+        ]
+    return lines
 
 
 def _time_section(summary: Summary, jobs: list[dict[str, Any]]) -> list[str]:
@@ -1495,37 +1376,99 @@ def _time_section(summary: Summary, jobs: list[dict[str, Any]]) -> list[str]:
         "fraction is search / (search + fine-tune + evaluation).",
         "",
     ]
-    header = ["method", "search steps", "fine-tune steps", "search s", "fine-tune s", "eval s", "total s"]
-    header += ["search fraction", "search peak MiB", "fine-tune peak MiB", "eval peak MiB"]
-    runs = {method: [r for r in summary.runs if r["method"] == method] for method in summary.methods}
-    rows = [_time_row(method, runs[method]) for method in summary.methods]
-    devices = [sorted({summary.device(r) for r in method_runs}) for method_runs in runs.values()]
-    if len({device for names in devices for device in names}) > 1:  # seconds are only comparable per device
-        header.append("device")
+    columns = {  # header: (column of `Summary.frame`, aggregation over the method's runs, number format)
+        "search steps": ("config.search_steps", "mean", ".0f"),
+        "fine-tune steps": ("finetune_steps", "mean", ".0f"),
+        "search s": ("seconds.search", "mean", ".1f"),
+        "fine-tune s": ("seconds.finetune", "mean", ".1f"),
+        "eval s": ("seconds.evaluate", "mean", ".1f"),
+        "total s": ("seconds.total", "mean", ".1f"),
+        "search fraction": ("search_fraction", "mean", ".2f"),
+        "search peak MiB": ("memory.search_mib", "max", ".0f"),
+        "fine-tune peak MiB": ("memory.finetune_mib", "max", ".0f"),
+        "eval peak MiB": ("memory.evaluate_mib", "max", ".0f"),
+    }
+    runs = summary.frame.reindex(columns=["method", *(column for column, _, _ in columns.values())])
+    runs["config.search_steps"] = runs["config.search_steps"].fillna(0)  # 0 without a search
+    runs["device"] = [summary.device(run) for run in summary.runs]
+    table = runs.groupby("method", sort=False).agg(
+        **{header: (column, how) for header, (column, how, _) in columns.items()},
+        device=("device", lambda names: ", ".join(sorted(set(names)))),
+    )
+    table["search peak MiB"] = table["search peak MiB"].where(table["search peak MiB"] > 0)  # "–" without
+    if runs["device"].nunique() > 1:  # seconds are only comparable per device
         lines[2] += (
             " Methods ran on different devices (last column): compare seconds and memory (measured "
             "differently per device) within a device only."
         )
-        rows = [row + [", ".join(names)] for row, names in zip(rows, devices, strict=True)]
-    return lines + _table(header, rows)
+    else:
+        table = table.drop(columns="device")
+    formats = ["", *(spec for _, _, spec in columns.values()), ""]
+    return lines + _markdown(table.reset_index(), formats)
 
 
-def _time_row(method: str, runs: list[dict[str, Any]]) -> list[str]:
-    """One row of the time table: the means over the method's runs."""
-    seconds = [
-        statistics.fmean(r["seconds"][k] for r in runs) for k in ("search", "finetune", "evaluate", "total")
-    ]
-    search_memory = max((r["memory"].get("search_mib") or 0.0) for r in runs)
+def _searches_section(jobs: list[dict[str, Any]]) -> list[str]:
+    """Per search kind: how many ran, their mean steps and seconds and their peak memory."""
+    keys = ["kind", "steps", "seconds", "perturbation_seconds", "memory_mib"]
+    records = [{k: r.get(k) for k in keys} for j in jobs for r in j.get("searches", {}).values()]
+    if not records:
+        return []
+    searches = pd.DataFrame(records, columns=keys).astype({k: float for k in keys[1:]})
+    table = searches.groupby("kind").agg(
+        runs=("steps", "size"),
+        steps=("steps", "mean"),
+        seconds=("seconds", "mean"),
+        perturbation=("perturbation_seconds", lambda s: s[s > 0].mean()),  # the searches that ran it
+        peak=("memory_mib", "max"),
+    )
+    table = table.reindex([k for k in ("main", "softmax", "second") if k in table.index]).reset_index()
+    table.columns = ["search", "runs", "steps", "seconds", "perturbation s", "peak MiB"]
     return [
-        method,
-        f"{statistics.fmean(r['config'].get('search_steps', 0) for r in runs):.0f}",
-        f"{statistics.fmean(r['finetune_steps'] for r in runs):.0f}",
-        *(f"{value:.1f}" for value in seconds),
-        f"{statistics.fmean(r['search_fraction'] for r in runs):.2f}",
-        f"{search_memory:.0f}" if search_memory else "–",
-        f"{max(r['memory']['finetune_mib'] for r in runs):.0f}",
-        f"{max(r['memory']['evaluate_mib'] for r in runs):.0f}",
+        "Searches (main: sigmoid, first order; the perturbation check is timed apart and charged only "
+        "to the perturbation-ranking variant):",
+        "",
+        *_markdown(table, ["", "", ".0f", ".1f", ".1f", ".0f"]),
     ]
+
+
+def _cost_section(cost: dict[str, Any] | None) -> list[str]:
+    """The median per-step cost of each measured step, against a frozen forward and a LoRA-all step."""
+    if not cost:
+        return []
+    columns = ["label", "median_seconds", "ratio_to_frozen_forward", "ratio_to_lora_step", "peak_memory_mib"]
+    steps = pd.DataFrame(list(cost["measurements"].values())).reindex(
+        columns=[*columns, "trainable_parameters"]
+    )
+    steps["median_seconds"] *= 1000
+    steps["trainable_parameters"] = [_params(n or None) for n in steps["trainable_parameters"]]
+    steps.columns = ["step", "ms", "x frozen forward", "x LoRA step", "peak MiB", "trainable"]
+    kind = next(iter(cost["measurements"].values()))["memory_kind"]
+    return [
+        "## Per-step cost",
+        "",
+        f"Median of {cost['repeats']} steps on {cost['batch']} "
+        f"({cost['device']}, {cost['threads']} thread(s)); each measurement in a fresh process. "
+        f"Fine-tune selection: {cost.get('selection_source', 'given')}.",
+        "",
+        *_markdown(steps, ["", ".1f", ".2f", ".2f", ".0f", ""]),
+        f"Memory: {kind}.",
+        "",
+    ]
+
+
+DIAGNOSTIC_COLUMNS = {  # column of `search_diagnostics`: (header, number format)
+    "task": ("task", ""),
+    "searches": ("searches", ""),
+    "steps": ("steps", ".0f"),
+    "gate_steps": ("gate steps", ".0f"),
+    "gate_range": ("gate range", ""),
+    "gate_std": ("gate std", ".4f"),
+    "gate_spread": ("spread", ".4f"),
+    "selection_jaccard": ("Jaccard", ".2f"),
+    "random_jaccard": ("random J", ".2f"),
+    "spearman_gate_perturbation": ("rho(gate, pert.)", ".2f"),
+    "spearman_norm_perturbation": ("rho(norm, pert.)", ".2f"),
+}
 
 
 def _diagnostics_section(summary: Summary, jobs: list[dict[str, Any]]) -> list[str]:
@@ -1533,6 +1476,11 @@ def _diagnostics_section(summary: Summary, jobs: list[dict[str, Any]]) -> list[s
     diagnostics = search_diagnostics(jobs)
     lines = []
     if diagnostics:
+        rows = pd.DataFrame(diagnostics)
+        rows["gate_range"] = (
+            rows["gate_min"].map("{:.3f}".format) + "-" + rows["gate_max"].map("{:.3f}".format)
+        )
+        table = rows[list(DIAGNOSTIC_COLUMNS)].set_axis([h for h, _ in DIAGNOSTIC_COLUMNS.values()], axis=1)
         lines += [
             "## How decided the searches were",
             "",
@@ -1542,38 +1490,18 @@ def _diagnostics_section(summary: Summary, jobs: list[dict[str, Any]]) -> list[s
             "index; two uniform random selections would give `random J`), and the Spearman rank correlation "
             "with the perturbation check of the gates and of the LoRA update norms (mean over seeds).",
             "",
+            *_markdown(table, [spec for _, spec in DIAGNOSTIC_COLUMNS.values()]),
         ]
-        header = ["task", "searches", "steps", "gate steps", "gate range", "gate std", "spread", "Jaccard"]
-        header += ["random J", "rho(gate, pert.)", "rho(norm, pert.)"]
-        lines += _table(header, [_diagnostics_row(d) for d in diagnostics])
     stability = selection_stability(summary)
     if stability:
         methods = [m for m in STABILITY_METHODS if any(m in row["jaccard"] for row in stability)]
+        table = pd.DataFrame([row["jaccard"] for row in stability]).reindex(columns=methods).astype(float)
+        table.insert(0, "task", [row["task"] for row in stability])
+        table["two random"] = pd.Series([row["random_expected"] for row in stability], dtype=float)
         lines += [
             "Selection stability over seeds: mean pairwise Jaccard index of each method's selected modules "
             "(the last column: about what two random selections of DiffoRA's size would give).",
             "",
+            *_markdown(table, ".2f"),
         ]
-        rows = [
-            [row["task"], *(_number(row["jaccard"].get(m)) for m in methods), _number(row["random_expected"])]
-            for row in stability
-        ]
-        lines += _table(["task", *methods, "two random"], rows)
     return lines
-
-
-def _diagnostics_row(d: dict[str, Any]) -> list[str]:
-    """One row of the search-diagnostics table."""
-    return [
-        d["task"],
-        str(d["searches"]),
-        f"{d['steps']:.0f}",
-        f"{d['gate_steps']:.0f}",
-        f"{d['gate_min']:.3f}-{d['gate_max']:.3f}",
-        f"{d['gate_std']:.4f}",
-        f"{d['gate_spread']:.4f}",
-        _number(d["selection_jaccard"]),
-        _number(d["random_jaccard"]),
-        _number(d["spearman_gate_perturbation"]),
-        _number(d["spearman_norm_perturbation"]),
-    ]

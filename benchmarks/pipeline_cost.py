@@ -92,7 +92,7 @@ def peak_rss_mib() -> float:
 
 def run_diffora(spec: dict[str, Any]) -> dict[str, Any]:
     """`diffora run` through the CLI's own entry point, in this process; what its metrics.json reports."""
-    from diffora.cli import main as diffora_main
+    from diffora.experimental import cli_main as diffora_main
 
     code = diffora_main(spec["argv"])
     if code != 0:
@@ -142,11 +142,8 @@ def run_lora_all(spec: dict[str, Any]) -> dict[str, Any]:
     )
     from transformers.utils import logging as hf_logging
 
-    from diffora.candidates import find_candidates
-    from diffora.config import DataConfig
-    from diffora.data import load_task_data
-    from diffora.metrics import compute_metrics
-    from diffora.models import default_heads
+    from diffora import DataConfig, find_candidates
+    from diffora.experimental import compute_metrics, default_heads, load_task_data
 
     hf_logging.set_verbosity_error()
     settings = spec["settings"]
@@ -463,8 +460,7 @@ def _version(package: str) -> str | None:
 
 def settings_of(args: argparse.Namespace) -> dict[str, Any]:
     """What both methods share: diffora's defaults, with this benchmark's overrides."""
-    from diffora.config import AdapterConfig, DataConfig, FinetuneConfig, SearchConfig
-    from diffora.models import resolve_model_path
+    from diffora import AdapterConfig, DataConfig, FinetuneConfig, SearchConfig, resolve_model_path
 
     finetune, data, adapter, search = FinetuneConfig(), DataConfig(), AdapterConfig(), SearchConfig()
     return {
@@ -492,7 +488,7 @@ def settings_of(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def write_report(document: dict[str, Any], out: Path) -> None:
-    from diffora.io import atomic_write_json
+    from diffora.experimental import atomic_write_json
 
     atomic_write_json(out, document)
     out.with_suffix(".md").write_text(markdown(document))
@@ -521,12 +517,22 @@ def run_benchmark(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if args.resume and out.is_file():
+        earlier = json.loads(out.read_text())
+        if earlier.get("settings") != settings:
+            raise SystemExit(f"--resume: {out} was measured with other settings; pass another --out")
+        document["runs"] = earlier["runs"]
+        document["ratios"] = ratios(document["runs"])
+    done = {(run["task"], run["method"], run["seed"]) for run in document["runs"]}
     with tempfile.TemporaryDirectory(prefix="pipeline-cost-") as work:
         for task in args.tasks:
             for seed in range(args.repeats):
                 for method in METHODS:
+                    if (task, method, seed) in done:
+                        print(f"pipeline_cost: {task} seed {seed}: {method} measured already", flush=True)
+                        continue
                     print(f"pipeline_cost: {task} seed {seed}: {method} ...", flush=True)
-                    run = measure(method, task, seed, settings, args, Path(work))
+                    run = {**measure(method, task, seed, settings, args, Path(work)), "commit": git_commit()}
                     document["runs"].append(run)
                     document["machine"]["device"] = run["device"]
                     document["ratios"] = ratios(document["runs"])
@@ -554,6 +560,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--epochs", type=float, default=None, help="fine-tune epochs (default: diffora's)")
     parser.add_argument("--batch-size", type=int, default=None, help="batch size (default: diffora's)")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="JSON report; the .md beside it")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the runs already in --out (same settings) and measure the rest",
+    )
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     return parser
 

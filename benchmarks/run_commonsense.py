@@ -108,7 +108,7 @@ def hub_training_file(name: str, out: Path) -> Path:
             f"--train-dataset {name} needs the datasets package (pip install 'diffora[hub]'); "
             "offline, pass --train-file"
         ) from None
-    from diffora.io import atomic_write_json
+    from diffora.experimental import atomic_write_json
 
     rows = datasets.load_dataset(name, split="train")
     fields = ("instruction", "input", "output", "answer")
@@ -125,7 +125,7 @@ def largest_fitting_rank(dims: dict[str, tuple[int, int]], names: list[str], bud
     >>> largest_fitting_rank({"q": (4, 6), "v": (4, 6)}, ["q", "v"], 85)
     4
     """
-    from diffora.selection import lora_parameter_count
+    from diffora.experimental import lora_parameter_count
 
     per_rank = lora_parameter_count(dims, names, 1)
     if per_rank > budget:
@@ -142,7 +142,7 @@ class Experiment:
     def __init__(self, args: argparse.Namespace, train_file: Path, tasks: list[str]) -> None:
         import torch
 
-        from diffora.config import AdapterConfig, DataConfig
+        from diffora import AdapterConfig, DataConfig
 
         self.args = args
         self.out = Path(args.out)
@@ -167,7 +167,7 @@ class Experiment:
     # ------------------------------------------------------------------ configs
 
     def finetune_config(self, seed: int, ranking: str | None = None) -> Any:
-        from diffora.config import FinetuneConfig
+        from diffora import FinetuneConfig
 
         a = self.args
         return FinetuneConfig(
@@ -183,7 +183,7 @@ class Experiment:
         )
 
     def search_config(self, seed: int, gates: bool) -> Any:
-        from diffora.config import SearchConfig
+        from diffora import SearchConfig
 
         a = self.args
         return SearchConfig(
@@ -199,14 +199,13 @@ class Experiment:
     def bench(self) -> Any:
         """The workbench of the baselines (data, tokenizer, candidates), opened once."""
         if self._bench is None:
-            from diffora.pipeline import open_workbench
+            from diffora.experimental import open_workbench
 
             self._bench = open_workbench(self.data_config, self.adapter, 0)
         return self._bench
 
     def budget_parameters(self, lora_all_parameters: int) -> int:
-        from diffora.config import parse_budget
-        from diffora.selection import budget_parameters
+        from diffora.experimental import budget_parameters, parse_budget
 
         return budget_parameters(parse_budget(self.args.budget), lora_all_parameters)
 
@@ -215,7 +214,7 @@ class Experiment:
     def search_dir(self, kind: str, seed: int) -> Path:
         """The finished search `kind` ('gates' or 'loradrop') of `seed`: run, continued or reused."""
         from diffora import pipeline
-        from diffora.run_dir import DAM_FILE, RUN_CONFIG_FILE, SEARCH_WEIGHTS_FILE
+        from diffora.experimental import DAM_FILE, RUN_CONFIG_FILE, SEARCH_WEIGHTS_FILE
 
         folder = self.out / "searches" / f"{kind}_seed{seed}"
         if (folder / DAM_FILE).is_file() and (folder / SEARCH_WEIGHTS_FILE).is_file():
@@ -250,7 +249,7 @@ class Experiment:
     def run_diffora(self, method: str, seed: int) -> dict[str, Any]:
         """Search (or reuse the search), keep modules in the method's order under the budget, fine-tune."""
         from diffora import pipeline
-        from diffora.run_dir import DAM_FILE
+        from diffora.experimental import DAM_FILE
 
         dam_path = self.search_dir(SEARCH_OF[method], seed) / DAM_FILE
         ranking = "gate" if method == "gates" else "magnitude"
@@ -280,13 +279,17 @@ class Experiment:
         import baselines
         from safetensors.torch import load_file
 
-        from diffora.artifacts import save_adapter
-        from diffora.dam import DAM
-        from diffora.distributed import make_accelerator
-        from diffora.run_dir import DAM_FILE, SEARCH_WEIGHTS_FILE
-        from diffora.selection import lora_parameter_count, module_dims, random_budget_select
-        from diffora.training import fit
-        from diffora.weight_sharing import build_finetune_model
+        from diffora import DAM, build_finetune_model
+        from diffora.experimental import (
+            DAM_FILE,
+            SEARCH_WEIGHTS_FILE,
+            fit,
+            lora_parameter_count,
+            make_accelerator,
+            module_dims,
+            random_budget_select,
+            save_adapter,
+        )
 
         bench = self.bench()
         config = self.finetune_config(seed)
@@ -379,7 +382,7 @@ class Experiment:
         extra: dict[str, Any],
     ) -> dict[str, Any]:
         """A run's JSON document: accuracies, parameters, cost and where it ran."""
-        from diffora.run_dir import versions
+        from diffora.experimental import versions
 
         mode = self.data_config.eval_mode
         accuracy = {task: scores[f"{mode}/{task}"] for task in self.data_config.eval_tasks}
@@ -470,7 +473,7 @@ def formatted(table: Any) -> Any:
 
 def write_report(out: Path, records: list[dict[str, Any]], present: list[str], missing: list[str]) -> Path:
     """OUT/commonsense.md (the table and what it was measured on) and OUT/commonsense.json (every run)."""
-    from diffora.io import atomic_write, atomic_write_json
+    from diffora.experimental import atomic_write, atomic_write_json
 
     table = results_table(records, present)
     shown = formatted(table).rename(columns={"average": f"average ({len(present)}/{len(TASK_COLUMNS)})"})
@@ -549,7 +552,7 @@ def settings_of(args: argparse.Namespace, train_source: str, present: list[str])
 
 def check_settings(out: Path, settings: dict[str, Any]) -> None:
     """Record the settings of OUT, or insist that a later invocation uses the same ones."""
-    from diffora.io import atomic_write_json
+    from diffora.experimental import atomic_write_json
 
     path = out / "settings.json"
     if not path.is_file():
@@ -566,8 +569,7 @@ def check_settings(out: Path, settings: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from diffora.config import parse_budget
-    from diffora.io import atomic_write_json
+    from diffora.experimental import atomic_write_json, parse_budget
 
     if parse_budget(args.budget) == "auto":
         raise SystemExit("--budget must be a count or a fraction of LoRA-all (the methods must match it)")

@@ -31,6 +31,8 @@ import random
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -224,7 +226,7 @@ PROFILES = {
 def environment(threads: int) -> dict[str, Any]:
     import torch
 
-    from diffora.run_dir import versions
+    from diffora.experimental import versions
 
     tree = git_commit()
     return {
@@ -247,7 +249,7 @@ def fingerprint(settings: dict[str, Any]) -> str:
 
 
 def subsample_indices(total: int, n: int | None, seed: int) -> list[int] | None:
-    """The indices `diffora.data.subsample` keeps (None: every example)."""
+    """The indices `diffora.tasks.data.subsample` keeps (None: every example)."""
     if n is None or n >= total:
         return None
     return sorted(random.Random(seed).sample(range(total), n))
@@ -259,9 +261,8 @@ class Job:
     def __init__(self, spec: dict[str, Any]) -> None:
         import torch
 
-        from diffora.config import AdapterConfig, DataConfig
-        from diffora.data import TaskData, subsample
-        from diffora.pipeline import open_workbench
+        from diffora import AdapterConfig, DataConfig
+        from diffora.experimental import TaskData, open_workbench, subsample
 
         self.spec = spec
         self.settings = spec["settings"]
@@ -304,7 +305,7 @@ class Job:
             "subsample_seed": DATA_SEED,
         }
         self.names = [c.name for c in self.bench.candidates]
-        from diffora.selection import lora_parameter_count, module_dims
+        from diffora.experimental import lora_parameter_count, module_dims
 
         dims = module_dims(self.bench.model, self.names)  # before any search wraps the model with LoRA
         self.costs = [lora_parameter_count(dims, [name], self.settings["rank"]) for name in self.names]
@@ -343,7 +344,7 @@ class Job:
         return base
 
     def save(self) -> None:
-        from diffora.io import atomic_write_json
+        from diffora.experimental import atomic_write_json
 
         self.document["complete"] = all(m in self.document["runs"] for m in self.spec["methods"])
         atomic_write_json(self.path, self.document)
@@ -360,7 +361,7 @@ class Job:
         return train, eval_
 
     def search_split(self) -> tuple[list, list]:
-        from diffora.data import split_for_search
+        from diffora.experimental import split_for_search
 
         return split_for_search(
             self.bench.data.train,
@@ -389,8 +390,8 @@ class Job:
 
     def select(self, scores: list[float]) -> list[Any]:
         """The candidates kept under the budget, best `scores` first (without one: round(rho * N) of them)."""
-        from diffora.dam import select_indices
-        from diffora.selection import budget_select
+        from diffora import budget_select
+        from diffora.experimental import select_indices
 
         budget = self.budget()
         if budget is None:
@@ -410,8 +411,8 @@ class Job:
         if kind in self.outcomes:
             return self.outcomes[kind]
         perturbation = kind == VARIANTS["diffora_perturbation"].search and "diffora_perturbation" in self.todo
-        from diffora.config import FinetuneConfig, SearchConfig
-        from diffora.pipeline import search_on
+        from diffora import FinetuneConfig, SearchConfig
+        from diffora.experimental import search_on
 
         s = self.settings
         search_config = SearchConfig(
@@ -478,8 +479,8 @@ class Job:
         """Perturbation scores of the finished search model (timed apart from the search itself)."""
         import torch
 
-        from diffora.bilevel import perturbation_scores
-        from diffora.gates import DAMGates
+        from diffora import DAMGates
+        from diffora.experimental import perturbation_scores
 
         started = time.perf_counter()
         _, search_val = self.search_split()
@@ -501,8 +502,7 @@ class Job:
         """fit with the shared schedule, then evaluate on the dev set; times and peak memory of both."""
         from baselines import adapter_parameter_count
 
-        from diffora.models import count_trainable_parameters
-        from diffora.training import evaluate, fit
+        from diffora.experimental import count_trainable_parameters, evaluate, fit
 
         s = self.settings
         train_loader, eval_loader = self.loaders()
@@ -544,7 +544,7 @@ class Job:
 
     def variant_selection(self, method: str, variant: Variant, dam: Any) -> list[Any]:
         """The modules a search-based method keeps: by budget where the profile has one, else by rho."""
-        from diffora.selection import random_budget_select
+        from diffora.experimental import random_budget_select
 
         if method == "random":
             return [dam.candidates[i] for i in random_budget_select(self.costs, self.budget(), self.seed)]
@@ -558,7 +558,7 @@ class Job:
         """LoRA on one module family, at the largest rank whose adapters fit the budget (fresh weights)."""
         import baselines
 
-        from diffora.selection import lora_parameter_count, module_dims, preset_scores
+        from diffora.experimental import lora_parameter_count, module_dims, preset_scores
 
         chosen = preset_scores([c.type for c in self.bench.candidates], preset)
         selected = [c for c, keep in zip(self.bench.candidates, chosen, strict=True) if keep]
@@ -597,10 +597,8 @@ class Job:
         import baselines
         import torch
 
-        from diffora.lora import export_adapter_tensors, module_state
-        from diffora.selection import update_norms
-        from diffora.training import fit
-        from diffora.weight_sharing import build_finetune_model
+        from diffora import build_finetune_model, update_norms
+        from diffora.experimental import export_adapter_tensors, fit, module_state
 
         s = self.settings
         started = time.perf_counter()
@@ -649,169 +647,32 @@ class Job:
         )
 
     def run_method(self, method: str) -> dict[str, Any]:
-        import baselines
-
-        from diffora.selection import lora_parameter_count, module_dims
-        from diffora.weight_sharing import build_finetune_model
-
+        """Build `method`'s model and optimizer (see METHODS), fine-tune, evaluate; the run's record."""
+        base, build = method_builder(method)
         s = self.settings
         extra: dict[str, Any] = {}
-        base = TUNED_METHODS.get(method, method)
         if base != method:  # the base method at the lr and epochs its tuner chose on the search split
             chosen = chosen_setting(self.results_dir, self.task, base, self.spec["fingerprint"])
             s = {**s, "lr": chosen["lr"], "epochs": chosen["epochs"]}
             extra.update(tuned_from=chosen["source"], base_method=base)
-        spec_epochs = s["epochs"]
         fresh = self.bench.fresh_model(self.seed)
-        search_kind: str | None = None
-        search_seconds = 0.0
-        after_step = None
-        epochs = spec_epochs
-        if method == "full":
-            model = baselines.full_finetune_model(fresh)
-            optimizer = baselines.adamw(model, s["full_lr"], s["weight_decay"])
-            extra["lr"] = s["full_lr"]
-        elif base in ("lora", "loraplus", "lora_equal_steps", "lora_matched", *LORA_RANKS):
-            rank = LORA_RANKS.get(method, s["rank"])
-            if method == "lora_matched":
-                outcome = self.search("main")
-                kept = [c.name for c in outcome["dam"].discretize(s["rho"], ranking="gate")]
-                dims = module_dims(fresh, self.names)
-                target = lora_parameter_count(dims, kept, s["rank"])
-                rank = baselines.matched_rank(dims, self.names, target)
-                extra.update(
-                    matched_target=target,
-                    matched_count=lora_parameter_count(dims, self.names, rank),
-                    rank_source="DiffoRA's adapters at rho (main search)",
-                )
-            model = baselines.lora_all_model(
-                fresh, self.names, self.bench.head_modules, self.adapter, rank, seed=self.seed
-            )
-            extra["rank"] = rank
-            if base == "loraplus":
-                optimizer = baselines.loraplus_optimizer(
-                    model, s["lr"], s["weight_decay"], s["loraplus_ratio"]
-                )
-                extra["loraplus_lr_ratio"] = s["loraplus_ratio"]
-            else:
-                optimizer = baselines.adamw(model, s["lr"], s["weight_decay"])
-            if method == "lora_equal_steps":
-                train_loader, _ = self.loaders()
-                steps = math.ceil(spec_epochs * len(train_loader))
-                search_steps = self.search_steps()
-                epochs = baselines.equal_steps_epochs(steps, search_steps, len(train_loader))
-                extra.update(added_search_steps=search_steps, budget="fine-tune steps + search steps")
-        elif method in PRESETS:
-            model, selected, rank = self.preset_model(fresh, PRESETS[method])
-            optimizer = baselines.adamw(model, s["lr"], s["weight_decay"])
-            extra.update(rank=rank, selected_modules=[c.name for c in selected], **self.budget_record())
-        elif method == "eva":  # PEFT's EVA at LoRA-all's rank budget scaled to the selection budget
-            train_loader, _ = self.loaders()
-            rank = max(1, round(s["rank"] * (s["budget_fraction"] or s["rho"])))
-            model = baselines.eva_model(
-                fresh, self.names, self.bench.head_modules, self.adapter, train_loader, rank, seed=self.seed
-            )
-            optimizer = baselines.adamw(model, s["lr"], s["weight_decay"])
-            layers = [m for m in model.modules() if hasattr(m, "lora_A") and "default" in m.lora_A]
-            extra.update(
-                rank=rank,
-                eva_max_rank=2 * rank,
-                ranks=[m.lora_A["default"].weight.shape[0] for m in layers],
-                **self.budget_record(),
-            )
-        elif method == "loradrop":
-            model, selected, warmup = self.loradrop_model(fresh)
-            optimizer = baselines.adamw(model, s["lr"], s["weight_decay"])
-            search_seconds += warmup["seconds"]
-            extra.update(
-                selected_modules=[c.name for c in selected],
-                search_steps=warmup["steps"],
-                warmup_seconds=warmup["seconds"],
-                update_norms=warmup["update_norms"],
-                **self.budget_record(),
-            )
-        elif base == "adalora":
-            train_loader, _ = self.loaders()
-            model = self.adalora_model(fresh, math.ceil(spec_epochs * len(train_loader)))
-            optimizer = baselines.adamw(model, s["lr"], s["weight_decay"])
-            after_step = baselines.adalora_step_callback(model)
-            config = model.peft_config["default"]
-            extra.update(
-                init_r=config.init_r,
-                target_r=config.target_r,
-                total_step=config.total_step,
-                tinit=config.tinit,
-                tfinal=config.tfinal,
-                deltaT=config.deltaT,
-                orth_reg_weight=config.orth_reg_weight,
-            )
-        elif method == "random" or method in VARIANTS:
-            variant = VARIANTS.get(method, Variant())
-            search_kind = variant.search
-            outcome = self.search(search_kind)
-            dam = outcome["dam"]
-            gates = {c.name: g for c, g in zip(dam.candidates, dam.gates, strict=True)}
-            if method == "random" and self.budget() is None:  # the paper's convention: rho counts modules
-                model, selected = baselines.random_selection_model(
-                    fresh,
-                    dam.candidates,
-                    s["rho"],
-                    self.seed,
-                    self.bench.head_modules,
-                    self.adapter,
-                    outcome["weights"],
-                    outcome["head"],
-                    gates,
-                )
-                extra.update(rho=s["rho"], sharing="inherit", selection="uniform random (seeded)")
-            else:
-                selected = self.variant_selection(method, variant, dam)
-                model = build_finetune_model(
-                    fresh,
-                    selected,
-                    gates,
-                    self.bench.head_modules,
-                    self.adapter,
-                    outcome["weights"],
-                    outcome["head"],
-                    variant.sharing,
-                    self.seed,
-                )
-                if self.budget() is not None:
-                    extra.update(self.budget_record())
-                extra.update(dataclasses.asdict(variant))
-                if method == "random":
-                    extra.update(ranking="random at the budget (seeded)")
-                if variant.ranking == "perturbation":
-                    search_seconds += outcome["record"]["perturbation_seconds"] or 0.0
-            model = model.to(self.device)
-            optimizer = baselines.adamw(model, s["lr"], s["weight_decay"])
-            extra["selected_modules"] = [c.name for c in selected]
-            search_seconds += outcome["record"]["seconds"]
-            extra["search_steps"] = outcome["record"]["steps"]
-            extra["search_memory_mib"] = outcome["record"]["memory_mib"]
-        else:
-            raise SystemExit(f"unknown method {method!r}")
-        if method != "full":
-            extra.setdefault("lr", s["lr"])
-        result = self.train_and_evaluate(method, model, optimizer, epochs, after_step)
-        if base == "adalora":
-            result["final_rank_budget"] = baselines.adalora_rank_budget(model)
-            result["effective_adapter_parameters"] = baselines.adalora_effective_parameters(model)
-            result["rank_pattern"] = {
-                key: [bool(v) for v in value]
-                for key, value in (model.peft_config["default"].rank_pattern or {}).items()
-            }
+        setup = build(self, base, s, fresh, extra)
+        extra.setdefault("lr", s["lr"])  # full fine-tuning sets its own
+        epochs = s["epochs"] if setup.epochs is None else setup.epochs
+        result = self.train_and_evaluate(method, setup.model, setup.optimizer, epochs, setup.after_step)
+        if setup.finish is not None:
+            setup.finish(result)
+        search_seconds = setup.search_seconds
         seconds = {"search": search_seconds, **result["seconds"]}
         seconds["total"] = sum(seconds.values())
         result["seconds"] = seconds
         result["search_fraction"] = search_seconds / seconds["total"] if seconds["total"] else 0.0
-        result["memory"]["search_mib"] = extra.pop("search_memory_mib", None)
+        result["memory"]["search_mib"] = setup.search_memory_mib
         record = {
             "method": method,
             "task": self.task,
             "seed": self.seed,
-            "search": search_kind,
+            "search": setup.search,
             **result,
             # per run: a job resumed later, from another commit or on another machine, keeps each run's own
             "git_commit": self.document["environment"]["git"]["commit"],
@@ -832,7 +693,7 @@ class Job:
                 **extra,
             },
         }
-        del model, optimizer
+        del setup
         return record
 
     def run(self) -> None:
@@ -864,6 +725,256 @@ class Job:
         for kind in list(self.outcomes):
             if kind not in needed:
                 del self.outcomes[kind]
+
+
+# ------------------------------------------------------------------------------------------- methods
+
+
+@dataclass
+class Setup:
+    """What a method builds before the shared fine-tune and evaluation."""
+
+    model: Any
+    optimizer: Any
+    epochs: float | None = None  # None: the settings' epochs
+    after_step: Any = None  # called after every optimizer step
+    search: str | None = None  # the search the model was selected from
+    search_seconds: float = 0.0
+    search_memory_mib: float | None = None
+    finish: Callable[[dict[str, Any]], None] | None = None  # adds to the result after the evaluation
+
+
+# name -> builder(job, name, settings, fresh model, extra config) -> Setup; `*_tuned` methods run their base's
+MethodBuilder = Callable[[Job, str, dict[str, Any], Any, dict[str, Any]], Setup]
+METHODS: dict[str, MethodBuilder] = {}
+
+
+def method(*names: str) -> Callable[[MethodBuilder], MethodBuilder]:
+    """Register the decorated builder under `names`."""
+
+    def register(build: MethodBuilder) -> MethodBuilder:
+        for name in names:
+            METHODS[name] = build
+        return build
+
+    return register
+
+
+def method_builder(method: str) -> tuple[str, MethodBuilder]:
+    """The base method `method` runs (itself, or a tuned method's base) and its builder."""
+    base = TUNED_METHODS.get(method, method)
+    if base not in METHODS:
+        raise SystemExit(f"unknown method {method!r}; known: {', '.join([*METHODS, *TUNED_METHODS])}")
+    return base, METHODS[base]
+
+
+@method("full")
+def full(job: Job, name: str, s: dict[str, Any], fresh: Any, extra: dict[str, Any]) -> Setup:
+    import baselines
+
+    model = baselines.full_finetune_model(fresh)
+    optimizer = baselines.adamw(model, s["full_lr"], s["weight_decay"])
+    extra["lr"] = s["full_lr"]
+    return Setup(model, optimizer)
+
+
+def _lora_all(job: Job, fresh: Any, rank: int, extra: dict[str, Any]) -> Any:
+    import baselines
+
+    model = baselines.lora_all_model(
+        fresh, job.names, job.bench.head_modules, job.adapter, rank, seed=job.seed
+    )
+    extra["rank"] = rank
+    return model
+
+
+@method("lora", *LORA_RANKS)
+def lora(job: Job, name: str, s: dict[str, Any], fresh: Any, extra: dict[str, Any]) -> Setup:
+    import baselines
+
+    model = _lora_all(job, fresh, LORA_RANKS.get(name, s["rank"]), extra)
+    return Setup(model, baselines.adamw(model, s["lr"], s["weight_decay"]))
+
+
+@method("loraplus")
+def loraplus(job: Job, name: str, s: dict[str, Any], fresh: Any, extra: dict[str, Any]) -> Setup:
+    import baselines
+
+    model = _lora_all(job, fresh, s["rank"], extra)
+    optimizer = baselines.loraplus_optimizer(model, s["lr"], s["weight_decay"], s["loraplus_ratio"])
+    extra["loraplus_lr_ratio"] = s["loraplus_ratio"]
+    return Setup(model, optimizer)
+
+
+@method("lora_matched")
+def lora_matched(job: Job, name: str, s: dict[str, Any], fresh: Any, extra: dict[str, Any]) -> Setup:
+    """LoRA-all at the rank whose adapters match the parameters of DiffoRA's at rho (main search)."""
+    import baselines
+
+    from diffora.experimental import lora_parameter_count, module_dims
+
+    outcome = job.search("main")
+    kept = [c.name for c in outcome["dam"].discretize(s["rho"], ranking="gate")]
+    dims = module_dims(fresh, job.names)
+    target = lora_parameter_count(dims, kept, s["rank"])
+    rank = baselines.matched_rank(dims, job.names, target)
+    extra.update(
+        matched_target=target,
+        matched_count=lora_parameter_count(dims, job.names, rank),
+        rank_source="DiffoRA's adapters at rho (main search)",
+    )
+    model = _lora_all(job, fresh, rank, extra)
+    return Setup(model, baselines.adamw(model, s["lr"], s["weight_decay"]))
+
+
+@method("lora_equal_steps")
+def lora_equal_steps(job: Job, name: str, s: dict[str, Any], fresh: Any, extra: dict[str, Any]) -> Setup:
+    """LoRA-all fine-tuned for the fine-tune's steps plus the search's."""
+    import baselines
+
+    model = _lora_all(job, fresh, s["rank"], extra)
+    optimizer = baselines.adamw(model, s["lr"], s["weight_decay"])
+    train_loader, _ = job.loaders()
+    steps = math.ceil(s["epochs"] * len(train_loader))
+    search_steps = job.search_steps()
+    epochs = baselines.equal_steps_epochs(steps, search_steps, len(train_loader))
+    extra.update(added_search_steps=search_steps, budget="fine-tune steps + search steps")
+    return Setup(model, optimizer, epochs=epochs)
+
+
+@method(*PRESETS)
+def preset(job: Job, name: str, s: dict[str, Any], fresh: Any, extra: dict[str, Any]) -> Setup:
+    import baselines
+
+    model, selected, rank = job.preset_model(fresh, PRESETS[name])
+    optimizer = baselines.adamw(model, s["lr"], s["weight_decay"])
+    extra.update(rank=rank, selected_modules=[c.name for c in selected], **job.budget_record())
+    return Setup(model, optimizer)
+
+
+@method("eva")
+def eva(job: Job, name: str, s: dict[str, Any], fresh: Any, extra: dict[str, Any]) -> Setup:
+    """PEFT's EVA at LoRA-all's rank budget scaled to the selection budget."""
+    import baselines
+
+    train_loader, _ = job.loaders()
+    rank = max(1, round(s["rank"] * (s["budget_fraction"] or s["rho"])))
+    model = baselines.eva_model(
+        fresh, job.names, job.bench.head_modules, job.adapter, train_loader, rank, seed=job.seed
+    )
+    optimizer = baselines.adamw(model, s["lr"], s["weight_decay"])
+    layers = [m for m in model.modules() if hasattr(m, "lora_A") and "default" in m.lora_A]
+    extra.update(
+        rank=rank,
+        eva_max_rank=2 * rank,
+        ranks=[m.lora_A["default"].weight.shape[0] for m in layers],
+        **job.budget_record(),
+    )
+    return Setup(model, optimizer)
+
+
+@method("loradrop")
+def loradrop(job: Job, name: str, s: dict[str, Any], fresh: Any, extra: dict[str, Any]) -> Setup:
+    import baselines
+
+    model, selected, warmup = job.loradrop_model(fresh)
+    optimizer = baselines.adamw(model, s["lr"], s["weight_decay"])
+    extra.update(
+        selected_modules=[c.name for c in selected],
+        search_steps=warmup["steps"],
+        warmup_seconds=warmup["seconds"],
+        update_norms=warmup["update_norms"],
+        **job.budget_record(),
+    )
+    return Setup(model, optimizer, search_seconds=warmup["seconds"])
+
+
+@method("adalora")
+def adalora(job: Job, name: str, s: dict[str, Any], fresh: Any, extra: dict[str, Any]) -> Setup:
+    import baselines
+
+    train_loader, _ = job.loaders()
+    model = job.adalora_model(fresh, math.ceil(s["epochs"] * len(train_loader)))
+    optimizer = baselines.adamw(model, s["lr"], s["weight_decay"])
+    after_step = baselines.adalora_step_callback(model)
+    config = model.peft_config["default"]
+    extra.update(
+        init_r=config.init_r,
+        target_r=config.target_r,
+        total_step=config.total_step,
+        tinit=config.tinit,
+        tfinal=config.tfinal,
+        deltaT=config.deltaT,
+        orth_reg_weight=config.orth_reg_weight,
+    )
+
+    def finish(result: dict[str, Any]) -> None:
+        result["final_rank_budget"] = baselines.adalora_rank_budget(model)
+        result["effective_adapter_parameters"] = baselines.adalora_effective_parameters(model)
+        result["rank_pattern"] = {
+            key: [bool(v) for v in value]
+            for key, value in (model.peft_config["default"].rank_pattern or {}).items()
+        }
+
+    return Setup(model, optimizer, after_step=after_step, finish=finish)
+
+
+@method("random", *VARIANTS)
+def from_search(job: Job, name: str, s: dict[str, Any], fresh: Any, extra: dict[str, Any]) -> Setup:
+    """A selection from one of the job's searches, fine-tuned from the search's adapters."""
+    import baselines
+
+    from diffora import build_finetune_model
+
+    variant = VARIANTS.get(name, Variant())
+    outcome = job.search(variant.search)
+    dam, record = outcome["dam"], outcome["record"]
+    gates = {c.name: g for c, g in zip(dam.candidates, dam.gates, strict=True)}
+    search_seconds = 0.0
+    if name == "random" and job.budget() is None:  # the paper's convention: rho counts modules
+        model, selected = baselines.random_selection_model(
+            fresh,
+            dam.candidates,
+            s["rho"],
+            job.seed,
+            job.bench.head_modules,
+            job.adapter,
+            outcome["weights"],
+            outcome["head"],
+            gates,
+        )
+        extra.update(rho=s["rho"], sharing="inherit", selection="uniform random (seeded)")
+    else:
+        selected = job.variant_selection(name, variant, dam)
+        model = build_finetune_model(
+            fresh,
+            selected,
+            gates,
+            job.bench.head_modules,
+            job.adapter,
+            outcome["weights"],
+            outcome["head"],
+            variant.sharing,
+            job.seed,
+        )
+        if job.budget() is not None:
+            extra.update(job.budget_record())
+        extra.update(dataclasses.asdict(variant))
+        if name == "random":
+            extra.update(ranking="random at the budget (seeded)")
+        if variant.ranking == "perturbation":
+            search_seconds += record["perturbation_seconds"] or 0.0
+    model = model.to(job.device)
+    optimizer = baselines.adamw(model, s["lr"], s["weight_decay"])
+    extra["selected_modules"] = [c.name for c in selected]
+    extra["search_steps"] = record["steps"]
+    return Setup(
+        model,
+        optimizer,
+        search=variant.search,
+        search_seconds=search_seconds + record["seconds"],
+        search_memory_mib=record["memory_mib"],
+    )
 
 
 def results_dir_of(spec: dict[str, Any]) -> Path:
@@ -942,7 +1053,7 @@ def build_profile(args: argparse.Namespace) -> Profile:
 
 
 def run_parent(args: argparse.Namespace) -> int:
-    from diffora.io import atomic_write_json
+    from diffora.experimental import atomic_write_json
 
     profile = build_profile(args)
     methods = resolve_methods(args.methods)
@@ -1030,60 +1141,61 @@ def run_parent(args: argparse.Namespace) -> int:
 
 def run_jobs(jobs: list[dict[str, Any]], runs_dir: Path, workers: int) -> list[str]:
     """Run the jobs as subprocesses, `workers` at a time; returns the names of the failed ones."""
-    from diffora.io import atomic_write_json
+    from diffora.experimental import atomic_write_json
 
-    pending = list(jobs)
-    running: dict[str, tuple[subprocess.Popen, float, Any]] = {}
-    failures: list[str] = []
-    done = 0
-    started = time.perf_counter()
     env = dict(os.environ, TQDM_DISABLE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
-    while pending or running:
-        while pending and len(running) < max(1, workers):
-            spec = pending.pop(0)
-            name = Path(spec["path"]).stem
-            spec_path = runs_dir / "specs" / f"{name}.json"
-            atomic_write_json(spec_path, spec)
-            log = open(runs_dir / "logs" / f"{name}.log", "a", encoding="utf-8")  # noqa: SIM115
-            env_job = dict(env, OMP_NUM_THREADS=str(spec["threads"]), MKL_NUM_THREADS=str(spec["threads"]))
-            process = subprocess.Popen(
+
+    def run_one(spec: dict[str, Any]) -> tuple[int, float]:
+        """One job in its own subprocess, its output appended to its log; its exit status and seconds."""
+        name = Path(spec["path"]).stem
+        spec_path = runs_dir / "specs" / f"{name}.json"
+        atomic_write_json(spec_path, spec)
+        env_job = dict(env, OMP_NUM_THREADS=str(spec["threads"]), MKL_NUM_THREADS=str(spec["threads"]))
+        job_started = time.perf_counter()
+        with open(runs_dir / "logs" / f"{name}.log", "a", encoding="utf-8") as log:
+            print(f"  started {name} ({len(spec['methods'])} methods)", flush=True)
+            process = subprocess.run(
                 [sys.executable, str(Path(__file__).resolve()), "--run-job", str(spec_path)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env_job,
+                check=False,
             )
-            running[name] = (process, time.perf_counter(), log)
-            print(f"  started {name} ({len(spec['methods'])} methods)", flush=True)
-        time.sleep(1.0)
-        for name in list(running):
-            process, job_started, log = running[name]
-            if process.poll() is None:
-                continue
-            log.close()
-            del running[name]
-            done += 1
-            elapsed = time.perf_counter() - job_started
-            total = len(jobs)
-            eta = (time.perf_counter() - started) / done * (total - done) / max(1, min(workers, total))
-            if process.returncode != 0:
-                failures.append(name)
-                tail = (runs_dir / "logs" / f"{name}.log").read_text(errors="replace").splitlines()[-15:]
+        return process.returncode, time.perf_counter() - job_started
+
+    failures: list[str] = []
+    total = len(jobs)
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:  # starts the jobs in their order
+        futures = {pool.submit(run_one, spec): Path(spec["path"]).stem for spec in jobs}
+        try:
+            for done, future in enumerate(as_completed(futures), start=1):
+                name = futures[future]
+                returncode, elapsed = future.result()
+                eta = (time.perf_counter() - started) / done * (total - done) / max(1, min(workers, total))
+                if returncode != 0:
+                    failures.append(name)
+                    tail = (runs_dir / "logs" / f"{name}.log").read_text(errors="replace").splitlines()[-15:]
+                    print(
+                        f"[{done}/{total}] {name} FAILED (exit {returncode}) after {elapsed:.0f} s:\n    "
+                        + "\n    ".join(tail),
+                        flush=True,
+                    )
+                    continue
+                document = json.loads((runs_dir / f"{name}.json").read_text())
+                scores = ", ".join(
+                    f"{m} {r['score']:.3f}"
+                    for m, r in document["runs"].items()
+                    if m in ("diffora", "lora", "random", "full")
+                )
                 print(
-                    f"[{done}/{total}] {name} FAILED (exit {process.returncode}) after {elapsed:.0f} s:\n    "
-                    + "\n    ".join(tail),
+                    f"[{done}/{total}] {name} done in {elapsed:.0f} s ({scores}); "
+                    f"about {eta / 60:.0f} min left",
                     flush=True,
                 )
-                continue
-            document = json.loads((runs_dir / f"{name}.json").read_text())
-            scores = ", ".join(
-                f"{m} {r['score']:.3f}"
-                for m, r in document["runs"].items()
-                if m in ("diffora", "lora", "random", "full")
-            )
-            print(
-                f"[{done}/{total}] {name} done in {elapsed:.0f} s ({scores}); about {eta / 60:.0f} min left",
-                flush=True,
-            )
+        except BaseException:  # interrupted: start no more jobs; the running ones finish or were interrupted
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
     return failures
 
 
@@ -1091,7 +1203,7 @@ def run_cost(
     args: argparse.Namespace, profile: Profile, runs_dir: Path, threads: int
 ) -> dict[str, Any] | None:
     """cost.json beside the job files (measured once per profile; reused on later invocations)."""
-    from diffora.io import atomic_write_json
+    from diffora.experimental import atomic_write_json
 
     path = runs_dir / "cost.json"
     if path.is_file() and not args.redo_cost:

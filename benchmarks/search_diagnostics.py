@@ -61,7 +61,7 @@ def jaccard(a: set[int], b: set[int]) -> float:
 @contextmanager
 def recorded_gate_gradients() -> Iterator[list[list[float]]]:
     """Every gate step's gradient of the gate logits (what the gate optimiser is about to apply)."""
-    from diffora.bilevel import BilevelSearch
+    from diffora import BilevelSearch
 
     recorded: list[list[float]] = []
     original = BilevelSearch.gate_step
@@ -120,12 +120,15 @@ def run_one(args: argparse.Namespace, name: str, overrides: dict[str, Any], seed
     from baselines import delta_weight_norms
     from scipy.stats import spearmanr
 
-    from diffora.bilevel import perturbation_scores
-    from diffora.config import AdapterConfig, DataConfig, FinetuneConfig, SearchConfig
-    from diffora.data import split_for_search
-    from diffora.gates import DAMGates
-    from diffora.pipeline import open_workbench, search_on
-    from diffora.selection import budget_select, lora_parameter_count, module_dims
+    from diffora import AdapterConfig, DAMGates, DataConfig, FinetuneConfig, SearchConfig, budget_select
+    from diffora.experimental import (
+        lora_parameter_count,
+        module_dims,
+        open_workbench,
+        perturbation_scores,
+        search_on,
+        split_for_search,
+    )
 
     data_config = DataConfig(
         task=args.task,
@@ -341,7 +344,7 @@ def markdown(document: dict[str, Any]) -> str:
 
 def write_summary(out: Path, document: dict[str, Any]) -> None:
     """The JSON (every record, the summary) and its Markdown table beside it."""
-    from diffora.io import atomic_write, atomic_write_json
+    from diffora.experimental import atomic_write, atomic_write_json
 
     document["summary"] = summarise(document["records"])
     atomic_write_json(out, document)

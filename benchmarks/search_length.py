@@ -181,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     header = [
         "# How long must the LoRA-drop search run?",
         "",
-        "Agreement of a short search's pick (rho 0.5) and update norms with the longest search of the same seed, "
+        "Agreement of a short search's pick (rho 0.5) and update norms with the longest search of the same "
+        "seed, "
         "on the search split only. The `seed to seed` row is the longest search's agreement between seeds.",
         "",
         f"- command: `{document['command']}`",
@@ -190,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
     ]
     out.with_suffix(".md").write_text(
-        "\n".join(header) + table.to_markdown(index=False, floatfmt=".3f") + "\n"
+        "\n".join(header) + "\n" + table.to_markdown(index=False, floatfmt=".3f") + "\n"
     )
     print(table.to_markdown(index=False, floatfmt=".3f"))
     return 0

@@ -52,13 +52,8 @@ import torch
 from provenance import git_commit  # benchmarks/, on the path of a script run from there
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from diffora.bilevel import BilevelSearch
-from diffora.candidates import find_candidates
-from diffora.config import AdapterConfig, SearchConfig
-from diffora.distributed import enable_gradient_checkpointing, make_accelerator
-from diffora.gates import DAMGates
-from diffora.lora import wrap_with_lora
-from diffora.training import fit
+from diffora import AdapterConfig, BilevelSearch, DAMGates, SearchConfig, find_candidates
+from diffora.experimental import enable_gradient_checkpointing, fit, make_accelerator, wrap_with_lora
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -267,7 +262,7 @@ def measure(kind: str, preset: Preset, device: torch.device, args: argparse.Name
 def environment() -> dict[str, Any]:
     import accelerate
 
-    from diffora.run_dir import versions
+    from diffora.experimental import versions
 
     tree = git_commit(untracked_files=False)
     cpu = platform.processor() or platform.machine()

@@ -82,7 +82,7 @@ def search_split_job(
 ) -> Job:
     """A GLUE job of `profile` whose training data is the (task, seed) search-train split, its eval data
     the search-val split (in length order): the dev set never enters."""
-    from diffora.data import TaskData
+    from diffora.experimental import TaskData
 
     settings = profile_settings(profile, task, pooler)
     spec = {
@@ -241,7 +241,7 @@ def write_summary(
     default: str,
 ) -> None:
     """Recompute the plan, scores and decision from `document["runs"]`; write the JSON and its table."""
-    from diffora.io import atomic_write, atomic_write_json
+    from diffora.experimental import atomic_write, atomic_write_json
 
     scores: dict[str, dict[str, float]] = {}
     for run in document["runs"]:

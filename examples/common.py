@@ -8,8 +8,6 @@ from typing import Any
 
 import torch
 
-from diffora.lora import lora_b_layer
-
 
 def parse_args(
     argv: list[str] | None, description: str, model_help: str, output_dir: str
@@ -46,7 +44,10 @@ def trainer_kwargs(args: argparse.Namespace, folder: Path, lr: float) -> dict[st
 def starts_from_search(peft_model: Any, weights: dict[str, torch.Tensor], kept: list[Any]) -> bool:
     """True when every kept module's B equals its search-stage B (weight sharing happened)."""
     return all(
-        torch.equal(lora_b_layer(peft_model, c.name).weight.cpu(), weights[f"{c.name}.lora_B.weight"])
+        torch.equal(
+            peft_model.base_model.model.get_submodule(c.name).lora_B["default"].weight.cpu(),
+            weights[f"{c.name}.lora_B.weight"],
+        )
         for c in kept
     )
 

@@ -30,13 +30,7 @@ from transformers import (
     TrainingArguments,
 )
 
-from diffora.config import SearchConfig
-from diffora.trainer import (
-    DiffoRASearchTrainer,
-    inherit_search_weights,
-    lora_config_for,
-    prepare_search_model,
-)
+from diffora import DiffoRASearchTrainer, SearchConfig, prepare_search_model
 
 TEXTS = [
     "please answer the following question : the cat sat on the mat ? true",
@@ -119,13 +113,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     searcher.train()
     dam = searcher.dam()
-    kept = dam.discretize(budget=args.budget)
+    kept = dam.select(budget=args.budget)
     dam.save(out / "dam.json", rho=0.5, budget=args.budget)
     weights = searcher.search_weights()
 
     fresh = AutoModelForCausalLM.from_pretrained(model_path)
-    peft_model = get_peft_model(fresh, lora_config_for(dam, kept, base))
-    inherit_search_weights(peft_model, weights, kept, searcher.head_modules)
+    peft_model = get_peft_model(fresh, dam.lora_config(budget=args.budget, base=base))
+    dam.init_weights(peft_model)
     inherited = starts_from_search(peft_model, weights, kept)
     print(f"kept {len(kept)} of {len(dam.candidates)} modules; fine-tune starts from the search: {inherited}")
 

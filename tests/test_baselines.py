@@ -29,11 +29,11 @@ from baselines import (  # noqa: E402
     random_selection,
 )
 
-from diffora.candidates import find_candidates
 from diffora.config import AdapterConfig
-from diffora.models import count_trainable_parameters
-from diffora.selection import lora_parameter_count, module_dims
-from diffora.training import fit
+from diffora.method.candidates import find_candidates
+from diffora.method.selection import lora_parameter_count, module_dims
+from diffora.tasks.models import count_trainable_parameters
+from diffora.training.loop import fit
 
 HIDDEN, INTERMEDIATE, LAYERS = 32, 48, 2
 HEAD = HIDDEN * 2 + 2  # classifier weight and bias, always trained

@@ -13,15 +13,16 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification
 
-from diffora import bilevel, pipeline
-from diffora.batching import make_dataloader
+from diffora.app import pipeline
 from diffora.config import AdapterConfig, DataConfig, FinetuneConfig, SearchConfig
-from diffora.data import load_task_data
-from diffora.distributed import make_accelerator
-from diffora.lora import wrap_with_lora
-from diffora.models import base_dtype, default_heads, load_classifier, load_tokenizer
-from diffora.tasks import get_task_spec
-from diffora.training import fit, predict
+from diffora.method import search as search_loop
+from diffora.method.lora import wrap_with_lora
+from diffora.tasks.batching import make_dataloader
+from diffora.tasks.data import load_task_data
+from diffora.tasks.models import base_dtype, default_heads, load_classifier, load_tokenizer
+from diffora.tasks.registry import get_task_spec
+from diffora.training.distributed import make_accelerator
+from diffora.training.loop import fit, predict
 
 # The tiny gate search of the PEFT round trip, one seed; fp32 and bf16 differ only in `mixed_precision`.
 SEED = 0
@@ -59,7 +60,7 @@ def runs(tiny_bert_dir, tiny_glue_dir, tmp_path_factory) -> dict:
     folder = tmp_path_factory.mktemp("bf16")
     seen: dict = {"gates": []}
 
-    class RecordedGates(bilevel.DAMGates):
+    class RecordedGates(search_loop.DAMGates):
         def __init__(self, *args, **kwargs) -> None:
             super().__init__(*args, **kwargs)
             seen["gates"].append(self)
@@ -73,7 +74,7 @@ def runs(tiny_bert_dir, tiny_glue_dir, tmp_path_factory) -> dict:
     fp32 = _configs(tiny_bert_dir, tiny_glue_dir, "no")
     results = {"fp32": pipeline.run(*fp32, output_dir=folder / "fp32")}
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(bilevel, "DAMGates", RecordedGates)
+        patch.setattr(search_loop, "DAMGates", RecordedGates)
         patch.setattr(pipeline, "write_search_artifacts", record_search)
         configs = _configs(tiny_bert_dir, tiny_glue_dir, "bf16")
         results["bf16"] = pipeline.run(*configs, output_dir=folder / "bf16")

@@ -8,14 +8,14 @@ from conftest import gated_lora_model, random_batch, tiny_bert_config
 from torch.func import functional_call
 from transformers import BertForSequenceClassification
 
-from diffora.bilevel import BilevelSearch, LoraDropSearch, make_search, run_search
-from diffora.candidates import find_candidates
-from diffora.checkpoint import Checkpointer, _read_checkpoint
 from diffora.config import AdapterConfig, SearchConfig
 from diffora.errors import DifforaError
-from diffora.gates import DAMGates
 from diffora.io import JsonlLog
-from diffora.lora import wrap_with_lora
+from diffora.method.candidates import find_candidates
+from diffora.method.gates import DAMGates
+from diffora.method.lora import wrap_with_lora
+from diffora.method.search import BilevelSearch, LoraDropSearch, make_search, run_search
+from diffora.training.checkpoint import Checkpointer, _read_checkpoint
 
 TRAIN = [random_batch(seed=s) for s in range(4)]
 VAL = [random_batch(seed=100 + s) for s in range(2)]
@@ -229,7 +229,7 @@ def test_lora_drop_resumes_from_a_checkpoint_that_also_holds_gates(tmp_path) -> 
 def test_measurement_batches_follow_the_loaders_subset_and_keep_its_own_batches() -> None:
     from torch.utils.data import DataLoader, SubsetRandomSampler
 
-    from diffora.bilevel import measurement_batches
+    from diffora.method.search import measurement_batches
 
     rows = [{"idx": torch.tensor(i)} for i in range(40)]
     whole = measurement_batches(DataLoader(rows, batch_size=4, shuffle=True), 1)[0]["idx"]
@@ -254,7 +254,7 @@ def test_the_progress_bar_shows_gates_only_for_a_gate_search(monkeypatch) -> Non
         def set_postfix(self, **values) -> None:
             postfixes.append(values)
 
-    monkeypatch.setattr("diffora.bilevel.tqdm", Bar)
+    monkeypatch.setattr("diffora.method.search.tqdm", Bar)
     lora_drop = SearchConfig(epochs=1, log_every=1)
     run_search(*_model(), ["classifier"], TRAIN, VAL, AdapterConfig(rank=4), lora_drop)
     assert len(postfixes) == 4 and all(set(values) == {"loss"} for values in postfixes)  # no gates to show

@@ -9,18 +9,18 @@ import pytest
 from peft import PeftModel
 from transformers import AutoModelForSequenceClassification
 
-import diffora.selection
-from diffora.candidates import Candidate
-from diffora.cli import main
-from diffora.dam import DAM
+import diffora.method.selection
+from diffora.app.cli import main
 from diffora.errors import DifforaError
+from diffora.method.candidates import Candidate
+from diffora.method.dam import DAM
 
 FAST = ["--max-length", "16", "--batch-size", "8", "--epochs", "1", "--search-epochs", "1", "--rank", "2"]
 GRID = [Candidate(f"l{layer}.{kind}", layer, kind) for layer in range(2) for kind in ("q", "k", "v")]
 
 
 def test_selection_doctests_hold() -> None:
-    assert doctest.testmod(diffora.selection).failed == 0
+    assert doctest.testmod(diffora.method.selection).failed == 0
 
 
 def _dam(**extra) -> DAM:
@@ -111,7 +111,7 @@ def test_an_auto_run_measures_the_size_curve_and_finetune_auto_reuses_it(
     dam = json.loads((out / "dam.json").read_text())
     curve = dam["size_curve"]
     assert curve["ranking"] == "magnitude" and len(curve["sizes"]) == len(curve["batch_losses"])
-    assert dam["num_selected"] == curve["sizes"][diffora.selection.choose_size(curve["batch_losses"])]
+    assert dam["num_selected"] == curve["sizes"][diffora.method.selection.choose_size(curve["batch_losses"])]
     assert (out / "selection.png").is_file()
     tuned = tmp_path / "auto"
     finetune = ["finetune", "--dam", str(out / "dam.json"), "--epochs", "1", "--batch-size", "8"]

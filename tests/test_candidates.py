@@ -15,9 +15,9 @@ from transformers import (
     RobertaConfig,
 )
 
-from diffora.candidates import OUTSIDE_BLOCKS, find_candidates, layers, module_types
 from diffora.errors import DifforaError
-from diffora.models import find_head_modules
+from diffora.method.candidates import OUTSIDE_BLOCKS, find_candidates, layers, module_types
+from diffora.tasks.models import find_head_modules
 
 SMALL = dict(hidden_size=32, num_attention_heads=2, intermediate_size=48, vocab_size=64, num_labels=2)
 DECODER = dict(SMALL, num_key_value_heads=1, pad_token_id=0)

@@ -22,9 +22,11 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from diffora import pipeline
-from diffora.cli import main
-from diffora.commonsense import (
+from diffora.app import pipeline
+from diffora.app.cli import main
+from diffora.config import COMMONSENSE_TASKS, DataConfig
+from diffora.errors import DifforaError
+from diffora.tasks.commonsense import (
     Question,
     continuation_logprobs,
     extract_answer,
@@ -33,9 +35,7 @@ from diffora.commonsense import (
     predict_by_loglik,
     question_choices,
 )
-from diffora.config import COMMONSENSE_TASKS, DataConfig
-from diffora.errors import DifforaError
-from diffora.instruct import (
+from diffora.tasks.instruct import (
     ALPACA_NO_INPUT,
     ALPACA_WITH_INPUT,
     IGNORE_INDEX,

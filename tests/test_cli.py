@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from diffora.cli import main
+from diffora.app.cli import main
 
 FAST = [
     "--no-lora-drop",  # the paper's gate search (LoRA-drop, the default, has its own test below)
@@ -167,8 +167,8 @@ def test_finetune_at_another_rho_reuses_the_search_and_eval_matches(
 
 def test_the_subsamples_do_not_depend_on_the_run_seed(tiny_bert_dir, tiny_glue_dir) -> None:
     """Runs with different --seed (and `diffora eval` of their adapters) see the same examples: paired."""
+    from diffora.app.pipeline import open_workbench
     from diffora.config import AdapterConfig, DataConfig
-    from diffora.pipeline import open_workbench
 
     data = DataConfig(task="sst2", data_dir=str(tiny_glue_dir), max_train_samples=20, max_eval_samples=8)
     adapter = AdapterConfig(model=str(tiny_bert_dir))
@@ -369,7 +369,7 @@ def test_a_directory_as_train_or_eval_file_is_one_line(name, tmp_path, capsys) -
 
 REFUSED_WITHOUT_TORCH = """
 import sys
-from diffora.cli import main
+from diffora.app.cli import main
 
 code = main(sys.argv[1:])
 assert code == 2, code

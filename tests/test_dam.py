@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from diffora.candidates import Candidate
-from diffora.dam import DAM, select_indices
 from diffora.errors import DifforaError
+from diffora.method.candidates import Candidate
+from diffora.method.dam import DAM, select_indices
 
 GRID = [Candidate(f"l{layer}.{kind}", layer, kind) for layer in range(3) for kind in ("q", "k", "v", "o")]
 

@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 import torch
 
-from diffora.batching import ensure_pad_token, make_dataloader
 from diffora.config import DataConfig
-from diffora.data import TaskData, load_task_data, split_for_search, subsample
 from diffora.errors import DifforaError
-from diffora.tasks import GLUE_TASKS, get_task_spec
+from diffora.tasks.batching import ensure_pad_token, make_dataloader
+from diffora.tasks.data import TaskData, load_task_data, split_for_search, subsample
+from diffora.tasks.registry import GLUE_TASKS, get_task_spec
 
 # ------------------------------------------------------------------------------------------- helpers
 
@@ -645,7 +645,7 @@ def test_custom_labels_mixing_numbers_and_words(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", ["folder", "folder.csv"])
 def test_a_directory_as_data_file_gets_its_own_message(tmp_path: Path, name: str) -> None:
-    from diffora.datafiles import read_custom_file
+    from diffora.tasks.datafiles import read_custom_file
 
     folder = tmp_path / name
     folder.mkdir()

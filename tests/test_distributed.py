@@ -1,7 +1,8 @@
 """Training beyond one device: two CPU processes (gloo), gradient accumulation and the scaling options.
 
 The two-process test launches `torchrun --standalone --nproc_per_node 2` with ACCELERATE_USE_CPU=1 (how
-Accelerate picks a multi-CPU launch up offline) on a driver that calls `diffora.pipeline.run`, the function
+Accelerate picks a multi-CPU launch up offline) on a driver that calls `diffora.app.pipeline.run`, the
+function
 behind `diffora run`, and makes every rank dump the DAM, the fine-tuned adapter and the metrics it holds.
 """
 
@@ -20,14 +21,14 @@ from conftest import gated_lora_model, random_batch, tiny_bert_config
 from safetensors.torch import load_file
 from transformers import BertForSequenceClassification
 
-from diffora.bilevel import BilevelSearch, run_search
-from diffora.candidates import find_candidates
-from diffora.cli import main
+from diffora.app.cli import main
 from diffora.config import AdapterConfig, FinetuneConfig, SearchConfig
-from diffora.distributed import make_accelerator
 from diffora.errors import DifforaError
-from diffora.lora import wrap_with_lora
-from diffora.training import fit
+from diffora.method.candidates import find_candidates
+from diffora.method.lora import wrap_with_lora
+from diffora.method.search import BilevelSearch, run_search
+from diffora.training.distributed import make_accelerator
+from diffora.training.loop import fit
 
 # 48 training rows: a 24/24 search split and 6 fine-tuning steps of global batch 8; 16 evaluation rows.
 OPTIONS = dict(
@@ -40,9 +41,9 @@ DRIVER = textwrap.dedent(
     import json, sys
     from pathlib import Path
     import torch
-    from diffora import pipeline
+    from diffora.app import pipeline
     from diffora.config import AdapterConfig, DataConfig, FinetuneConfig, SearchConfig
-    from diffora.distributed import process_state
+    from diffora.training.distributed import process_state
 
     model, data, out, batch_size, options = sys.argv[1:6]
     options = json.loads(options)
@@ -245,7 +246,7 @@ def test_fp16_without_cuda_is_one_clear_error_line(capsys) -> None:
 def test_second_order_refuses_accumulation_and_the_flags_reach_both_stages(capsys) -> None:
     with pytest.raises(DifforaError, match="`order` second"):
         SearchConfig(lora_drop=False, order="second", gradient_accumulation_steps=2)
-    from diffora.cli import _search_config, build_config, build_parser
+    from diffora.app.cli import _search_config, build_config, build_parser
 
     args = build_parser().parse_args(
         ["run", "--output-dir", "x", "--mixed-precision", "bf16", "--gradient-accumulation-steps", "2"]
@@ -267,7 +268,7 @@ def _two_process_cli(args: list[str]) -> subprocess.Popen:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     environment = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
-        [*command, "-m", "diffora.cli", *args],
+        [*command, "-m", "diffora", *args],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -344,8 +345,8 @@ RNG_DRIVER = textwrap.dedent(
     import json, sys
     from pathlib import Path
     import torch
-    from diffora.checkpoint import Checkpointer, restore
-    from diffora.distributed import process_state
+    from diffora.training.checkpoint import Checkpointer, restore
+    from diffora.training.distributed import process_state
 
     out = Path(sys.argv[1])
     rank = process_state().process_index

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from diffora.app.families import REGISTRY, family_of
 from diffora.errors import DifforaError
-from diffora.families import REGISTRY, family_of
-from diffora.tasks import GLUE_TASKS
+from diffora.tasks.registry import GLUE_TASKS
 
 
 def test_every_task_has_a_family_whose_functions_import() -> None:
@@ -14,7 +14,7 @@ def test_every_task_has_a_family_whose_functions_import() -> None:
     assert family_of("custom").name == "classification" and family_of("causal").name == "causal"
     assert family_of("RTE") is family_of("rte")
     for family in set(REGISTRY.values()):  # the lazily named functions exist
-        from diffora.families import _load
+        from diffora.app.families import _load
 
         assert callable(_load(family.workbench)) and callable(_load(family.adapter_evaluation))
 

@@ -9,10 +9,10 @@ import torch
 from conftest import random_batch, tiny_bert_config
 from transformers import BertForSequenceClassification
 
-from diffora.candidates import find_candidates
 from diffora.config import AdapterConfig
-from diffora.gates import DAMGates, ModuleMask, relaxed_gates
-from diffora.lora import lora_b_layer, wrap_with_lora
+from diffora.method.candidates import find_candidates
+from diffora.method.gates import DAMGates, ModuleMask, relaxed_gates
+from diffora.method.lora import lora_b_layer, wrap_with_lora
 
 
 def test_sigmoid_gates_are_independent_sigmoids_of_logits_over_tau() -> None:
@@ -136,8 +136,8 @@ def test_normalized_gates_make_the_update_size_immune_to_the_scale_of_b() -> Non
 
 
 def test_a_normalized_search_exports_b_at_its_pinned_update_norm(tiny_bert_dir, tiny_glue_dir) -> None:
+    from diffora.app.pipeline import search
     from diffora.config import DataConfig, FinetuneConfig, SearchConfig
-    from diffora.pipeline import search
 
     config = SearchConfig(lora_drop=False, gate_form="normalized", epochs=2, batch_size=8, lr=1e-2)
     outcome = search(

@@ -269,6 +269,27 @@ def test_task_where_lora_does_not_learn_is_left_out_of_the_targets() -> None:
     assert _find(_by_target(jobs), "a.")["met"] is True  # cola only
 
 
+def _tables(markdown: str) -> list[list[list[str]]]:
+    """Every markdown table in `markdown`: its rows (the header first) of cells without the padding."""
+    tables: list[list[list[str]]] = []
+    previous = ""
+    for line in markdown.splitlines():
+        if line.startswith("|"):
+            cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+            if all(re.fullmatch(r":?-{3,}:?", cell) for cell in cells):
+                continue  # the separator under the header
+            if not previous.startswith("|"):
+                tables.append([])
+            tables[-1].append(cells)
+        previous = line
+    return tables
+
+
+def _rows(table: list[list[str]]) -> dict[str, list[str]]:
+    """A table's rows by their first cell (the header left out)."""
+    return {row[0]: row for row in table[1:]}
+
+
 def _cpu_report(tmp_path: Path, jobs: list[dict]) -> str:
     """glue_cpu.md as the runner writes it from these job files."""
     runs_dir = tmp_path / "runs" / "cpu"
@@ -294,8 +315,10 @@ def test_runs_resumed_on_another_device_keep_their_own_device(tmp_path: Path) ->
     )
     time_table = markdown.split("## Time and memory")[1]
     assert "within a device only" in time_table
-    assert re.search(r"\n\| lora \|[^\n]*\| CPU \(test cpu\) \|\n", time_table)
-    assert re.search(r"\n\| random \|[^\n]*\| test gpu \|\n", time_table)
+    header, *_ = table = _tables(time_table)[0]
+    assert header[0] == "method" and header[-1] == "device"
+    assert _rows(table)["lora"][-1] == "CPU (test cpu)"
+    assert _rows(table)["random"][-1] == "test gpu"
     for job in jobs:  # one device throughout: one line, no device column
         job["earlier_environments"] = [job["environment"]]
     (tmp_path / "again").mkdir()
@@ -337,7 +360,8 @@ def test_incomplete_task_is_left_out_of_the_averages_and_the_targets(tmp_path: P
     assert summary.average("diffora") == cola_only and cola_only["n"] == 3
     assert _find(_by_target(jobs), "a.")["met"] is True  # measured on cola, not "not yet measured"
     markdown = _cpu_report(tmp_path, jobs)
-    assert "| average (cola) |" in markdown
+    main = _tables(markdown.split("## Main results")[1])[0]
+    assert main[0][-2] == "average (cola)" and main[0][1:-2] == ["cola", "rte"]
     assert "`rte` incomplete: 1 of 27 runs" in markdown
 
 
@@ -420,7 +444,13 @@ def test_budget_sweep_pairs_auto_with_the_half_budget_and_the_best_fixed_one(tmp
         (runs_dir / f"{job['job']}.json").write_text(json.dumps(job))
     write_report(tmp_path, "test", runs_dir, None, {})
     markdown = (tmp_path / "glue_test.md").read_text()
-    assert "## Budgets and the automatic size" in markdown and "| cola | " in markdown
+    assert "## Budgets and the automatic size" in markdown
+    budgets, automatic = _tables(markdown.split("## Budgets and the automatic size")[1])[:2]
+    assert _rows(budgets)["DiffoRA search, update norm, automatic size"][1:3] == [
+        "43.00 ± 1.41 (2)",
+        "43.00 ± 1.41 (2)",
+    ]
+    assert _rows(automatic)["cola"][2:4] == ["+4.00 ± 0.00 (2)", "0.75x"]
     assert (tmp_path / "glue_test_budgets.png").is_file()
 
 
@@ -446,7 +476,8 @@ def test_a_tuned_baseline_states_its_lr_and_the_runs_commits(tmp_path: Path) -> 
         "LoRA+ (ratio 16), lr from the search split: cola lr 0.0001, 3 epochs "
         "(chosen in tune_search_split_cola_loraplus.json)." in markdown
     )
-    assert "| LoRA+ (ratio 16), lr from the search split | 30.00 ± 0.00 (3) |" in markdown
+    main = _rows(_tables(markdown.split("## Main results")[1])[0])
+    assert main["LoRA+ (ratio 16), lr from the search split"][1:3] == ["30.00 ± 0.00 (3)", "–"]
     runs = sum(len(job["runs"]) for job in jobs)
     assert f"runs from git old ({runs - 3} runs), new (3 runs)." in markdown
     for job in jobs:  # runs from before per-run commits are not credited to the job's latest commit

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from diffora.errors import DifforaError
-from diffora.metrics import compute_metrics, constant_baseline, constant_prediction
-from diffora.tasks import GLUE_TASKS, TaskSpec, get_task_spec
+from diffora.tasks.metrics import compute_metrics, constant_baseline, constant_prediction
+from diffora.tasks.registry import GLUE_TASKS, TaskSpec, get_task_spec
 
 
 def one_hot_logits(classes: list[int], num_labels: int = 2) -> np.ndarray:

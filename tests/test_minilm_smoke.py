@@ -7,7 +7,7 @@ import json
 import pytest
 from conftest import SHARED_GLUE
 
-from diffora.cli import main
+from diffora.app.cli import main
 
 
 @pytest.mark.skipif(

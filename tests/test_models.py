@@ -10,10 +10,10 @@ from conftest import tiny_bert_config, tiny_tokenizer
 from transformers import BertModel
 from transformers.utils import logging as hf_logging
 
+from diffora.app.pipeline import open_workbench
 from diffora.config import AdapterConfig, DataConfig
-from diffora.models import VERBOSE_ENV, load_classifier, load_tokenizer
-from diffora.pipeline import open_workbench
-from diffora.tasks import get_task_spec
+from diffora.tasks.models import VERBOSE_ENV, load_classifier, load_tokenizer
+from diffora.tasks.registry import get_task_spec
 
 REPORT = "newly initialized"
 

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from diffora.cli import main
+from diffora.app.cli import main
+from diffora.app.output_lock import LOCK_FILE, OutputDirInUse, hold_output_dir, lock_holder
 from diffora.errors import OptionError
-from diffora.output_lock import LOCK_FILE, OutputDirInUse, hold_output_dir, lock_holder
 
 HOLDER = """
 import pathlib, sys, time
-from diffora.output_lock import hold_output_dir
+from diffora.app.output_lock import hold_output_dir
 with hold_output_dir(sys.argv[1]):
     pathlib.Path(sys.argv[2]).touch()
     time.sleep(120)

@@ -10,9 +10,9 @@ import textwrap
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
+from diffora.app.pipeline import run
 from diffora.config import AdapterConfig, DataConfig, FinetuneConfig, SearchConfig
-from diffora.pipeline import run
-from diffora.training import predict
+from diffora.training.loop import predict
 
 VANILLA_SCRIPT = textwrap.dedent("""
     import sys, torch
@@ -45,9 +45,9 @@ def test_vanilla_peft_reload_and_merge_give_diffora_logits(tiny_bert_dir, tiny_g
         FinetuneConfig(epochs=2, batch_size=8, lr=1e-2),
         output_dir=out,
     )
-    from diffora.batching import make_dataloader
-    from diffora.data import load_task_data
-    from diffora.models import load_tokenizer
+    from diffora.tasks.batching import make_dataloader
+    from diffora.tasks.data import load_task_data
+    from diffora.tasks.models import load_tokenizer
 
     data = load_task_data(DataConfig(task="rte", data_dir=str(tiny_glue_dir), max_length=16))
     loader = make_dataloader(data.eval, load_tokenizer(str(tiny_bert_dir)), 8, 16, shuffle=False, seed=0)

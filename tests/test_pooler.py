@@ -9,7 +9,7 @@ from transformers import BertForSequenceClassification, GPT2Config, GPT2ForSeque
 
 from diffora.config import AdapterConfig
 from diffora.errors import OptionError
-from diffora.models import (
+from diffora.tasks.models import (
     default_heads,
     find_pooler,
     pooler_is_untrained,

@@ -13,10 +13,10 @@ import torch
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from diffora.checkpoint import Checkpointer
-from diffora.cli import main
+from diffora.app.cli import main
 from diffora.errors import DifforaError
-from diffora.training import check_finite
+from diffora.training.checkpoint import Checkpointer
+from diffora.training.loop import check_finite
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "diffora"
 FAST = ["--max-length", "8", "--batch-size", "4", "--epochs", "1", "--search-epochs", "1", "--rank", "1"]
@@ -225,9 +225,9 @@ def test_malformed_instruction_and_commonsense_files_give_one_line_naming_the_fi
     case, kind, tmp_path_factory
 ) -> None:
     """Every generated file either loads or fails with one DifforaError line that names the file."""
-    from diffora.commonsense import load_questions
     from diffora.config import DataConfig
-    from diffora.instruct import read_instruct_file
+    from diffora.tasks.commonsense import load_questions
+    from diffora.tasks.instruct import read_instruct_file
 
     suffix, content = case
     path = tmp_path_factory.mktemp("fuzz-causal") / f"data{suffix}"

@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from diffora.cli import main
+from diffora.app.cli import main
 
 FLAGS = [
     "--no-lora-drop",  # the gate search: the gates and their optimiser must resume too
@@ -86,7 +86,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_result(
     out = tmp_path / "out"
     environment = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "diffora.cli", *_args(tiny_bert_dir, tiny_glue_dir, out)],
+        [sys.executable, "-m", "diffora", *_args(tiny_bert_dir, tiny_glue_dir, out)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env=environment,
@@ -126,7 +126,7 @@ def test_resume_refuses_a_different_run_and_a_finished_one(
 def _stopped_run(args: list[str], out: Path, number: int) -> tuple[subprocess.Popen, str]:
     """Start `diffora <args>` and send it `number` once a few search steps are logged; (process, stderr)."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "diffora.cli", *args],
+        [sys.executable, "-m", "diffora", *args],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -193,9 +193,9 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_the_last_checkpoi
     """ENOSPC injected into the 5th checkpoint write: one line, no staging left, the 4th checkpoint intact."""
     import errno
 
-    import diffora.checkpoint
+    import diffora.training.checkpoint
 
-    real, calls = diffora.checkpoint.save_file, []
+    real, calls = diffora.training.checkpoint.save_file, []
 
     def filling_disk(tensors, path, *args, **kwargs):
         calls.append(path)
@@ -203,7 +203,7 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_the_last_checkpoi
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(tensors, path, *args, **kwargs)
 
-    monkeypatch.setattr(diffora.checkpoint, "save_file", filling_disk)
+    monkeypatch.setattr(diffora.training.checkpoint, "save_file", filling_disk)
     out = tmp_path / "out"
     assert main(_args(tiny_bert_dir, tiny_glue_dir, out)) == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
@@ -212,6 +212,6 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_the_last_checkpoi
     )
     assert "search-00000004 is intact" in error and error.endswith("--resume")
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["search-00000003", "search-00000004"]
-    monkeypatch.setattr(diffora.checkpoint, "save_file", real)
+    monkeypatch.setattr(diffora.training.checkpoint, "save_file", real)
     assert main([*_args(tiny_bert_dir, tiny_glue_dir, out), "--resume"]) == 0
     _assert_uninterrupted(out, uninterrupted)

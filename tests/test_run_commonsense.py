@@ -15,8 +15,8 @@ from conftest import tiny_llama_config
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
-import diffora.training
-from diffora.instruct import ALPACA_NO_INPUT, ALPACA_WITH_INPUT
+import diffora.training.loop
+from diffora.tasks.instruct import ALPACA_NO_INPUT, ALPACA_WITH_INPUT
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
@@ -144,9 +144,9 @@ def test_five_methods_at_one_budget_then_resume(setting, tmp_path, monkeypatch, 
 
     # a second invocation trains nothing and rewrites the same table
     stamps = {p.name: p.stat().st_mtime_ns for p in (out / "runs").iterdir()}
-    monkeypatch.setattr("diffora.training.fit", _refuse("a fine-tune"))
-    monkeypatch.setattr("diffora.pipeline.fit", _refuse("a fine-tune"))
-    monkeypatch.setattr("diffora.pipeline.search_on", _refuse("a search"))
+    monkeypatch.setattr("diffora.training.loop.fit", _refuse("a fine-tune"))
+    monkeypatch.setattr("diffora.app.pipeline.fit", _refuse("a fine-tune"))
+    monkeypatch.setattr("diffora.app.pipeline.search_on", _refuse("a search"))
     capsys.readouterr()
     assert run_commonsense.main(_args(setting, out)) == 0
     assert capsys.readouterr().out.count("done earlier, skipped") == 5
@@ -157,9 +157,9 @@ def test_five_methods_at_one_budget_then_resume(setting, tmp_path, monkeypatch, 
     (out / "runs" / "random_seed0.json").unlink()
     monkeypatch.undo()
     fits = []
-    original = diffora.training.fit
-    monkeypatch.setattr("diffora.training.fit", lambda *a, **k: fits.append(1) or original(*a, **k))
-    monkeypatch.setattr("diffora.pipeline.search_on", _refuse("a search"))
+    original = diffora.training.loop.fit
+    monkeypatch.setattr("diffora.training.loop.fit", lambda *a, **k: fits.append(1) or original(*a, **k))
+    monkeypatch.setattr("diffora.app.pipeline.search_on", _refuse("a search"))
     assert run_commonsense.main(_args(setting, out)) == 0
     redone = json.loads((out / "runs" / "random_seed0.json").read_text())
     assert fits == [1] and redone["selected_modules"] == runs["random"]["selected_modules"]

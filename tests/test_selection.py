@@ -9,13 +9,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import BertForSequenceClassification
 
-from diffora.candidates import Candidate, find_candidates
 from diffora.config import AdapterConfig
-from diffora.dam import DAM
 from diffora.errors import DifforaError
-from diffora.lora import lora_a_layer, lora_b_layer, wrap_with_lora
-from diffora.selection import budget_select, preset_scores, random_budget_select, update_norms
-from diffora.training import fit
+from diffora.method.candidates import Candidate, find_candidates
+from diffora.method.dam import DAM
+from diffora.method.lora import lora_a_layer, lora_b_layer, wrap_with_lora
+from diffora.method.selection import budget_select, preset_scores, random_budget_select, update_norms
+from diffora.training.loop import fit
 
 
 @settings(max_examples=200, deadline=None)

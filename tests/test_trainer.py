@@ -20,11 +20,8 @@ from transformers import (
 )
 
 from diffora.config import SearchConfig
-from diffora.dam import DAM
 from diffora.errors import DifforaError
-from diffora.interrupt import Interrupted
-from diffora.lora import export_adapter_tensors, head_layer, lora_a_layer, lora_b_layer
-from diffora.trainer import (
+from diffora.integrations.trainer import (
     GATES_FILE,
     DiffoRASearchTrainer,
     inherit_search_weights,
@@ -33,6 +30,9 @@ from diffora.trainer import (
     prepare_search_model,
     trained_heads,
 )
+from diffora.method.dam import DAM
+from diffora.method.lora import export_adapter_tensors, head_layer, lora_a_layer, lora_b_layer
+from diffora.training.interrupt import Interrupted
 
 sys.path.insert(0, str(REPO_ROOT / "examples"))
 import sft_search  # noqa: E402
@@ -95,8 +95,20 @@ def test_gates_move_after_warmup_only_with_their_own_optimizer(tiny_bert_dir, tm
     assert trainer.gates.logits.grad is None  # the weight steps leave the gates alone
     dam = trainer.dam()
     assert dam.update_norms and all(n > 0 for n in dam.update_norms)
-    assert dam.discretize(budget="auto") and dam.parameters[0] == 4 * (32 + 32)
-    assert dam.head_modules == trainer.head_modules == ["classifier"]  # lora_config_for trains the head too
+    assert dam.select(budget="auto") and dam.parameters[0] == 4 * (32 + 32)
+    assert dam.head_modules == trainer.head_modules == ["classifier"]  # dam.lora_config trains the head too
+
+    # the same hand-over as diffora.search's DAM: a LoraConfig from the search's own, then its weights
+    config = dam.lora_config(budget="0.5x")
+    kept = [c.name for c in dam.select(budget="0.5x")]
+    assert sorted(config.target_modules) == sorted(kept) and config.modules_to_save == ["classifier"]
+    assert (config.r, config.task_type) == (4, "SEQ_CLS")
+    peft_model = get_peft_model(AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir), config)
+    assert dam.init_weights(peft_model) == kept
+    weights = trainer.search_weights()
+    for name in kept:
+        assert torch.equal(lora_b_layer(peft_model, name).weight, weights[f"{name}.lora_B.weight"])
+    assert torch.equal(head_layer(peft_model, "classifier").weight, weights["classifier.weight"])
 
 
 def test_the_train_loss_does_not_jump_when_the_gates_start(tiny_bert_dir, tmp_path) -> None:

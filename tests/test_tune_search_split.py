@@ -195,3 +195,49 @@ def test_a_grid_split_by_seed_merges_into_one_final_decision(tmp_path: Path, mon
     with pytest.raises(SystemExit, match="not a tuner file"):
         tune_search_split.main()
     assert not (tmp_path / "b.json").exists()
+
+
+def test_every_runnable_method_has_a_builder_and_an_unknown_one_lists_them() -> None:
+    from run_glue import KNOWN_METHODS, METHODS, method_builder
+
+    for name in KNOWN_METHODS:
+        base, build = method_builder(name)
+        assert build is METHODS[base]
+    assert method_builder("loraplus_tuned")[0] == "loraplus"
+    with pytest.raises(SystemExit, match=r"unknown method 'nope'; known: full, lora, .*adalora_tuned$"):
+        method_builder("nope")
+
+
+FAKE_JOB = """
+import json, sys
+from pathlib import Path
+spec = json.loads(Path(sys.argv[2]).read_text())
+print("working on", spec["task"])
+if spec["task"] == "rte":
+    raise SystemExit(3)
+Path(spec["path"]).write_text(json.dumps({"runs": {"lora": {"score": 0.5}}}))
+"""
+
+
+def test_run_jobs_runs_each_job_in_its_subprocess_and_names_the_failed_ones(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    import run_glue
+
+    script = tmp_path / "fake_job.py"
+    script.write_text(FAKE_JOB)
+    monkeypatch.setattr(run_glue, "__file__", str(script))
+    runs_dir = tmp_path / "runs"
+    (runs_dir / "logs").mkdir(parents=True)
+    jobs = [
+        {"task": task, "path": str(runs_dir / f"{task}_seed0.json"), "threads": 1, "methods": ["lora"]}
+        for task in ("cola", "rte", "sst2")
+    ]
+    assert run_glue.run_jobs(jobs, runs_dir, workers=2) == ["rte_seed0"]
+    for job in jobs:
+        name = Path(job["path"]).stem
+        assert json.loads((runs_dir / "specs" / f"{name}.json").read_text()) == job
+        assert (runs_dir / "logs" / f"{name}.log").read_text() == f"working on {job['task']}\n"
+    out = capsys.readouterr().out
+    assert out.count("  started ") == 3 and "rte_seed0 FAILED (exit 3)" in out and "(lora 0.500)" in out
+    assert run_glue.run_jobs([], runs_dir, workers=2) == []

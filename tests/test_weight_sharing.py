@@ -7,12 +7,12 @@ import torch
 from conftest import random_batch, tiny_bert_config
 from transformers import BertForSequenceClassification
 
-from diffora.bilevel import run_search
-from diffora.candidates import find_candidates
 from diffora.config import AdapterConfig, SearchConfig
-from diffora.gates import DAMGates
-from diffora.lora import head_layer, lora_a_layer, lora_b_layer
-from diffora.weight_sharing import build_finetune_model
+from diffora.method.candidates import find_candidates
+from diffora.method.gates import DAMGates
+from diffora.method.lora import head_layer, lora_a_layer, lora_b_layer
+from diffora.method.search import run_search
+from diffora.method.weight_sharing import build_finetune_model
 
 ADAPTER = AdapterConfig(rank=4)
 TRAIN = [random_batch(seed=s) for s in range(4)]

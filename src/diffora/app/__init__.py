@@ -1,0 +1,1 @@
+"""The application: the run folder, task-family runners, artifacts, plots, the pipeline and the CLI."""

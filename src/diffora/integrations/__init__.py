@@ -1,0 +1,1 @@
+"""The object API and the transformers Trainer search: DiffoRA inside your own training code."""

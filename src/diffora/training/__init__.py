@@ -1,0 +1,1 @@
+"""Training machinery shared by the search and the fine-tune: the loop, checkpoints, processes, interrupts."""
