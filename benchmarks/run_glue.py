@@ -134,7 +134,7 @@ class Profile:
     max_length: int = 128
     warmup_ratio: float = 0.06
     weight_decay: float = 0.0
-    search_epochs: float = 1.0  # the package default
+    search_epochs: float = 1.0  # the committed results' setting (the package default is now 0.25)
     perturbation_batches: int = 4
     workers: int = 1
     cost_repeats: int = 5
