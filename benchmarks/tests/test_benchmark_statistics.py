@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
+import pooler_choice  # noqa: E402
 import pytest
 from scipy import stats
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-
-import pooler_choice  # noqa: E402
 
 
 def _tuner_file(folder: Path, task: str, pooler: str, scores: list[float]) -> None:
@@ -39,7 +35,7 @@ def test_the_glue_intervals_treat_tasks_as_independent() -> None:
     contains zero (the SE over per-seed task averages, 0.16, would have excluded it)."""
     import glue_intervals
 
-    table = glue_intervals.scores(Path(__file__).resolve().parents[1] / "benchmarks/results/gpu/runs/cpu")
+    table = glue_intervals.scores(Path(__file__).resolve().parents[2] / "benchmarks/results/gpu/runs/cpu")
     _, average = glue_intervals.comparisons(table)
     row = average.set_index("comparison").loc["LoRA-drop minus the paper's gates"]
     assert row["tasks"] == 5 and row["difference"] == pytest.approx(0.96, abs=0.005)

@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from fractions import Fraction
-from pathlib import Path
 
+import budget_sweep  # noqa: E402
 import pandas as pd
 import pytest
 from scipy import stats
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-
-import budget_sweep  # noqa: E402
 
 
 def _args(tiny_bert_dir, tiny_glue_dir, out) -> list[str]:

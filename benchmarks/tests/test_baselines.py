@@ -3,15 +3,9 @@
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-
 from baselines import (  # noqa: E402
     adalora_effective_parameters,
     adalora_model,
@@ -28,6 +22,7 @@ from baselines import (  # noqa: E402
     matched_rank,
     random_selection,
 )
+from transformers import BertConfig, BertForSequenceClassification
 
 from diffora.config import AdapterConfig
 from diffora.method.candidates import find_candidates

@@ -16,7 +16,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 hf_logging.set_verbosity_error()
 warnings.filterwarnings("ignore", category=FutureWarning)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parent
 SHARED_GLUE = Path(os.environ.get("DIFFORA_DATA_DIR", REPO_ROOT.parent / "shared" / "data" / "glue"))
 
 WORDS = [

@@ -10,17 +10,14 @@ import types
 from pathlib import Path
 
 import pytest
+import run_commonsense  # noqa: E402
 import torch
-from conftest import tiny_llama_config
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 import diffora.training.loop
+from conftest import tiny_llama_config
 from diffora.tasks.instruct import ALPACA_NO_INPUT, ALPACA_WITH_INPUT
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-
-import run_commonsense  # noqa: E402
 
 SPECIAL = ["<pad>", "<unk>", "<s>", "</s>"]
 TASKS = ("boolq", "piqa", "ARC-Easy")

@@ -7,9 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-
 from tune_search_split import choose, markdown  # noqa: E402
 
 DEFAULT = "lr=0.0005,epochs=3"
