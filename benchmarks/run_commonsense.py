@@ -226,7 +226,7 @@ class Experiment:
             self.adapter,
             self.search_config(seed, gates=kind == "gates"),
             output_dir=folder,
-            finetune_config=self.finetune_config(seed, ranking),
+            selection=self.finetune_config(seed, ranking),
             resume=(folder / RUN_CONFIG_FILE).is_file(),
             checkpoint_every=SEARCH_CHECKPOINT_EVERY,
         )

@@ -1,10 +1,11 @@
 """Fingerprint of what a run writes, to check that a refactor changes no behaviour.
 
 Runs `diffora run` on a tiny random BERT (gate search, normalized gates, the LoRA-drop default, a budget of
-`auto`) and on the embedded MiniLM (SST-2, 64 examples), plus the Trainer search through the public API, and
-prints SHA-256 digests of the adapter bytes and of dam.json (its selection, gates, norms and all candidate
-fields; the `info` and `config` blocks, which name paths and versions, are left out). Only the command line
-and the public API are used, so the same script runs before and after modules move.
+`auto`), `diffora search` alone, and `diffora run` on the embedded MiniLM (SST-2, 64 examples), plus the
+Trainer search through the public API, and prints SHA-256 digests of the adapter bytes and of dam.json (its
+selection, gates, norms and all candidate fields; the `info` and `config` blocks, which name paths and
+versions, are left out). Only the command line and the public API are used, so the same script runs before
+and after modules move.
 
     python dev/behaviour_fingerprint.py --out /tmp/before.json   # on the old commit
     python dev/behaviour_fingerprint.py --out /tmp/after.json    # on the new one
@@ -107,8 +108,9 @@ def sha(data: bytes) -> str:
 def digest_run(out: Path) -> dict[str, str]:
     dam = json.loads((out / "dam.json").read_text())
     rows = [(c["name"], c["logit"], c["gate"], c["selected"]) for c in dam["candidates"]]
+    adapter = out / "adapter_model.safetensors"
     return {
-        "adapter_model.safetensors": sha((out / "adapter_model.safetensors").read_bytes()),
+        "adapter_model.safetensors": sha(adapter.read_bytes()) if adapter.is_file() else "none (a search)",
         "search_weights.safetensors": sha((out / "search_weights.safetensors").read_bytes()),
         "dam selection (name, logit, gate, selected)": sha(json.dumps(rows).encode()),
         "dam candidates (all fields)": sha(json.dumps(dam["candidates"], sort_keys=True).encode()),
@@ -125,9 +127,15 @@ def digest_run(out: Path) -> dict[str, str]:
     }
 
 
-def cli_run(name: str, root: Path, arguments: list[str]) -> dict[str, str]:
+def cli_run(name: str, root: Path, arguments: list[str], command_name: str = "run") -> dict[str, str]:
     out = root / "runs" / name
-    command = [str(Path(sys.executable).parent / "diffora"), "run", "--output-dir", str(out), *arguments]
+    command = [
+        str(Path(sys.executable).parent / "diffora"),
+        command_name,
+        "--output-dir",
+        str(out),
+        *arguments,
+    ]
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return digest_run(out)
 
@@ -235,6 +243,7 @@ def main() -> int:
             ),
             "LoRA-drop": cli_run("loradrop", root, tiny),
             "LoRA-drop, budget auto": cli_run("auto", root, [*tiny, "--budget", "auto"]),
+            "search only, budget 0.25x": cli_run("search", root, [*tiny, "--budget", "0.25x"], "search"),
             "MiniLM sst2": cli_run(
                 "minilm",
                 root,

@@ -6,9 +6,9 @@ import math
 
 import pytest
 import torch
-from conftest import random_batch, tiny_bert_config
 from transformers import BertForSequenceClassification
 
+from conftest import random_batch, tiny_bert_config
 from diffora.config import AdapterConfig
 from diffora.method.candidates import find_candidates
 from diffora.method.gates import DAMGates, ModuleMask, relaxed_gates
@@ -144,7 +144,7 @@ def test_a_normalized_search_exports_b_at_its_pinned_update_norm(tiny_bert_dir, 
         DataConfig(task="rte", data_dir=str(tiny_glue_dir), max_length=16),
         AdapterConfig(model=str(tiny_bert_dir), rank=2),
         config,
-        finetune_config=FinetuneConfig(),
+        selection=FinetuneConfig(),
     )
     dam = outcome.dam
     assert len(set(dam.gates)) > 1  # the gates learned

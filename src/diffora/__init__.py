@@ -18,6 +18,7 @@ _EXPORTS = {
     "DataConfig": "diffora.config",
     "FinetuneConfig": "diffora.config",
     "SearchConfig": "diffora.config",
+    "SelectionConfig": "diffora.config",
     "Candidate": "diffora.method.candidates",
     "find_candidates": "diffora.method.candidates",
     "DAM": "diffora.method.dam",
@@ -69,6 +70,8 @@ def search(model: Any, *args: Any, **kwargs: Any) -> Any:
             DeprecationWarning,
             stacklevel=2,
         )
+        if "finetune_config" in kwargs:  # the keyword's earlier name
+            kwargs["selection"] = kwargs.pop("finetune_config")
         return importlib.import_module("diffora.app.pipeline").search(model, *args, **kwargs)
     return importlib.import_module("diffora.integrations.api").search(model, *args, **kwargs)
 

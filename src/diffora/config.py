@@ -438,8 +438,12 @@ class SearchConfig:
 
 
 @dataclass
-class FinetuneConfig:
-    """Stages 2 and 3: discretise the DAM and fine-tune the kept adapters."""
+class SelectionConfig:
+    """Stage 2: which modules keep an adapter, read from the searched DAM.
+
+    A search reads it too, and only it: dam.json marks this selection and the size curve is measured in its
+    ranking. `FinetuneConfig` extends it with the fine-tune's own options.
+    """
 
     rho: float | str = option(
         DEFAULT_RHO,
@@ -465,6 +469,44 @@ class FinetuneConfig:
         "it predicts each module's value (loss rise when dropped) with rank correlation 0.55 against 0.11 "
         "for the gates (docs/method.md, 'Why the gates hardly decide').",
     )
+
+    @property
+    def search_ranking(self) -> str:
+        """The ranking a new search measures its size curve in: `ranking`, or the package default."""
+        return self.ranking or DEFAULT_RANKING
+
+    @property
+    def automatic(self) -> bool:
+        """Whether the size is the search's to choose (rho or budget 'auto'): only then is the curve read."""
+        return self.budget == "auto" or (self.budget is None and self.rho == "auto")
+
+    @property
+    def penalty_rho(self) -> float:
+        """The fraction a gate search's budget penalty aims at: rho, or 0.5 when rho is not a fraction."""
+        return self.rho if isinstance(self.rho, float) else DEFAULT_RHO
+
+    def __post_init__(self) -> None:
+        with _options_of(self):
+            self.rho = parse_rho(self.rho)
+            if self.budget is not None:
+                # a rho other than the default would be ignored without a word; the CLI also refuses an
+                # explicit --rho 0.5, which this dataclass cannot tell from its default
+                _require(self.rho == DEFAULT_RHO, RHO_WITH_BUDGET)
+                self.budget = parse_budget(self.budget)
+            _require_choice("selection", self.selection, SELECTIONS)
+            if self.ranking is not None:
+                _require_choice("ranking", self.ranking, RANKINGS)
+            _require(
+                not (self.automatic and self.selection != "global"),
+                f"`{'budget' if self.budget == 'auto' else 'rho'}` auto chooses a global top-k; use "
+                "`selection` global",
+            )
+
+
+@dataclass
+class FinetuneConfig(SelectionConfig):
+    """Stages 2 and 3: discretise the DAM and fine-tune the kept adapters."""
+
     sharing: str = option(
         "inherit",
         "Weight sharing: 'inherit' the search weights, 'inherit_fold' them with "
@@ -481,29 +523,10 @@ class FinetuneConfig:
     gradient_checkpointing: bool = _scaling_options()["gradient_checkpointing"]
     max_grad_norm: float = _scaling_options()["max_grad_norm"]
 
-    @property
-    def search_ranking(self) -> str:
-        """The ranking a new search measures its size curve in: `ranking`, or the package default."""
-        return self.ranking or DEFAULT_RANKING
-
     def __post_init__(self) -> None:
+        super().__post_init__()  # the selection's own fields
         with _options_of(self):
-            self.rho = parse_rho(self.rho)
-            if self.budget is not None:
-                # a rho other than the default would be ignored without a word; the CLI also refuses an
-                # explicit --rho 0.5, which this dataclass cannot tell from its default
-                _require(self.rho == DEFAULT_RHO, RHO_WITH_BUDGET)
-                self.budget = parse_budget(self.budget)
-            _require_choice("selection", self.selection, SELECTIONS)
-            if self.ranking is not None:
-                _require_choice("ranking", self.ranking, RANKINGS)
             _require_choice("sharing", self.sharing, SHARING)
-            automatic = self.budget == "auto" or (self.budget is None and self.rho == "auto")
-            _require(
-                not (automatic and self.selection != "global"),
-                f"`{'budget' if self.budget == 'auto' else 'rho'}` auto chooses a global top-k; use "
-                "`selection` global",
-            )
             _require(self.epochs > 0, f"`epochs` must be positive, got {self.epochs}")
             _require(self.lr > 0, f"`lr` must be positive, got {self.lr}")
             _require_fraction("warmup_ratio", self.warmup_ratio, allow_one=False)

@@ -20,7 +20,7 @@ from diffora.app.adapter_files import (
 from diffora.app.plots import plot_dam, plot_gate_history, plot_size_curve, ranks_of
 from diffora.app.run_dir import DAM_FILE, INITIAL_HEAD_FILE, METRICS_FILE, SEARCH_WEIGHTS_FILE, versions
 from diffora.app.workbench import Workbench
-from diffora.config import AdapterConfig, DataConfig, FinetuneConfig, SearchConfig, to_dict
+from diffora.config import AdapterConfig, DataConfig, FinetuneConfig, SearchConfig, SelectionConfig, to_dict
 from diffora.io import atomic_path, atomic_write_json
 from diffora.method.candidates import Candidate
 from diffora.method.dam import DAM, select_modules, selection_label
@@ -50,9 +50,10 @@ def config_document(
     data_config: DataConfig,
     adapter: AdapterConfig,
     search_config: SearchConfig | None,
-    finetune_config: FinetuneConfig | None,
+    finetune_config: SelectionConfig | None,
 ) -> dict[str, Any]:
-    """The configs of a run as one JSON document (run_config.json, dam.json, metrics.json)."""
+    """The configs of a run as one JSON document (run_config.json, dam.json, metrics.json); the "finetune"
+    entry is the fine-tune config, or the selection alone that a search was given."""
     document = {"data": to_dict(data_config), "adapter": to_dict(adapter)}
     if search_config is not None:
         document["search"] = to_dict(search_config)
@@ -61,14 +62,14 @@ def config_document(
     return document
 
 
-def write_search_artifacts(outcome: SearchOutcome, output_dir: Path, finetune_config: FinetuneConfig) -> None:
-    """dam.json (selection at the fine-tune rho), dam.png, gates.png (a gate search) and the search weights.
+def write_search_artifacts(outcome: SearchOutcome, output_dir: Path, selection: SelectionConfig) -> None:
+    """dam.json (`selection` marked), dam.png, gates.png (a gate search) and the search weights.
 
     The search weights come last: their presence marks a finished search for --resume.
     """
     dam = outcome.dam
     save_tensors(outcome.initial_head, output_dir / INITIAL_HEAD_FILE)
-    _write_selection(dam, finetune_config, output_dir, dam.info.get("task", ""))
+    _write_selection(dam, selection, output_dir, dam.info.get("task", ""))
     if outcome.history and dam.gates_searched:
         plot_gate_history(dam.candidates, outcome.history, output_dir / "gates.png")
     save_tensors(outcome.weights, output_dir / SEARCH_WEIGHTS_FILE)
@@ -82,16 +83,11 @@ def kept_parameters(dam: DAM, selected: list[Candidate]) -> int | None:
     return sum(p for c, p in zip(dam.candidates, dam.parameters, strict=True) if c in kept)
 
 
-def asks_automatic_size(config: FinetuneConfig) -> bool:
-    """Whether `config` sizes the selection automatically (rho or budget 'auto'), from the size curve."""
-    return config.budget == "auto" or (config.budget is None and config.rho == "auto")
-
-
 # what dam.png shows for a ranking by measured values; a preset's order shows the gates or update norms
 SCORE_LABELS = {"gate": "gate", "magnitude": "update norm", "perturbation": "loss rise when dropped"}
 
 
-def _write_selection(dam: DAM, config: FinetuneConfig, out: Path, task: str) -> None:
+def _write_selection(dam: DAM, config: SelectionConfig, out: Path, task: str) -> None:
     """dam.json with this selection marked, dam.png and, with a size curve, selection.png."""
     dam.save(out / DAM_FILE, config.rho, config.selection, config.ranking, config.budget)
     kept = set(select_modules(dam, config))
@@ -112,8 +108,8 @@ def _write_selection(dam: DAM, config: FinetuneConfig, out: Path, task: str) -> 
         ranks=ranks_of(dam.scores(ranking)),
     )
     if dam.size_curve is not None:
-        automatic = asks_automatic_size(config)
-        chosen = dam.size_curve["sizes"][choose_size(dam.size_curve["batch_losses"])] if automatic else None
+        curve = dam.size_curve
+        chosen = curve["sizes"][choose_size(curve["batch_losses"])] if config.automatic else None
         plot_size_curve(dam.size_curve, chosen, len(kept), out / "selection.png")
 
 

@@ -367,13 +367,14 @@ def dispatch(args: argparse.Namespace) -> None:
     )
     pipeline = _pipeline()
     if args.command == "search":
-        outcome = pipeline.search(**configs)
+        selection = configs.pop("finetune_config")  # the search reads only its selection fields
+        outcome = pipeline.search(**configs, selection=selection)
         from diffora.method.dam import select_modules, selection_label
 
-        kept = select_modules(outcome.dam, configs["finetune_config"])
+        kept = select_modules(outcome.dam, selection)
         print(
             f"searched {len(outcome.dam.candidates)} candidates in {outcome.seconds:.1f} s; "
-            f"{len(kept)} kept at {selection_label(configs['finetune_config'])} "
+            f"{len(kept)} kept at {selection_label(selection)} "
             f"| artifacts in {args.output_dir}"
         )
         return

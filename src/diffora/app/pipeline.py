@@ -22,7 +22,6 @@ from safetensors.torch import load_file
 from torch import nn
 
 from diffora.app.artifacts import (
-    asks_automatic_size,
     config_document,
     kept_parameters,
     run_info,
@@ -47,6 +46,7 @@ from diffora.config import (
     DataConfig,
     FinetuneConfig,
     SearchConfig,
+    SelectionConfig,
     check_search_ranking,
     to_dict,
 )
@@ -77,21 +77,24 @@ def search(
     adapter: AdapterConfig | None = None,
     search_config: SearchConfig | None = None,
     output_dir: str | Path | None = None,
-    finetune_config: FinetuneConfig | None = None,
+    selection: SelectionConfig | None = None,
     perturbation_batches: int = 0,
     overwrite: bool = False,
     resume: bool = False,
     checkpoint_every: int = 200,
 ) -> SearchOutcome:
-    """Stage 1: search the DAM on a split of the training data; writes dam.json & co to `output_dir`."""
+    """Stage 1: search the DAM on a split of the training data; writes dam.json & co to `output_dir`.
+
+    `selection` (rho, budget, ranking) is what dam.json marks as kept and what the size curve is measured in.
+    """
     adapter = adapter or AdapterConfig()
     search_config = search_config or SearchConfig()
-    finetune_config = finetune_config or FinetuneConfig()
-    check_search_ranking(search_config, finetune_config.search_ranking, perturbation_batches)
+    selection = selection or SelectionConfig()
+    check_search_ranking(search_config, selection.search_ranking, perturbation_batches)
     out = prepare_output_dir(output_dir, overwrite, resume) if output_dir is not None else None
     dtype = base_dtype(search_config.mixed_precision)
     bench = open_workbench(data_config, adapter, search_config.seed, dtype)
-    check_before_training(bench, adapter, finetune_config, out)
+    check_before_training(bench, adapter, selection, out)
     _check_search_split(bench, data_config, search_config)
     _announce_labels(bench.data)
     if out is not None:
@@ -101,13 +104,13 @@ def search(
         data_config,
         adapter,
         search_config,
-        finetune_config,
+        selection,
         perturbation_batches,
         out,
         checkpoint_every,
     )
     if out is not None and is_main_process():
-        write_search_artifacts(outcome, out, finetune_config)
+        write_search_artifacts(outcome, out, selection)
         shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)  # the search is complete: nothing to resume
     wait_for_everyone()
     return outcome
@@ -138,13 +141,14 @@ def search_on(
     data_config: DataConfig,
     adapter: AdapterConfig,
     search_config: SearchConfig,
-    finetune_config: FinetuneConfig,
+    selection: SelectionConfig,
     perturbation_batches: int,
     out: Path | None,
     checkpoint_every: int = 0,
     size_curve: bool = True,
 ) -> SearchOutcome:
-    """Search on `bench`; `size_curve` False skips the curve that only rho or budget 'auto' uses."""
+    """Search on `bench`; `size_curve` False skips the curve that only rho or budget 'auto' uses. Of the
+    selection the search reads only the ranking (and, for the gate penalty, rho)."""
     search_train, search_val = split_for_search(
         bench.data.train,
         data_config.search_fraction,
@@ -167,15 +171,15 @@ def search_on(
         val_loader,
         adapter,
         search_config,
-        rho=finetune_config.rho if isinstance(finetune_config.rho, float) else 0.5,
+        rho=selection.penalty_rho,
         perturbation_batches=perturbation_batches,
         log=log,
         checkpointer=Checkpointer(out, "search", checkpoint_every) if out is not None else None,
         resume=Checkpointer(out, "search").latest() if out is not None else None,
-        size_ranking=finetune_config.search_ranking if size_curve else None,
+        size_ranking=selection.search_ranking if size_curve else None,
     )
-    outcome.dam.ranking = finetune_config.search_ranking  # with or without the curve measured in it
-    outcome.dam.config = config_document(data_config, adapter, search_config, finetune_config)
+    outcome.dam.ranking = selection.search_ranking  # with or without the curve measured in it
+    outcome.dam.config = config_document(data_config, adapter, search_config, selection)
     outcome.dam.info = {
         **run_info(bench, data_config),
         "search_seconds": outcome.seconds,
@@ -335,7 +339,7 @@ def run(
         perturbation_batches,
         out,
         checkpoint_every,
-        size_curve=asks_automatic_size(finetune_config),  # only an automatic size reads the curve
+        size_curve=finetune_config.automatic,  # only an automatic size reads the curve
     )
     if out is not None and is_main_process():
         write_search_artifacts(outcome, out, finetune_config)

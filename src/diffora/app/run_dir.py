@@ -15,7 +15,7 @@ import transformers
 
 import diffora
 from diffora.app.workbench import Workbench
-from diffora.config import AdapterConfig, FinetuneConfig
+from diffora.config import AdapterConfig, SelectionConfig
 from diffora.errors import OptionError
 from diffora.io import atomic_write_json
 from diffora.method.selection import budget_parameters, candidate_parameters
@@ -122,7 +122,7 @@ def start_run_dir(path: Path, config: dict[str, Any], overwrite: bool, resume: b
 
 
 def check_before_training(
-    bench: Workbench, adapter: AdapterConfig, config: FinetuneConfig, out: Path | None
+    bench: Workbench, adapter: AdapterConfig, config: SelectionConfig, out: Path | None
 ) -> None:
     """One line before any training: a budget above LoRA-all, an output folder that cannot be written, or a
     disk without room for the run's files.

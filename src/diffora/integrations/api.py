@@ -32,7 +32,7 @@ from peft import LoraConfig
 from torch import nn
 from torch.utils.data import DataLoader
 
-from diffora.config import DEFAULT_RANKING, RANKINGS, SearchConfig, check_search_ranking, option, parse_rho
+from diffora.config import DEFAULT_RANKING, SearchConfig, SelectionConfig, check_search_ranking, option
 from diffora.errors import DifforaError, OptionError
 from diffora.method.candidates import Candidate
 from diffora.method.dam import DAM
@@ -84,11 +84,9 @@ class DiffoRAConfig:
             raise OptionError(f"`lora` must be a peft.LoraConfig, got {type(self.lora).__name__}")
         if not isinstance(self.search, SearchConfig):
             raise OptionError(f"`search` must be a diffora.SearchConfig, got {type(self.search).__name__}")
-        if self.ranking not in RANKINGS:
-            raise OptionError(f"`ranking` must be one of {', '.join(RANKINGS)}, got {self.ranking!r}")
         if self.perturbation_batches < 0 or self.batch_size < 1:
             raise OptionError("`perturbation_batches` must be >= 0 and `batch_size` >= 1")
-        self.rho = parse_rho(self.rho)
+        self.rho = SelectionConfig(rho=self.rho, ranking=self.ranking).rho  # validated where the CLI's are
         check_search_ranking(self.search, self.ranking, self.perturbation_batches)
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from diffora.config import DEFAULT_RANKING, RANKINGS, SELECTIONS, FinetuneConfig, parse_budget, parse_rho
+from diffora.config import DEFAULT_RANKING, RANKINGS, SELECTIONS, SelectionConfig, parse_budget, parse_rho
 from diffora.errors import DifforaError, OptionError
 from diffora.io import atomic_write_json
 from diffora.method.candidates import Candidate
@@ -379,12 +379,12 @@ class DAM:
             ) from None
 
 
-def selection_label(config: FinetuneConfig) -> str:
+def selection_label(config: SelectionConfig) -> str:
     """How the selection was sized, for titles and logs: 'rho=0.5', 'rho=auto' or 'budget=150000'."""
     return f"budget={config.budget}" if config.budget is not None else f"rho={config.rho}"
 
 
-def select_modules(dam: DAM, config: FinetuneConfig) -> list[Candidate]:
+def select_modules(dam: DAM, config: SelectionConfig) -> list[Candidate]:
     """The candidates `config` keeps from `dam` (rho, auto or budget; global or per layer)."""
     return [
         dam.candidates[i]
