@@ -69,7 +69,7 @@ def write_search_artifacts(outcome: SearchOutcome, output_dir: Path, selection: 
     """
     dam = outcome.dam
     save_tensors(outcome.initial_head, output_dir / INITIAL_HEAD_FILE)
-    _write_selection(dam, selection, output_dir, dam.info.get("task", ""))
+    _write_selection(dam, selection, select_modules(dam, selection), output_dir, dam.info.get("task", ""))
     if outcome.history and dam.gates_searched:
         plot_gate_history(dam.candidates, outcome.history, output_dir / "gates.png")
     save_tensors(outcome.weights, output_dir / SEARCH_WEIGHTS_FILE)
@@ -87,10 +87,14 @@ def kept_parameters(dam: DAM, selected: list[Candidate]) -> int | None:
 SCORE_LABELS = {"gate": "gate", "magnitude": "update norm", "perturbation": "loss rise when dropped"}
 
 
-def _write_selection(dam: DAM, config: SelectionConfig, out: Path, task: str) -> None:
-    """dam.json with this selection marked, dam.png and, with a size curve, selection.png."""
-    dam.save(out / DAM_FILE, config.rho, config.selection, config.ranking, config.budget)
-    kept = set(select_modules(dam, config))
+def _write_selection(
+    dam: DAM, config: SelectionConfig, selected: list[Candidate], out: Path, task: str
+) -> None:
+    """dam.json with this selection (`selected`, as `config` chose it) marked, dam.png and, with a size curve,
+    selection.png."""
+    kept = set(selected)
+    indices = [index for index, candidate in enumerate(dam.candidates) if candidate in kept]
+    dam.save(out / DAM_FILE, config.rho, config.selection, config.ranking, config.budget, kept=indices)
     ranking = config.ranking or dam.ranking
     if ranking in SCORE_LABELS:
         label, values = SCORE_LABELS[ranking], dam.scores(ranking)
@@ -120,17 +124,22 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
 
 
 def write_finetune_artifacts(
-    model: PeftModel, dam: DAM, config: FinetuneConfig, metrics: dict[str, Any], out: Path
+    model: PeftModel,
+    dam: DAM,
+    config: FinetuneConfig,
+    selected: list[Candidate],
+    metrics: dict[str, Any],
+    out: Path,
 ) -> None:
-    """The PEFT adapter and its model card, dam.json with this selection, dam.png and metrics.json."""
+    """The PEFT adapter and its model card, dam.json with the `selected` modules, dam.png and metrics.json."""
     dam.config = {**dam.config, "finetune": to_dict(config)}
     peft_config = model.peft_config[model.active_adapter]
     base_model = portable_model_name(peft_config.base_model_name_or_path or str(dam.info.get("model", "")))
     task_type = getattr(peft_config.task_type, "value", peft_config.task_type)
-    kept = [c.name for c in select_modules(dam, config)]
+    kept = [c.name for c in selected]
     card = model_card_text(metrics, dam.info, kept, dam.head_modules, base_model, task_type, out.name)
     save_adapter(model, out, card)
-    _write_selection(dam, config, out, metrics["task"])
+    _write_selection(dam, config, selected, out, metrics["task"])
     atomic_write_json(out / METRICS_FILE, metrics)
 
 

@@ -279,7 +279,7 @@ def _finetune_on(
         "versions": versions(),
     }
     if out is not None and is_main_process():
-        write_finetune_artifacts(model, dam, config, metrics, out)
+        write_finetune_artifacts(model, dam, config, selected, metrics, out)
         shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)  # the run is complete: nothing to resume
     wait_for_everyone()
     return RunResult(metrics=metrics, dam=dam, model=model, output_dir=out, selected=selected)

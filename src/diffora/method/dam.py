@@ -288,10 +288,12 @@ class DAM:
         selection: str = "global",
         ranking: str | None = None,
         budget: str | int | None = None,
+        kept: Sequence[int] | None = None,
     ) -> dict[str, Any]:
-        """The dam.json document, with the selection (at `rho` or `budget`) marked."""
+        """The dam.json document, with the selection (at `rho` or `budget`; `kept`, its indices, when the
+        caller has them already) marked."""
         ranking = ranking or self.ranking
-        kept = set(self.kept_indices(rho, selection, ranking, budget))
+        kept = set(self.kept_indices(rho, selection, ranking, budget) if kept is None else kept)
         rows = []
         for index, candidate in enumerate(self.candidates):
             row = {
@@ -337,9 +339,10 @@ class DAM:
         selection: str = "global",
         ranking: str | None = None,
         budget: str | int | None = None,
+        kept: Sequence[int] | None = None,
     ) -> None:
         """Write dam.json atomically."""
-        atomic_write_json(path, self.to_json(rho, selection, ranking, budget))
+        atomic_write_json(path, self.to_json(rho, selection, ranking, budget, kept))
 
     @classmethod
     def load(cls, path: str | Path) -> DAM:
