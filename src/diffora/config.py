@@ -149,9 +149,12 @@ def _validate_scaling(config: Any) -> None:
     _require(config.max_grad_norm >= 0, f"`max_grad_norm` must be >= 0 (0: off), got {config.max_grad_norm}")
 
 
-def _scaling_options() -> dict[str, Any]:
-    """Fields of both training stages (one CLI flag sets both): precision, accumulation, memory."""
+def _shared_options() -> dict[str, Any]:
+    """Fields of both training stages, declared here once (one CLI flag sets both): batch, seed, precision,
+    accumulation, memory, clipping."""
     return {
+        "batch_size": option(32, "Batch size of the search splits, the fine-tuning and the evaluation."),
+        "seed": option(0, "Seed of the search split, the data order and any initialisation."),
         "mixed_precision": option(
             "no",
             "Mixed precision through Accelerate: 'no', 'bf16' (CPU or GPU; the frozen base model is loaded "
@@ -171,6 +174,10 @@ def _scaling_options() -> dict[str, Any]:
             "off. Default: 1.0, as in the transformers Trainer.",
         ),
     }
+
+
+# the fields both stages have, set by one command-line flag each
+SHARED_FIELDS = tuple(_shared_options())
 
 
 def _require_fraction(name: str, value: float, *, allow_zero: bool = True, allow_one: bool = True) -> None:
@@ -395,13 +402,13 @@ class SearchConfig:
         "towards the sample rate; 0 turns it off.",
     )
     unrolled_lr: float | None = option(None, "Second order only: the virtual step xi (default: --lr).")
-    batch_size: int = option(32, "Batch size of both search splits.")
-    seed: int = option(0, "Seed of the split, the data order and the initialisation.")
+    batch_size: int = _shared_options()["batch_size"]
+    seed: int = _shared_options()["seed"]
     log_every: int = option(10, "Log losses and gates every this many steps.")
-    mixed_precision: str = _scaling_options()["mixed_precision"]
-    gradient_accumulation_steps: int = _scaling_options()["gradient_accumulation_steps"]
-    gradient_checkpointing: bool = _scaling_options()["gradient_checkpointing"]
-    max_grad_norm: float = _scaling_options()["max_grad_norm"]
+    mixed_precision: str = _shared_options()["mixed_precision"]
+    gradient_accumulation_steps: int = _shared_options()["gradient_accumulation_steps"]
+    gradient_checkpointing: bool = _shared_options()["gradient_checkpointing"]
+    max_grad_norm: float = _shared_options()["max_grad_norm"]
 
     def __post_init__(self) -> None:
         with _options_of(self):
@@ -516,12 +523,12 @@ class FinetuneConfig(SelectionConfig):
     lr: float = option(5e-4, "Learning rate of the fine-tuning (linear decay after warm-up).")
     warmup_ratio: float = option(0.06, "Fraction of fine-tuning steps with a linear learning-rate warm-up.")
     weight_decay: float = option(0.0, "Weight decay of the fine-tuning.")
-    batch_size: int = option(32, "Fine-tuning and evaluation batch size.")
-    seed: int = option(0, "Seed of the data order and any fresh initialisation.")
-    mixed_precision: str = _scaling_options()["mixed_precision"]
-    gradient_accumulation_steps: int = _scaling_options()["gradient_accumulation_steps"]
-    gradient_checkpointing: bool = _scaling_options()["gradient_checkpointing"]
-    max_grad_norm: float = _scaling_options()["max_grad_norm"]
+    batch_size: int = _shared_options()["batch_size"]
+    seed: int = _shared_options()["seed"]
+    mixed_precision: str = _shared_options()["mixed_precision"]
+    gradient_accumulation_steps: int = _shared_options()["gradient_accumulation_steps"]
+    gradient_checkpointing: bool = _shared_options()["gradient_checkpointing"]
+    max_grad_norm: float = _shared_options()["max_grad_norm"]
 
     def __post_init__(self) -> None:
         super().__post_init__()  # the selection's own fields

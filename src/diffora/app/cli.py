@@ -12,6 +12,7 @@ from typing import Any
 from diffora.app.adapter_files import recording_command
 from diffora.config import (
     RHO_WITH_BUDGET,
+    SHARED_FIELDS,
     AdapterConfig,
     DataConfig,
     FinetuneConfig,
@@ -25,15 +26,6 @@ from diffora.training.interrupt import Interrupted, stop_on_signals
 RENAMED = {
     SearchConfig: {"epochs": "search-epochs", "lr": "search-lr", "weight_decay": "search-weight-decay"}
 }
-# One flag sets both the search and the fine-tune value.
-SHARED_FIELDS = (
-    "batch_size",
-    "seed",
-    "mixed_precision",
-    "gradient_accumulation_steps",
-    "gradient_checkpointing",
-    "max_grad_norm",
-)
 SCALARS = {"int": int, "float": float, "str": str}
 # titles of the help sections that options tagged `group=...` in config.py are listed under
 OPTION_GROUPS = {
