@@ -349,7 +349,7 @@ class DAM:
         """Read a dam.json written by `save`."""
         path = Path(path)
         if not path.is_file():
-            raise OptionError(f"no dam.json at {path}; run 'diffora search' first or pass its `output_dir`")
+            raise OptionError(f"no dam.json at {path}; search first, or give the folder a search wrote to")
         try:
             document = json.loads(path.read_text(encoding="utf-8"))
             rows = document["candidates"]
@@ -377,8 +377,7 @@ class DAM:
             )
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
             raise DifforaError(
-                f"{path} is not a valid dam.json ({type(error).__name__}: {error}); "
-                "write it again with 'diffora search'"
+                f"{path} is not a valid dam.json ({type(error).__name__}: {error}); search again to write it"
             ) from None
 
 
