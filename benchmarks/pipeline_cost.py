@@ -518,14 +518,14 @@ def run_benchmark(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.resume and out.is_file():
         earlier = json.loads(out.read_text())
-        if earlier.get("settings") != settings:
+        if _how(earlier.get("settings", {})) != _how(settings):
             raise SystemExit(f"--resume: {out} was measured with other settings; pass another --out")
         document["runs"] = earlier["runs"]
         document["ratios"] = ratios(document["runs"])
     done = {(run["task"], run["method"], run["seed"]) for run in document["runs"]}
     with tempfile.TemporaryDirectory(prefix="pipeline-cost-") as work:
         for task in args.tasks:
-            for seed in range(args.repeats):
+            for seed in args.seeds if args.seeds is not None else range(args.repeats):
                 for method in METHODS:
                     if (task, method, seed) in done:
                         print(f"pipeline_cost: {task} seed {seed}: {method} measured already", flush=True)
@@ -544,6 +544,11 @@ def run_benchmark(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     return document
 
 
+def _how(settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings that decide how a run is measured (not which runs are asked for)."""
+    return {key: value for key, value in settings.items() if key not in ("tasks", "repeats", "seeds")}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -553,6 +558,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="GLUE folder (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=3, help="pairs per task, seeds 0..repeats-1")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="these seeds instead of --repeats")
     parser.add_argument("--model", default=None, help="model path or hub id (default: the embedded MiniLM)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads per run")
     parser.add_argument("--max-train-samples", type=int, default=None, help="seeded training subsample")

@@ -53,3 +53,10 @@ def test_both_methods_run_on_the_tiny_model(tiny_bert_dir: Path, tiny_glue_dir: 
     assert document["commit"]["commit"] and document["machine"]["cores"] >= 1
     report = out.with_suffix(".md").read_text()
     assert "## diffora / LoRA-all" in report and "lora_all" in report
+
+    # --resume keeps the measured runs and measures only what is missing; other settings are refused
+    before = document["runs"]
+    assert main([*argv, "--resume"]) == 0
+    assert json.loads(out.read_text())["runs"] == before
+    with pytest.raises(SystemExit, match="other settings"):
+        main([*argv[:-2], "--epochs", "2", "--out", str(out), "--resume"])
