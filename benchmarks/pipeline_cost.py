@@ -508,7 +508,7 @@ def run_benchmark(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
             "device": None,
         },
         "versions": {**{name: _version(name) for name in PACKAGES}, "python": platform.python_version()},
-        "commit": git_commit(),
+        "commit": git_commit(untracked_files=False),  # each run also keeps its own
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": shlex.join(["python", "benchmarks/pipeline_cost.py", *argv]),
         "runs": [],
@@ -522,6 +522,7 @@ def run_benchmark(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
             raise SystemExit(f"--resume: {out} was measured with other settings; pass another --out")
         document["runs"] = earlier["runs"]
         document["ratios"] = ratios(document["runs"])
+        document["machine"]["device"] = earlier["machine"].get("device")
     done = {(run["task"], run["method"], run["seed"]) for run in document["runs"]}
     with tempfile.TemporaryDirectory(prefix="pipeline-cost-") as work:
         for task in args.tasks:
@@ -541,6 +542,7 @@ def run_benchmark(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
                         f"peak {run['peak_rss_mib']:.0f} MiB, {run['metric_name']} {run['metric']:.4f}",
                         flush=True,
                     )
+    write_report(document, out)  # also when every run was measured already (--resume)
     return document
 
 
