@@ -522,7 +522,7 @@ def run_benchmark(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
             raise SystemExit(f"--resume: {out} was measured with other settings; pass another --out")
         document["runs"] = earlier["runs"]
         document["ratios"] = ratios(document["runs"])
-        document["machine"]["device"] = earlier["machine"].get("device")
+        document["machine"]["device"] = next((run.get("device") for run in earlier["runs"]), None)
     done = {(run["task"], run["method"], run["seed"]) for run in document["runs"]}
     with tempfile.TemporaryDirectory(prefix="pipeline-cost-") as work:
         for task in args.tasks:
