@@ -6,12 +6,12 @@ import math
 
 import pytest
 import torch
-from conftest import tiny_bert_config, tiny_tokenizer
 from datasets import Dataset
 from peft import LoraConfig, get_peft_model
 from transformers import BertForSequenceClassification, DataCollatorWithPadding
 
 import diffora
+from conftest import tiny_bert_config, tiny_tokenizer
 from diffora import DAM, DiffoRAConfig, SearchConfig, inherit_search_weights, lora_config_for, search_dam
 from diffora.errors import DifforaError
 from diffora.method.lora import lora_a_layer, lora_b_layer

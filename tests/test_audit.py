@@ -8,7 +8,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import tiny_bert_config, tiny_llama_config
 from torch import nn
 from transformers import (
     BertForSequenceClassification,
@@ -22,6 +21,7 @@ from transformers import (
     Qwen2MoeForCausalLM,
 )
 
+from conftest import tiny_bert_config, tiny_llama_config
 from diffora.app.audit import placement_audit, preset_summary, render_audit
 from diffora.app.cli import main
 from diffora.errors import OptionError

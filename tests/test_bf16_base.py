@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import random_batch
 from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification
 
+from conftest import random_batch
 from diffora.app import pipeline
 from diffora.config import AdapterConfig, DataConfig, FinetuneConfig, SearchConfig
 from diffora.method import search as search_loop

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import gated_lora_model, random_batch, tiny_bert_config
 from torch.func import functional_call
 from transformers import BertForSequenceClassification
 
+from conftest import gated_lora_model, random_batch, tiny_bert_config
 from diffora.config import AdapterConfig, SearchConfig
 from diffora.errors import DifforaError
 from diffora.io import JsonlLog

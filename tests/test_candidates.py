@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_bert_config
 from transformers import (
     AutoModelForSequenceClassification,
     DebertaV2Config,
@@ -15,6 +14,7 @@ from transformers import (
     RobertaConfig,
 )
 
+from conftest import tiny_bert_config
 from diffora.errors import DifforaError
 from diffora.method.candidates import OUTSIDE_BLOCKS, find_candidates, layers, module_types
 from diffora.tasks.models import find_head_modules

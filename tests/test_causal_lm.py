@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SHARED_GLUE, tiny_llama_config
 from peft import PeftModel
 from safetensors.torch import load_file
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
@@ -22,6 +21,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from conftest import SHARED_GLUE, tiny_llama_config
 from diffora.app import pipeline
 from diffora.app.cli import main
 from diffora.config import COMMONSENSE_TASKS, DataConfig

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import gated_lora_model, random_batch, tiny_bert_config
 from safetensors.torch import load_file
 from transformers import BertForSequenceClassification
 
+from conftest import gated_lora_model, random_batch, tiny_bert_config
 from diffora.app.cli import main
 from diffora.config import AdapterConfig, FinetuneConfig, SearchConfig
 from diffora.errors import DifforaError

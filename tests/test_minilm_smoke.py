@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import SHARED_GLUE
 
+from conftest import SHARED_GLUE
 from diffora.app.cli import main
 
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_bert_config, tiny_tokenizer
 from transformers import BertModel
 from transformers.utils import logging as hf_logging
 
+from conftest import tiny_bert_config, tiny_tokenizer
 from diffora.app.pipeline import open_workbench
 from diffora.config import AdapterConfig, DataConfig
 from diffora.tasks.models import VERBOSE_ENV, load_classifier, load_tokenizer

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_bert_config
 from transformers import BertForSequenceClassification, GPT2Config, GPT2ForSequenceClassification
 
+from conftest import tiny_bert_config
 from diffora.config import AdapterConfig
 from diffora.errors import OptionError
 from diffora.tasks.models import (

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+
 from conftest import REPO_ROOT, SHARED_GLUE
 
 BLOCK = re.compile(r"```python\n(.*?)```", re.DOTALL)

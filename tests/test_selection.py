@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import random_batch, tiny_bert_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import BertForSequenceClassification
 
+from conftest import random_batch, tiny_bert_config
 from diffora.config import AdapterConfig
 from diffora.errors import DifforaError
 from diffora.method.candidates import Candidate, find_candidates

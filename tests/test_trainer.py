@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO_ROOT, random_batch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import (
     AutoModelForCausalLM,
@@ -19,6 +18,7 @@ from transformers import (
     TrainingArguments,
 )
 
+from conftest import REPO_ROOT, random_batch
 from diffora.config import SearchConfig
 from diffora.errors import DifforaError
 from diffora.integrations.trainer import (

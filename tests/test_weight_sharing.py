@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import random_batch, tiny_bert_config
 from transformers import BertForSequenceClassification
 
+from conftest import random_batch, tiny_bert_config
 from diffora.config import AdapterConfig, SearchConfig
 from diffora.method.candidates import find_candidates
 from diffora.method.gates import DAMGates
