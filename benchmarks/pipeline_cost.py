@@ -40,8 +40,8 @@ once. `diffora run` does, in order:
    checkpoints removed.
 
 So the ratio is about 1 + 0.8 * search_epochs / E, less the small saving of the rho 0.5 step, plus the fixed
-seconds of 1, 3, 4 and 7. With the search at 1 pass (the default before) it was 1.22x on CoLA; why a quarter
-pass picks as well: benchmarks/results/search_length.md.
+seconds of 1, 3, 4 and 7. With the search at 1 pass (the default before) it was 1.22x on CoLA; how a quarter
+pass's pick differs from a full pass's: benchmarks/results/search_length.md.
 
     python benchmarks/pipeline_cost.py --tasks cola mrpc --repeats 3 --threads 1 --resume
     python benchmarks/pipeline_cost.py --tasks rte --repeats 1 --max-train-samples 500 --epochs 1
