@@ -265,6 +265,7 @@ def diffora_argv(task: str, seed: int, output_dir: Path, args: argparse.Namespac
         ("--max-train-samples", args.max_train_samples),
         ("--epochs", args.epochs),
         ("--batch-size", args.batch_size),
+        ("--search-epochs", args.search_epochs),
     ):
         if value is not None:
             argv += [flag, str(value)]
@@ -480,7 +481,7 @@ def settings_of(args: argparse.Namespace) -> dict[str, Any]:
         "rank": adapter.rank,
         "lora_alpha": adapter.lora_alpha,
         "lora_dropout": adapter.lora_dropout,
-        "search_epochs": search.epochs,
+        "search_epochs": args.search_epochs if args.search_epochs is not None else search.epochs,
         "search_fraction": data.search_fraction,
         "rho": finetune.rho,
     }
@@ -566,6 +567,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-train-samples", type=int, default=None, help="seeded training subsample")
     parser.add_argument("--epochs", type=float, default=None, help="fine-tune epochs (default: diffora's)")
     parser.add_argument("--batch-size", type=int, default=None, help="batch size (default: diffora's)")
+    parser.add_argument(
+        "--search-epochs", type=float, default=None, help="diffora's search length (default: diffora's)"
+    )
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="JSON report; the .md beside it")
     parser.add_argument(
         "--resume",
