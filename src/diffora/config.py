@@ -375,9 +375,9 @@ class SearchConfig:
     )
     epochs: float = option(
         0.25,
-        "Search length in passes over the search-train split. The default, a quarter pass, picks a set that "
-        "differs from a 1-pass pick about as much as (CoLA) or more than (MRPC) a reseed does "
-        "(docs/results.md); at the default size no selector beats a random pick. For small budgets, where "
+        "Search length in passes over the search-train split (default 0.25: a quarter pass picks a set that "
+        "differs from a 1-pass pick about as much as (CoLA) or more than (MRPC) a reseed does, "
+        "docs/results.md; at half the modules no selector beats a random pick). For small budgets, where "
         "the pick may matter, use 1.",
     )
     lora_drop: bool = option(
