@@ -98,6 +98,11 @@ def test_the_deprecated_names_warn_and_give_what_the_new_ones_give() -> None:
         old_lora = old.to_lora_config(kept, base=config.lora)
     with pytest.warns(DeprecationWarning, match="lora_config"):
         assert lora_config_for(old, kept, config.lora).target_modules == old_lora.target_modules
+    with (
+        pytest.warns(DeprecationWarning, match="lora_config"),
+        pytest.raises(DifforaError, match="not candidates"),
+    ):
+        lora_config_for(old, ["no.such.module"], config.lora)  # the alias keeps the DAM's own check
     new_lora = new.lora_config(budget="0.5x", base=config.lora)
     assert (old_lora.target_modules, old_lora.modules_to_save) == (
         new_lora.target_modules,

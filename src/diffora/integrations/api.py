@@ -262,7 +262,7 @@ def search(
             as_dataloader(val_data, **batching),
             config.lora,
             config.search,
-            rho=config.rho if isinstance(config.rho, float) else 0.5,
+            rho=SelectionConfig(rho=config.rho).penalty_rho,
             perturbation_batches=config.perturbation_batches,
             size_ranking=config.ranking,
         )

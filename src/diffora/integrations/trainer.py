@@ -29,7 +29,6 @@ from typing import Any
 import torch
 import transformers
 from peft import LoraConfig, PeftModel, get_peft_model
-from peft.tuners.lora import LoraLayer
 from peft.utils import ModulesToSaveWrapper
 from torch import nn
 
@@ -42,6 +41,7 @@ from diffora.method.lora import (
     ADAPTER_NAME,
     adapter_rank,
     export_adapter_tensors,
+    lora_module_names,
 )
 from diffora.method.lora import lora_config as diffora_lora_config
 from diffora.method.search import NORM_BATCHES, searched_dam
@@ -79,13 +79,8 @@ def prepare_search_model(
 
 def lora_candidates(peft_model: PeftModel) -> list[Candidate]:
     """The modules of `peft_model` that carry a LoRA adapter, as DAM candidates in module order."""
-    inner = peft_model.base_model.model
-    stack = find_block_stack(inner)
-    return [
-        Candidate(name, *locate_module(name, stack))
-        for name, module in inner.named_modules()
-        if isinstance(module, LoraLayer) and ADAPTER_NAME in module.lora_A
-    ]
+    stack = find_block_stack(peft_model.base_model.model)
+    return [Candidate(name, *locate_module(name, stack)) for name in lora_module_names(peft_model)]
 
 
 def trained_heads(peft_model: PeftModel) -> list[str]:
@@ -302,7 +297,9 @@ def lora_config_for(dam: DAM, kept: Sequence[Candidate], base: LoraConfig) -> Lo
         DeprecationWarning,
         stacklevel=2,
     )
-    return diffora_lora_config([c.name for c in kept], dam.head_modules, base, task_type=base.task_type)
+    with warnings.catch_warnings():  # one warning, this one: the DAM's own path checks the selection
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return dam.to_lora_config(kept, base)
 
 
 def inherit_search_weights(

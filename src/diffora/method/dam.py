@@ -180,14 +180,16 @@ class DAM:
         `peft_model` is a PEFT model built from `lora_config(...)` (or any LoraConfig with the search's rank
         and scaling on a subset of the candidates). Returns the names of the modules it initialised.
         """
-        from diffora.method.weight_sharing import inherit_search_weights, wrapped_candidates
+        from diffora.method.lora import lora_module_names
+        from diffora.method.weight_sharing import inherit_search_weights
 
         if self.search_weights is None:
             raise DifforaError(
                 "this DAM carries no search weights (it was loaded from dam.json); use the DAM that "
                 "`diffora.search` or `DiffoRASearchTrainer.dam()` returned"
             )
-        names = wrapped_candidates(peft_model, [c.name for c in self.candidates])
+        wrapped = set(lora_module_names(peft_model))
+        names = [c.name for c in self.candidates if c.name in wrapped]
         if not names:
             raise DifforaError(
                 "the PEFT model wraps none of this DAM's candidates; build it from `lora_config`"

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Sequence
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
+from peft.tuners.lora import LoraLayer
 from peft.utils import ModulesToSaveWrapper
 from torch import nn
 
@@ -15,6 +16,15 @@ from diffora.config import AdapterConfig
 from diffora.tasks.models import HALF_PRECISIONS, keep_in_fp32, peft_task_type
 
 ADAPTER_NAME = "default"
+
+
+def lora_module_names(peft_model: nn.Module, adapter_name: str = ADAPTER_NAME) -> list[str]:
+    """Full names (in the base model) of the modules with a LoRA adapter `adapter_name`, in module order."""
+    return [
+        name
+        for name, module in peft_model.base_model.model.named_modules()
+        if isinstance(module, LoraLayer) and adapter_name in module.lora_A
+    ]
 
 
 def lora_b_layer(peft_model: nn.Module, name: str, adapter_name: str = "default") -> nn.Module:

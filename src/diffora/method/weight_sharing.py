@@ -49,20 +49,6 @@ def unwrap_search_model(search_model: PeftModel) -> nn.Module:
     return search_model.unload()
 
 
-def wrapped_candidates(peft_model: nn.Module, names: Sequence[str]) -> list[str]:
-    """The candidate `names` that `peft_model` gives a LoRA adapter, in their order."""
-    base = peft_model.base_model.model
-    wrapped = []
-    for name in names:
-        try:
-            module = base.get_submodule(name)
-        except AttributeError:
-            continue
-        if hasattr(module, "lora_A"):
-            wrapped.append(name)
-    return wrapped
-
-
 def inherit_search_weights(
     peft_model: PeftModel,
     search_weights: Mapping[str, torch.Tensor],
