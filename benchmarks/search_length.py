@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -38,6 +39,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 if str(BENCH_DIR) not in sys.path:
     sys.path.insert(0, str(BENCH_DIR))
 
+from glue_report import mean_jaccard  # noqa: E402
 from provenance import REPO_ROOT, git_commit  # noqa: E402
 
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "search_length.json"
@@ -86,8 +88,16 @@ def run_search(task: str, seed: int, length: float, args: argparse.Namespace) ->
     }
 
 
-def jaccard(a: set[str], b: set[str]) -> float:
-    return len(a & b) / len(a | b)
+def agreement(pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> dict[str, float]:
+    """Over pairs of searches: the mean Jaccard of their kept modules and the mean Spearman correlation of
+    their update norms, module by module."""
+    return {
+        "jaccard": statistics.fmean(mean_jaccard([a["kept"], b["kept"]]) for a, b in pairs),
+        "spearman": statistics.fmean(
+            stats.spearmanr([a["norms"][name] for name in b["norms"]], list(b["norms"].values())).statistic
+            for a, b in pairs
+        ),
+    }
 
 
 def compare(searches: list[dict[str, Any]]) -> pd.DataFrame:
@@ -101,39 +111,24 @@ def compare(searches: list[dict[str, Any]]) -> pd.DataFrame:
             pairs = [
                 (s, reference[s["seed"]]) for s in mine if s["length"] == length and s["seed"] in reference
             ]
+            seconds = statistics.fmean(s["seconds"] for s, _ in pairs)
             rows.append(
                 {
                     "task": task,
                     "search epochs": f"{length:g}",
                     "seeds": len(pairs),
-                    "jaccard": sum(jaccard(s["kept"], r["kept"]) for s, r in pairs) / len(pairs),
-                    "spearman": sum(
-                        stats.spearmanr(
-                            [s["norms"][k] for k in r["norms"]], list(r["norms"].values())
-                        ).statistic
-                        for s, r in pairs
-                    )
-                    / len(pairs),
-                    "search s": sum(s["seconds"] for s, _ in pairs) / len(pairs),
+                    **agreement(pairs),
+                    "search s": seconds,
                 }
             )
-        seeds = list(itertools.combinations(sorted(reference), 2))
+        seeds = [(reference[a], reference[b]) for a, b in itertools.combinations(sorted(reference), 2)]
         if seeds:
             rows.append(
                 {
                     "task": task,
                     "search epochs": f"{longest:g}, seed to seed",
                     "seeds": len(seeds),
-                    "jaccard": sum(jaccard(reference[a]["kept"], reference[b]["kept"]) for a, b in seeds)
-                    / len(seeds),
-                    "spearman": sum(
-                        stats.spearmanr(
-                            list(reference[a]["norms"].values()),
-                            [reference[b]["norms"][k] for k in reference[a]["norms"]],
-                        ).statistic
-                        for a, b in seeds
-                    )
-                    / len(seeds),
+                    **agreement(seeds),
                     "search s": None,
                 }
             )
